@@ -1,0 +1,124 @@
+"""Command-line entry points: argparse only, then one library call each.
+
+``sharpness train|analyze|figures ...`` dispatches here, and ``python -m sharpness.train`` etc. are
+shims onto the same functions. The parsers live in this module rather than in ``train.py`` and
+friends so that importing them never shadows the library functions of the same name on the package.
+Bad input (:class:`SharpnessError`) prints one line and exits with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from .errors import SharpnessError
+
+
+def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return fn(argv)
+        except SharpnessError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: finished work is kept; run the same command again to continue",
+                  file=sys.stderr)
+            return 130
+    run.__name__ = fn.__name__
+    return run
+
+
+def _kv(text: str) -> tuple[str, object]:
+    """Parse KEY=VALUE, VALUE read as JSON when it parses (numbers, lists, true/false), else a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors are bad input too: one line, exit 2
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+@_guard
+def train_main(argv: list[str] | None = None) -> int:
+    from .training import TrainConfig, train
+
+    p = _Parser(prog="python -m sharpness.train", description="Train one model and write checkpoints.")
+    p.add_argument("config", nargs="?", help="a TOML training config (flags override it)")
+    p.add_argument("--out", required=True, help="run folder (resumed if it holds an unfinished run)")
+    flags = {
+        "--dataset": str, "--model": str, "--batch-size": int, "--lr": float, "--lr-scaling": str,
+        "--base-batch-size": int, "--epochs": int, "--optimizer": str, "--seed": int,
+        "--momentum": float, "--weight-decay": float, "--warmup-epochs": float, "--decay-factor": float,
+        "--max-batch-size": int, "--grad-clip": float, "--ghost-batch-size": int, "--save-every": int,
+        "--device": str,
+    }
+    for flag, typ in flags.items():
+        p.add_argument(flag, type=typ)
+    p.add_argument("--milestones", type=_ints, help="comma-separated epochs, e.g. 30,60")
+    p.add_argument("--save-steps", type=_ints, help="comma-separated update counts to checkpoint at")
+    for flag in ("--nesterov", "--batch-growth", "--regime-adaptation"):
+        p.add_argument(flag, action="store_true", default=None)
+    p.add_argument("--data-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+
+    base = TrainConfig.from_toml(a.config).to_dict() if a.config else TrainConfig().to_dict()
+    for flag in list(flags) + ["--milestones", "--save-steps", "--nesterov", "--batch-growth",
+                               "--regime-adaptation"]:
+        key = flag[2:].replace("-", "_")
+        if getattr(a, key) is not None:
+            base[key] = getattr(a, key)
+    base["data_args"] = {**base["data_args"], **dict(a.data_arg)}
+    base["model_args"] = {**base["model_args"], **dict(a.model_arg)}
+    ckpt = train(TrainConfig.from_dict(base), a.out, progress=not a.quiet)
+    last = ckpt.history[-1] if ckpt.history else {}
+    print(f"{a.out}/final.pt  train loss {last.get('train_loss', float('nan')):.4f}  "
+          f"train acc {last.get('train_acc', float('nan')):.4f}  test acc {last.get('test_acc', float('nan')):.4f}")
+    return 0
+
+
+@_guard
+def info_main(argv: list[str] | None = None) -> int:
+    from .checkpoint import load_checkpoint
+
+    p = _Parser(prog="python -m sharpness.info", description="Describe a checkpoint (safe load).")
+    p.add_argument("checkpoint")
+    a = p.parse_args(argv)
+    ckpt = load_checkpoint(a.checkpoint)
+    last = ckpt.history[-1] if ckpt.history else {}
+    n = sum(t.numel() for t in ckpt.state_dict.values() if t.is_floating_point())
+    print(f"{ckpt.path}: model {ckpt.model_spec.to_dict()}, data {ckpt.data_spec.to_dict()}, "
+          f"epoch {ckpt.epoch}, step {ckpt.step}, {n} floats in state_dict")
+    if last:
+        print("last epoch: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in last.items()))
+    return 0
+
+
+COMMANDS = {"train": train_main, "info": info_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(f"usage: sharpness {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

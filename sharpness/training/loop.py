@@ -1,0 +1,180 @@
+"""The training loop: SB/LB runs with checkpoints, per-epoch history, and exact resume.
+
+A run folder holds ``init.pt``, ``ckpt_epochN.pt`` every ``save_every`` epochs, ``ckpt_stepS.pt`` at
+chosen update counts, ``last.pt`` (the resume state, rewritten every epoch), ``final.pt``,
+``history.json`` and a ``done`` marker. Every random draw of an epoch (shuffling, dropout) comes from a
+seed derived from (seed, epoch), so resuming from the last finished epoch replays the interrupted one
+exactly: on CPU a killed and restarted run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..data import DataSpec, input_shape, load_data, num_classes
+from ..errors import SharpnessError
+from ..io import write_json
+from ..models import ModelSpec, build_model
+from .config import TrainConfig
+from .schedules import Schedule
+
+__all__ = ["train", "evaluate"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over (x, y) in eval mode (mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            out = model(xb)
+            loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum").item()
+            correct += (out.argmax(1) == yb).sum().item()
+    finally:
+        model.train(was_training)
+    return loss_sum / len(y), correct / len(y)
+
+
+def _flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _optimizer(model: nn.Module, c: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if c.weight_decay and not c.decay_bn_and_bias:
+        # Goyal 2017: no weight decay on BN γ/β; 1-D parameters are exactly the biases and BN affines.
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": c.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    else:
+        groups = [{"params": params, "weight_decay": c.weight_decay}]
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=c.momentum, nesterov=c.nesterov)
+    cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=lr)
+
+
+def _specs(c: TrainConfig, train_set, test_set) -> tuple[ModelSpec, DataSpec]:
+    args = dict(c.model_args)
+    args.setdefault("input_shape", list(input_shape(train_set)))
+    args.setdefault("num_classes", num_classes(train_set, test_set))
+    if c.ghost_batch_size is not None:
+        args["ghost_batch_size"] = c.ghost_batch_size
+    return ModelSpec(c.model, args), DataSpec(c.dataset, dict(c.data_args))
+
+
+def _resume_state(out: Path, c: TrainConfig) -> Checkpoint | None:
+    last = out / "last.pt"
+    if not last.exists():
+        return None
+    ckpt = load_checkpoint(last)
+    saved = ckpt.config
+    if saved != c.to_dict():
+        diff = sorted(k for k in set(saved) | set(c.to_dict()) if saved.get(k) != c.to_dict().get(k))
+        raise SharpnessError(f"{out} holds a different run (config differs in: {', '.join(diff)}); "
+                             "choose another output folder")
+    return ckpt
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Checkpoint:
+    """Train one model as ``config`` says, writing checkpoints to ``out_dir``; resume if interrupted.
+
+    Same config and seed give the same run. A finished run (``done`` marker) is not trained again.
+
+    Returns:
+        The final checkpoint, loaded.
+    """
+    config = config.validated()
+    out = Path(out_dir)
+    if (out / "done").exists() and (out / "final.pt").exists():
+        final = load_checkpoint(out / "final.pt")
+        if final.config != config.to_dict():
+            raise SharpnessError(f"{out} holds a different finished run; choose another output folder")
+        return final
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SharpnessError("device 'cuda' requested but CUDA is not available")
+    train_set, test_set = load_data(DataSpec(config.dataset, dict(config.data_args)))
+    model_spec, data_spec = _specs(config, train_set, test_set)
+    x, y = (t.to(device) for t in train_set.tensors)
+    xt, yt = (t.to(device) for t in test_set.tensors)
+    sched = Schedule.from_config(config)
+    cfg = config.to_dict()
+
+    # Keep the caller's global RNG as it was: training reseeds it per epoch.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        model = build_model(model_spec).to(device)
+        opt = _optimizer(model, config, sched.lr(0.0))
+        state = _resume_state(out, config)
+        if state is None:
+            save_checkpoint(out / "init.pt", model=model, model_spec=model_spec, data_spec=data_spec,
+                            config=cfg)
+            epoch0, step, history = 0, 0, []
+        else:
+            model.load_state_dict(state.state_dict)
+            opt.load_state_dict(state.optimizer)
+            epoch0, step, history = state.epoch, state.step, list(state.history)
+        w0 = _flat_params(load_checkpoint(out / "init.pt").model(device))
+        examples = history[-1]["examples"] if history else 0
+        wall = history[-1]["wall_time"] if history else 0.0
+        save_steps = set(int(s) for s in config.save_steps)
+
+        def ckpt(path: Path, epoch: int, extra: dict | None = None, with_opt: bool = False) -> None:
+            save_checkpoint(path, model=model, model_spec=model_spec, data_spec=data_spec, config=cfg,
+                            epoch=epoch, step=step, history=history,
+                            optimizer=opt.state_dict() if with_opt else None, extra=extra)
+
+        bar = tqdm(range(epoch0, sched.epochs), initial=epoch0, total=sched.epochs, disable=not progress,
+                   desc=f"train B={config.batch_size}", unit="epoch")
+        for epoch in bar:
+            t0 = time.perf_counter()
+            bsz = sched.batch_size(epoch)
+            torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout and friends, per epoch
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            batches = torch.randperm(len(y), generator=gen).to(device).split(bsz)
+            model.train()
+            for i, idx in enumerate(batches):
+                lr = sched.lr(epoch + i / len(batches))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                if not torch.isfinite(loss):
+                    raise SharpnessError(f"training diverged at epoch {epoch + 1}, update {step + 1} "
+                                         f"(loss {loss.item()}); lower the learning rate")
+                loss.backward()
+                if config.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+                step += 1
+                examples += len(idx)
+                if step in save_steps:
+                    ckpt(out / f"ckpt_step{step}.pt", epoch, extra={"mid_epoch": True})
+            wall += time.perf_counter() - t0
+            train_loss, train_acc = evaluate(model, x, y, config.eval_batch_size)
+            test_loss, test_acc = evaluate(model, xt, yt, config.eval_batch_size)
+            history.append({
+                "epoch": epoch + 1, "step": step, "examples": examples, "wall_time": wall, "lr": lr,
+                "batch_size": bsz, "train_loss": train_loss, "train_acc": train_acc,
+                "test_loss": test_loss, "test_acc": test_acc,
+                "dist_from_init": (_flat_params(model) - w0).norm().item(),
+            })
+            bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}")
+            # Epoch checkpoint before the resume state: a crash in between only replays this epoch.
+            if config.save_every and (epoch + 1) % config.save_every == 0:
+                ckpt(out / f"ckpt_epoch{epoch + 1}.pt", epoch + 1)
+            ckpt(out / "last.pt", epoch + 1, with_opt=True)
+            write_json(out / "history.json", {"config": cfg, "history": history})
+        bar.close()
+        ckpt(out / "final.pt", sched.epochs)
+    (out / "done").write_text("done\n")
+    return load_checkpoint(out / "final.pt")

@@ -1,0 +1,13 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    # Generated data sets go to a per-session cache, not the user's home.
+    os.environ["SHARPNESS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
