@@ -1,5 +1,7 @@
 """Tiny, fast training configs shared by the tests."""
 
+import torch
+
 from sharpness import TrainConfig
 
 
@@ -8,3 +10,16 @@ def tiny_config(**kw) -> TrainConfig:
                 model="mlp", model_args={"widths": [12]}, batch_size=16, epochs=3, lr=1e-2, seed=0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def snapshot(model):
+    """Parameters, buffers and modes of every module, to check that an analyzer left them alone."""
+    return ([p.detach().clone() for p in model.parameters()], [b.clone() for b in model.buffers()],
+            [m.training for m in model.modules()])
+
+
+def assert_unchanged(model, snap):
+    params, buffers, modes = snap
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+    assert modes == [m.training for m in model.modules()]

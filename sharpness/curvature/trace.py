@@ -1,0 +1,114 @@
+"""Hessian trace: Hutchinson's estimator and Hutch++ (Meyer, Musco, Musco & Woodruff 2021), adaptive.
+
+Hutchinson: tr(H) ≈ mean of zᵀHz over Rademacher z; variance 2‖H‖²_F − 2Σ H_ii² per sample.
+Hutch++: sketch the dominant range first, Q = orth(H S) with S a Rademacher P × s matrix (s products),
+take tr(QᵀHQ) exactly (s more), and apply Hutchinson only to the deflated (I − QQᵀ)H(I − QQᵀ), whose
+Frobenius norm — hence the variance — is far smaller when the spectrum decays (as Hessians' do).
+Krylov-aware Hutch++ (Chen & Hallman 2023), the default: the deflation basis Q is a Lanczos (Krylov)
+basis grown from one random vector, so s products buy an s-dimensional Q aligned with the top of the
+spectrum (where one sketch step orth(HS) is not), and tr(QᵀHQ) = Σ α_j comes free from the Lanczos
+coefficients. Measured on MNIST-1D networks it gave the smallest error at equal products.
+All run until stderr/|estimate| ≤ rtol (after ``min_samples`` residual samples) or the budget is spent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..progress import progress_bar
+from .lanczos import krylov_basis
+from .operator import as_operator
+
+__all__ = ["TraceResult", "hessian_trace"]
+
+
+@dataclass
+class TraceResult:
+    """A trace estimate with its standard error and cost."""
+
+    value: float
+    stderr: float
+    n_hvps: int
+    n_samples: int          # Hutchinson samples (on the deflated operator for Hutch++)
+    sketch_size: int        # Hutch++ sketch columns (0 for Hutchinson)
+    method: str
+    rtol: float
+    seconds: float
+    seed: int
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for reports."""
+        return dict(self.__dict__)
+
+
+def _rademacher(n: int, k: int, gen: torch.Generator, device, dtype) -> torch.Tensor:
+    z = torch.randint(0, 2, (n, k), generator=gen, dtype=torch.int8) * 2 - 1
+    return z.to(device=device, dtype=dtype)
+
+
+def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max_hvps: int | None = None,
+                  sketch_size: int | None = None, block: int = 8, min_samples: int = 10, seed: int = 0,
+                  progress: bool | None = None) -> TraceResult:
+    """Estimate tr(H) to a relative standard error ``rtol``.
+
+    Args:
+        op: a :class:`HessianOperator`, an object with ``matmat``/``num_params``, or a square matrix.
+        method: ``"krylov-hutch++"`` (default), ``"hutch++"`` (Meyer et al.) or ``"hutchinson"``.
+        rtol: stop once stderr ≤ rtol·|estimate| (0: spend the whole budget).
+        max_hvps: product budget (default 1000).
+        sketch_size: deflation basis size s; Hutch++ spends 2s products on it, Krylov-aware Hutch++ s.
+            Default with a fixed budget (rtol=0): max_hvps // 3 (Meyer et al.'s split) for Hutch++,
+            max_hvps // 2 for Krylov; with rtol > 0: 16 and 20. At most the dimension.
+        block: products per pass over the data (matmat width) for the Hutchinson samples.
+        min_samples: fewest Hutchinson samples before the rtol test (stderr needs a few).
+        seed: seed of the random vectors.
+        progress: show a progress bar (None: only on a terminal).
+    """
+    op = as_operator(op)
+    if method not in ("krylov-hutch++", "hutch++", "hutchinson"):
+        raise ValueError(f"method must be 'krylov-hutch++', 'hutch++' or 'hutchinson' (got {method!r})")
+    n, start, hvps0 = op.num_params, time.perf_counter(), getattr(op, "n_hvps", 0)
+    budget = max_hvps or 1000
+    gen = torch.Generator().manual_seed(seed)
+    bar = progress_bar(progress, total=budget, desc=f"trace ({method})", unit="hvp")
+    exact, Q, s = 0.0, None, 0
+    if method == "hutch++":
+        s = min(n, sketch_size or (budget // 3 if not rtol else 16))
+        if 2 * s > budget:
+            raise ValueError(f"sketch_size {s} needs {2 * s} products, more than max_hvps={budget}")
+        Q, _ = torch.linalg.qr(op.matmat(_rademacher(n, s, gen, op.device, op.dtype)))
+        exact = float((Q * op.matmat(Q)).sum())
+        bar.update(2 * s)
+    elif method == "krylov-hutch++":
+        s = min(n, sketch_size or (budget // 2 if not rtol else 20))
+        if s > budget:
+            raise ValueError(f"sketch_size {s} is more than max_hvps={budget}")
+        v0 = _rademacher(n, 1, gen, op.device, op.dtype)[:, 0]
+        V, alphas, _ = krylov_basis(op, v0, s)
+        Q, exact = V.T, float(alphas.sum())
+        bar.update(s)
+    samples: list[float] = []
+    mean = stderr = math.nan
+    used = getattr(op, "n_hvps", 0) - hvps0
+    while used < budget and (Q is None or Q.shape[1] < n):
+        z = _rademacher(n, min(block, budget - used), gen, op.device, op.dtype)
+        if Q is not None:
+            z = z - Q @ (Q.T @ z)  # (I − QQᵀ)z: Hutchinson on the deflated operator
+        samples.extend((z * op.matmat(z)).sum(0).tolist())
+        used += z.shape[1]
+        bar.update(z.shape[1])
+        t = torch.tensor(samples, dtype=torch.float64)
+        mean = exact + float(t.mean())
+        stderr = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else math.inf
+        if rtol and len(samples) >= min_samples and stderr <= rtol * abs(mean):
+            break
+    bar.close()
+    if not samples:  # the sketch spans the whole space: the trace is exact
+        mean, stderr = exact, 0.0
+    return TraceResult(value=mean, stderr=stderr, n_hvps=getattr(op, "n_hvps", 0) - hvps0,
+                       n_samples=len(samples), sketch_size=s, method=method, rtol=rtol,
+                       seconds=time.perf_counter() - start, seed=seed)

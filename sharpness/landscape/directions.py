@@ -1,0 +1,156 @@
+"""Directions in parameter space for loss landscapes (Li et al. 2018; Goodfellow et al. 2015).
+
+Every direction is a flat tensor on the model's device, ordered as ``model.parameters()``, and comes in
+a :class:`Directions` record that says how it was made (kind, normalization, seed) so results that use
+it describe themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+__all__ = ["Directions", "random_directions", "between", "eigenvector_directions", "pca_directions",
+           "flat_params", "cosine"]
+
+_NORM_LAYERS = (_NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """The model's parameters as one flat (detached, copied) tensor on its device."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos∠(a, b)."""
+    return float(a.double() @ b.double() / (a.double().norm() * b.double().norm()).clamp_min(1e-300))
+
+
+@dataclass
+class Directions:
+    """k directions (k × P tensor) and how they were made."""
+
+    vectors: torch.Tensor
+    kind: str                          # "random", "between", "eigenvectors", "pca", "given"
+    normalization: str | None = None   # "filter", "layer", "none" (random directions)
+    ignore: str | None = None          # "biasbn" or None
+    seed: int | None = None
+    info: dict = field(default_factory=dict)   # e.g. eigenvalues, explained variance, trajectory coords
+
+    @property
+    def cosine(self) -> float | None:
+        """Cosine between the two directions of a plane (None for a line)."""
+        return cosine(self.vectors[0], self.vectors[1]) if len(self.vectors) >= 2 else None
+
+    def describe(self) -> dict:
+        """Everything but the vectors, for reports."""
+        return {"kind": self.kind, "normalization": self.normalization, "ignore": self.ignore,
+                "seed": self.seed, "n": len(self.vectors), "cosine": self.cosine,
+                "norms": [float(v.norm()) for v in self.vectors], **self.info}
+
+
+def _ignored(model: nn.Module) -> list[bool]:
+    """Per parameter: a bias, or a parameter of a normalization layer (Li et al.'s 'biasbn')."""
+    owner = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owner[id(p)] = m
+    return [p.dim() <= 1 or isinstance(owner.get(id(p)), _NORM_LAYERS) for p in model.parameters()]
+
+
+def random_directions(model: nn.Module, n: int = 2, *, normalization: str = "filter",
+                      ignore: str | None = "biasbn", seed: int = 0) -> Directions:
+    """Gaussian directions normalized as in Li et al. 2018 ("Visualizing the Loss Landscape of Neural Nets").
+
+    Args:
+        model: the centre model (read only).
+        n: number of directions (1 for a line, 2 for a plane).
+        normalization: ``"filter"`` (each filter — slice along dim 0 of a weight with ≥ 2 dims — is
+            rescaled to the norm of the matching weight filter), ``"layer"`` (each parameter tensor to
+            its weight's norm) or ``"none"``.
+        ignore: ``"biasbn"``: biases and normalization-layer parameters get exactly zero direction.
+            None: as Li et al.'s code without that flag, their direction is a copy of the weight.
+        seed: the Gaussian draws (CPU generator, so the same on every device).
+    """
+    if normalization not in ("filter", "layer", "none"):
+        raise ValueError(f"normalization must be 'filter', 'layer' or 'none' (got {normalization!r})")
+    if ignore not in ("biasbn", None):
+        raise ValueError(f"ignore must be 'biasbn' or None (got {ignore!r})")
+    gen = torch.Generator().manual_seed(seed)
+    params = list(model.parameters())
+    skip = _ignored(model)
+    out = []
+    for _ in range(n):
+        pieces = []
+        for p, is_biasbn in zip(params, skip):
+            w = p.detach()
+            d = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device=w.device, dtype=w.dtype)
+            if is_biasbn:
+                d = torch.zeros_like(w) if ignore == "biasbn" else w.clone()
+            elif normalization == "filter":
+                dims = tuple(range(1, w.dim()))
+                d = d * (w.norm(dim=dims, keepdim=True) / d.norm(dim=dims, keepdim=True).clamp_min(1e-30))
+            elif normalization == "layer":
+                d = d * (w.norm() / d.norm().clamp_min(1e-30))
+            pieces.append(d.reshape(-1))
+        out.append(torch.cat(pieces))
+    return Directions(torch.stack(out), "random", normalization, ignore, seed)
+
+
+def between(model_a: nn.Module, model_b: nn.Module) -> Directions:
+    """The direction θ_b − θ_a (for the line from a to b, or one axis of a plane)."""
+    a, b = flat_params(model_a), flat_params(model_b)
+    if a.shape != b.shape:
+        raise ValueError(f"models differ in size ({a.numel()} vs {b.numel()} parameters)")
+    return Directions((b - a).unsqueeze(0), "between")
+
+
+def eigenvector_directions(model: nn.Module, loss_fn: Callable | None, data: Any, n: int = 2, *,
+                           seed: int = 0, **eig_kwargs: Any) -> Directions:
+    """The top-n Hessian eigenvectors (unit norm) from the curvature engine, eigenvalues in ``info``."""
+    from ..curvature import HessianOperator, hessian_eigenvalues
+
+    params = [p for p in model.parameters()]
+    if not all(p.requires_grad for p in params):
+        raise ValueError("eigenvector directions need every parameter to require grad")
+    r = hessian_eigenvalues(HessianOperator(model, loss_fn, data), k=n, seed=seed, **eig_kwargs)
+    return Directions(r.vectors, "eigenvectors", seed=seed,
+                      info={"eigenvalues": r.values.tolist(), "converged": r.converged})
+
+
+def pca_directions(trajectory: Sequence[nn.Module | torch.Tensor], n: int = 2,
+                   center: nn.Module | torch.Tensor | None = None) -> Directions:
+    """PCA of a training trajectory (Li et al. 2018, §7): the top-n principal directions of θ_i − θ_final.
+
+    ``info`` holds the explained-variance ratios and the coordinates of every trajectory point projected
+    onto the (orthonormal) directions, for the trajectory-over-contours plot.
+    """
+    flats = [t.detach().reshape(-1) if isinstance(t, torch.Tensor) else flat_params(t) for t in trajectory]
+    c = flats[-1] if center is None else (center if isinstance(center, torch.Tensor) else flat_params(center))
+    M = torch.stack([f - c for f in flats]).double()
+    _, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    var = (S ** 2).cpu().numpy()
+    ratio = var / var.sum() if var.sum() > 0 else var
+    D = Vh[:n].to(flats[0].dtype)
+    coords = (M @ Vh[:n].T).cpu().numpy()
+    return Directions(D, "pca", info={"explained_variance_ratio": ratio[:n].tolist(),
+                                      "trajectory_coords": coords.tolist()})
+
+
+def as_directions(directions: Any, model: nn.Module, n: int, seed: int) -> Directions:
+    """Accept a normalization name ("filter", "layer", "none"), a Directions, or tensors (k × P)."""
+    if isinstance(directions, Directions):
+        return directions
+    if isinstance(directions, str):
+        return random_directions(model, n, normalization=directions, seed=seed)
+    if isinstance(directions, (list, tuple)):
+        directions = torch.stack([torch.as_tensor(d).reshape(-1) for d in directions])
+    if isinstance(directions, (torch.Tensor, np.ndarray)):
+        t = torch.as_tensor(directions)
+        return Directions(t.reshape(1, -1) if t.dim() == 1 else t, "given")
+    raise TypeError(f"cannot make directions from {type(directions).__name__}")

@@ -1,0 +1,325 @@
+"""Loss and accuracy on lines and planes through parameter space; resumable grids; BatchNorm modes.
+
+    surface:      L(θ₀ + a·δ₁ [+ b·δ₂]) on a 1D or 2D grid (Li et al. 2018: 51×51 on [−1, 1]²)
+    interpolate:  L(θ(α)), θ(α) = (1−α)θ_a + αθ_b (Goodfellow et al. 2015; Keskar et al. 2017 Fig. 3),
+                  or Keskar's curved path θ(α) = cos(απ/2)θ_a + sin(απ/2)θ_b (Fig. 7)
+
+Parameters live in one flat device tensor; each point is θ₀ + a·δ₁ + b·δ₂ fed to
+``torch.func.functional_call``, so the caller's model is never written to and no module is rebuilt.
+Several points can share one forward through ``vmap`` (``points_per_forward``), which pays on GPUs.
+
+BatchNorm running statistics, named in every result:
+- ``frozen``: the centre model's statistics at every point (for ``interpolate``: model a's);
+- ``interpolate`` (``interpolate`` only): statistics follow the path, (1−α)·buf_a + α·buf_b;
+- ``recompute``: re-estimated at each point from the training data (reset, then a cumulative average
+  over batches in train mode, as ``torch.optim.swa_utils.update_bn`` and mode-connectivity work do).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..curvature.operator import batches_on_device
+from ..functional import FlatModel
+from ..io import write_npz
+from ..model_state import preserved
+from ..progress import progress_bar
+from .directions import Directions, as_directions, flat_params
+
+__all__ = ["Surface", "Interpolation", "surface", "interpolate", "recompute_bn_buffers"]
+
+BN_MODES = ("frozen", "interpolate", "recompute")
+
+
+def _has_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def recompute_bn_buffers(fm: FlatModel, theta: torch.Tensor, batches: list) -> dict[str, torch.Tensor]:
+    """BN running statistics re-estimated at θ: reset, then one train-mode pass averaging all batches.
+
+    Works on copies of the buffers (the caller's model keeps its own), batches weighted equally as in
+    ``torch.optim.swa_utils.update_bn`` (momentum None: a cumulative average).
+    """
+    model = fm.model
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for n, _ in bns:
+        prefix = f"{n}." if n else ""
+        buffers[prefix + "running_mean"].zero_()
+        buffers[prefix + "running_var"].fill_(1.0)
+        buffers[prefix + "num_batches_tracked"].zero_()
+    momenta = [(m, m.momentum) for _, m in bns]
+    with preserved(model), torch.no_grad():
+        try:
+            for _, m in bns:
+                m.momentum = None
+            model.train()
+            for x, _ in batches:
+                functional_call(model, {**fm.params(theta), **buffers}, (x,))
+        finally:
+            for m, mom in momenta:
+                m.momentum = mom
+    return buffers
+
+
+class _Evaluator:
+    """(loss, accuracy) at θ over one data set, with a BN mode; several points per forward via vmap."""
+
+    def __init__(self, model, loss_fn, data, batch_size, bn, bn_data, points_per_forward):
+        self.fm = FlatModel(model, loss_fn, data, batch_size=batch_size)
+        self.bn = bn if _has_bn(model) else "frozen"
+        self.bn_batches = None
+        if self.bn == "recompute":
+            source = data if bn_data is None else bn_data
+            self.bn_batches = batches_on_device(source, batch_size or 256, self.fm.device, self.fm.dtype)
+        self.k = max(1, int(points_per_forward)) if self.bn == "frozen" else 1
+
+    def evaluate(self, thetas: torch.Tensor, buffers: list | None = None) -> list[tuple[float, float]]:
+        """(loss, acc) for each row of ``thetas``."""
+        fm = self.fm
+        if self.bn == "recompute":
+            buffers = [recompute_bn_buffers(fm, t, self.bn_batches) for t in thetas]
+        if self.k == 1 or len(thetas) == 1 or buffers is not None:
+            return [fm.loss_and_accuracy(t, None if buffers is None else buffers[i]) for i, t in enumerate(thetas)]
+        return self._vmapped(thetas)
+
+    @torch.no_grad()
+    def _vmapped(self, thetas: torch.Tensor) -> list[tuple[float, float]]:
+        fm = self.fm
+        model_buffers = dict(fm.model.named_buffers())
+        loss = torch.zeros(len(thetas), device=fm.device, dtype=torch.float64)
+        correct = torch.zeros(len(thetas), device=fm.device, dtype=torch.float64)
+
+        def one(theta, x, y):
+            out = functional_call(fm.model, {**fm.params(theta), **model_buffers}, (x,))
+            return fm.loss_fn(out, y), (out.argmax(1) == y).sum()
+
+        with preserved(fm.model):
+            fm.model.eval()
+            for x, y in fm.batches:
+                l_, c = vmap(one, in_dims=(0, None, None))(thetas, x, y)
+                loss += len(y) / fm.num_samples * l_.double()
+                correct += c.double()
+        fm.n_evals += len(thetas)
+        return list(zip(loss.tolist(), (correct / fm.num_samples).tolist()))
+
+
+@dataclass
+class Surface:
+    """Loss and accuracy on a 1D or 2D grid around a centre model."""
+
+    coords: list                  # [a] or [a, b]: the grid axes
+    loss: np.ndarray              # shape (len(a),) or (len(a), len(b)); loss[i, j] at (a_i, b_j)
+    acc: np.ndarray
+    directions: Directions
+    bn: str
+    center_loss: float
+    center_acc: float
+    n_evals: int
+    seconds: float
+    path: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Scalars and settings for reports (arrays go to NPZ)."""
+        return {"shape": list(self.loss.shape), "span": [float(self.coords[0][0]), float(self.coords[0][-1])],
+                "bn": self.bn, "center_loss": self.center_loss, "center_acc": self.center_acc,
+                "min_loss": float(np.nanmin(self.loss)), "max_loss": float(np.nanmax(self.loss)),
+                "n_evals": self.n_evals, "seconds": self.seconds, "directions": self.directions.describe()}
+
+
+def _axis(span: float | tuple[float, float], steps: int) -> np.ndarray:
+    lo, hi = (-span, span) if np.isscalar(span) else span
+    ax = np.linspace(lo, hi, steps)
+    ax[np.abs(ax) < 1e-9 * (hi - lo)] = 0.0  # a grid point at the centre is the model itself, exactly
+    return ax
+
+
+def surface(model: nn.Module, loss_fn: Callable | None, data: Any, *, directions: Any = "filter",
+            dims: int = 2, span: float | tuple[float, float] = 1.0, steps: int = 51, bn: str = "frozen",
+            bn_data: Any = None, batch_size: int | None = None, points_per_forward: int | None = None,
+            out: str | Path | None = None, save_every: float = 10.0, seed: int = 0,
+            progress: bool | None = None) -> Surface:
+    """Loss and accuracy of ``model`` on a grid θ₀ + a·δ₁ (+ b·δ₂), a, b ∈ ``span``.
+
+    Args:
+        model: the centre model θ₀ (never modified).
+        loss_fn: ``loss_fn(output, y)`` → mean loss (None: cross-entropy).
+        data: (X, y) tensors, a Dataset or a DataLoader: the loss is the mean over all of it.
+        directions: ``"filter"`` (default), ``"layer"`` or ``"none"`` random directions (seeded,
+            biases/BN ignored), a :class:`Directions`, or a (k × P) tensor.
+        dims: 1 (a line) or 2 (a plane) when directions are drawn here.
+        span: the grid covers [−span, span] (or the given (lo, hi)) on every axis.
+        steps: points per axis (Li et al. use 51).
+        bn: ``"frozen"`` or ``"recompute"`` (see the module docstring); ignored for models without BN.
+        bn_data: data for ``recompute`` (default: ``data``).
+        batch_size: evaluate in batches of this size (memory only).
+        points_per_forward: grid points per forward via vmap (default: 16 on CUDA, 1 on CPU).
+        out: an NPZ file for the results; a rerun with the same settings continues where it stopped.
+        save_every: seconds between saves of ``out`` while the grid runs.
+        seed: seed of random directions.
+        progress: show a progress bar (None: only on a terminal).
+    """
+    if bn not in ("frozen", "recompute"):
+        raise ValueError(f"surface supports bn='frozen' or 'recompute' (got {bn!r}); "
+                         "'interpolate' belongs to interpolate()")
+    start = time.perf_counter()
+    D = as_directions(directions, model, dims, seed)
+    theta0 = flat_params(model)
+    V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
+    if V.shape[1] != theta0.numel() or len(V) not in (1, 2):
+        raise ValueError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
+    if points_per_forward is None:
+        points_per_forward = 16 if theta0.device.type == "cuda" else 1
+    ev = _Evaluator(model, loss_fn, data, batch_size, bn, bn_data, points_per_forward)
+    axes = [_axis(span, steps) for _ in range(len(V))]
+    shape = tuple(len(a) for a in axes)
+    loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
+    done = np.zeros(shape, dtype=bool)
+    meta = json.dumps({"axes": [a.tolist() for a in axes], "bn": ev.bn, "directions": D.describe(),
+                       "num_samples": ev.fm.num_samples})
+    if out is not None and Path(out).exists():
+        with np.load(out, allow_pickle=False) as z:
+            if str(z["meta"]) == meta and np.array_equal(z["directions"], V.cpu().numpy()):
+                loss, acc, done = z["loss"].copy(), z["acc"].copy(), z["done"].copy()
+
+    def save():
+        if out is not None:
+            write_npz(out, {"loss": loss, "acc": acc, "done": done, "directions": V.cpu().numpy(),
+                            "meta": np.array(meta), **{f"axis{i}": a for i, a in enumerate(axes)}})
+
+    todo = [idx for idx in np.ndindex(*shape) if not done[idx]]
+    coeffs = torch.tensor(np.array([[axes[d][i] for d, i in enumerate(idx)] for idx in todo]).reshape(-1, len(V)),
+                          device=theta0.device, dtype=theta0.dtype)
+    last_save = time.perf_counter()
+    bar = progress_bar(progress, total=done.size, initial=int(done.sum()), desc="landscape", unit="pt")
+    try:
+        for s in range(0, len(todo), ev.k):
+            chunk = coeffs[s:s + ev.k]
+            thetas = theta0 + chunk @ V
+            for idx, (l_, a_) in zip(todo[s:s + ev.k], ev.evaluate(thetas)):
+                loss[idx], acc[idx], done[idx] = l_, a_, True
+            bar.update(len(chunk))
+            if time.perf_counter() - last_save > save_every:
+                save()
+                last_save = time.perf_counter()
+    finally:  # Ctrl-C keeps what finished; the next run continues from it
+        bar.close()
+        save()
+    zero = [np.flatnonzero(a == 0) for a in axes]
+    centre = tuple(int(z[0]) for z in zero) if all(len(z) for z in zero) else None
+    c_loss, c_acc = (loss[centre], acc[centre]) if centre else ev.fm.loss_and_accuracy(theta0)
+    return Surface(coords=axes, loss=loss, acc=acc, directions=D, bn=ev.bn, center_loss=float(c_loss),
+                   center_acc=float(c_acc), n_evals=ev.fm.n_evals, seconds=time.perf_counter() - start,
+                   path=None if out is None else str(out))
+
+
+@dataclass
+class Interpolation:
+    """Loss and accuracy along the path between two models, per named data set."""
+
+    alphas: np.ndarray
+    loss: dict                    # name → array over alphas
+    acc: dict
+    path: str
+    bn: str
+    n_evals: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """Settings and endpoint values for reports (arrays go to NPZ)."""
+        i0, i1 = int(np.flatnonzero(self.alphas == 0)[0]), int(np.flatnonzero(self.alphas == 1)[0])
+        return {"path": self.path, "bn": self.bn, "n_points": len(self.alphas),
+                "alpha_range": [float(self.alphas[0]), float(self.alphas[-1])],
+                **{f"{k}_loss_at_0": float(v[i0]) for k, v in self.loss.items()},
+                **{f"{k}_loss_at_1": float(v[i1]) for k, v in self.loss.items()},
+                **{f"{k}_max_loss_between": float(v[i0:i1 + 1].max()) for k, v in self.loss.items()},
+                "n_evals": self.n_evals, "seconds": self.seconds}
+
+
+def _path_coefficients(alphas: np.ndarray, path: str) -> np.ndarray:
+    """(c_a, c_b) per α with θ(α) = c_a·θ_a + c_b·θ_b; exact 0/1 at the endpoints."""
+    if path == "linear":
+        c = np.stack([1 - alphas, alphas], 1)
+    elif path == "sin":
+        c = np.stack([np.cos(alphas * math.pi / 2), np.sin(alphas * math.pi / 2)], 1)
+        c[np.abs(c) < 1e-12] = 0.0  # cos(π/2) is 6e-17 in floating point: make the endpoint exact
+        c[np.abs(c - 1) < 1e-12] = 1.0
+    else:
+        raise ValueError(f"path must be 'linear' or 'sin' (got {path!r})")
+    return c
+
+
+def _mix(name: str, a: torch.Tensor, b: torch.Tensor, ca: float, cb: float) -> torch.Tensor:
+    """A buffer on the path; counters stay a's, and extrapolated variances are kept ≥ 0."""
+    if not a.is_floating_point():
+        return a
+    mixed = ca * a + cb * b
+    return mixed.clamp_min(0.0) if name.endswith("running_var") else mixed
+
+
+def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | None, datasets: dict[str, Any], *,
+                alphas: Any = None, path: str = "linear", bn: str = "interpolate",
+                batch_size: int | None = None, points_per_forward: int | None = None,
+                progress: bool | None = None) -> Interpolation:
+    """Loss and accuracy along θ(α) between two models on every named data set (Keskar et al. 2017, Fig. 3).
+
+    Args:
+        model_a: θ_a (α = 0), e.g. the small-batch solution. Never modified.
+        model_b: θ_b (α = 1), e.g. the large-batch solution. Never modified.
+        loss_fn: ``loss_fn(output, y)`` → mean loss (None: cross-entropy).
+        datasets: name → data, e.g. ``{"train": train_set, "test": test_set}``; whole sets are used.
+        alphas: the α values (default: 25 points on [−1, 2], as in Keskar et al.'s code); 0 and 1 are
+            always included, so each endpoint reproduces its model's own loss exactly.
+        path: ``"linear"`` ((1−α)θ_a + αθ_b) or ``"sin"`` (cos(απ/2)θ_a + sin(απ/2)θ_b, Fig. 7).
+        bn: ``"interpolate"`` (default: buffers follow the same path), ``"frozen"`` (model a's) or
+            ``"recompute"`` (re-estimated at each α on the first data set).
+        batch_size: evaluate in batches of this size (memory only).
+        points_per_forward: points per forward via vmap (frozen BN only; default 16 on CUDA, else 1).
+        progress: show a progress bar (None: only on a terminal).
+    """
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES} (got {bn!r})")
+    start = time.perf_counter()
+    alphas = np.linspace(-1, 2, 25) if alphas is None else np.asarray(alphas, dtype=float)
+    alphas = np.union1d(alphas, [0.0, 1.0])
+    ta, tb = flat_params(model_a), flat_params(model_b)
+    if ta.shape != tb.shape:
+        raise ValueError(f"models differ in size ({ta.numel()} vs {tb.numel()} parameters)")
+    coeff = _path_coefficients(alphas, path)
+    C = torch.tensor(coeff, device=ta.device, dtype=ta.dtype)
+    thetas = C[:, :1] * ta + C[:, 1:] * tb
+    names = list(datasets)
+    if points_per_forward is None:
+        points_per_forward = 16 if ta.device.type == "cuda" else 1
+    evs = {n: _Evaluator(model_a, loss_fn, datasets[n], batch_size, bn, datasets[names[0]], points_per_forward)
+           for n in names}
+    buffers = None
+    if evs[names[0]].bn == "interpolate":
+        ba, bb = dict(model_a.named_buffers()), dict(model_b.named_buffers())
+        buffers = [{k: _mix(k, ba[k], bb[k], ca, cb) for k in ba} for ca, cb in coeff]
+    loss = {n: np.zeros(len(alphas)) for n in names}
+    acc = {n: np.zeros(len(alphas)) for n in names}
+    bar = progress_bar(progress, total=len(alphas) * len(names), desc="interpolate", unit="pt")
+    for n, ev in evs.items():
+        k = ev.k if buffers is None else 1
+        for s in range(0, len(alphas), k):
+            res = ev.evaluate(thetas[s:s + k], None if buffers is None else buffers[s:s + k])
+            for i, (l_, a_) in enumerate(res):
+                loss[n][s + i], acc[n][s + i] = l_, a_
+            bar.update(len(res))
+    bar.close()
+    return Interpolation(alphas=alphas, loss=loss, acc=acc, path=path, bn=evs[names[0]].bn,
+                         n_evals=sum(ev.fm.n_evals for ev in evs.values()), seconds=time.perf_counter() - start)

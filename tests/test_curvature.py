@@ -1,0 +1,189 @@
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import trapezoid
+from torch import nn
+
+from cases import dense_hessian, make_cases
+from helpers import assert_unchanged, snapshot
+from sharpness.curvature import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
+from sharpness.curvature.density import quadrature
+from sharpness.curvature.lanczos import lanczos_tridiagonal
+
+CASES = make_cases()
+IDS = [c.name for c in CASES]
+
+
+@pytest.fixture(params=CASES, ids=IDS)
+def case(request):
+    return request.param
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])  # 23 samples in batches of 5: uneven last batch
+def test_operator_equals_dense_hessian(case, batch_size):
+    snap = snapshot(case.model)
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y), batch_size=batch_size)
+    H = case.dense_hessian()
+    assert torch.allclose(op.to_dense(), H, atol=1e-10)
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    assert torch.allclose(op.matvec(v), H @ v, atol=1e-10)
+    assert op.n_hvps == op.num_params + 1
+    assert_unchanged(case.model, snap)
+
+
+def test_train_mode_bn_and_mode_restored():
+    case = CASES[2]
+    case.model.eval()
+    snap = snapshot(case.model)
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y), mode="train", batch_size=8)
+    H = dense_hessian(case.model, case.loss_fn, case.x[:8], case.y[:8], mode="train")
+    # with batch statistics, the Hessian is per batch: compare the first batch alone
+    op8 = HessianOperator(case.model, case.loss_fn, (case.x[:8], case.y[:8]), mode="train")
+    assert torch.allclose(op8.to_dense(), H, atol=1e-10)
+    op.matvec(torch.ones(op.num_params, dtype=torch.float64))
+    assert_unchanged(case.model, snap)  # running stats untouched, still in eval mode
+
+
+def test_dataloader_and_dataset_inputs():
+    case = CASES[1]
+    ds = torch.utils.data.TensorDataset(case.x, case.y)
+    H = case.dense_hessian()
+    for data in (ds, torch.utils.data.DataLoader(ds, batch_size=6)):
+        assert torch.allclose(HessianOperator(case.model, case.loss_fn, data).to_dense(), H, atol=1e-10)
+
+
+def test_param_subset_and_unused_params():
+    case = CASES[1]
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y), params="2.*")
+    H = case.dense_hessian()
+    n0 = sum(p.numel() for p in case.model[0].parameters())
+    assert torch.allclose(op.to_dense(), H[n0:, n0:], atol=1e-10)
+
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(3, 2)
+            self.unused = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    m = WithUnused().double()
+    x, y = torch.randn(9, 3, dtype=torch.float64), torch.randint(0, 2, (9,))
+    D = HessianOperator(m, nn.CrossEntropyLoss(), (x, y)).to_dense()
+    assert D.shape == (16, 16) and torch.all(D[8:] == 0) and torch.all(D[:, 8:] == 0)
+    assert torch.allclose(D[:8, :8], dense_hessian(m.used, nn.CrossEntropyLoss(), x, y), atol=1e-10)
+
+
+def test_dtype_option_leaves_model_alone():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    op = HessianOperator(m, nn.CrossEntropyLoss(), (x, y), dtype=torch.float64)
+    assert op.dtype == torch.float64 and next(m.parameters()).dtype == torch.float32
+    H = dense_hessian(m.double(), nn.CrossEntropyLoss(), x.double(), y)
+    assert torch.allclose(op.to_dense(), H, atol=1e-10)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_eigenvalues_match_eigvalsh(case, which):
+    snap = snapshot(case.model)
+    H = case.dense_hessian()
+    ev = torch.linalg.eigvalsh(H).numpy()
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y), batch_size=10)
+    r = hessian_eigenvalues(op, k=3, which=which, tol=1e-10, seed=1)
+    want = {"largest": ev[::-1][:3], "smallest": ev[:3][::-1],
+            "both": np.concatenate([ev[::-1][:3], ev[:3][::-1]])}[which]
+    assert r.converged
+    np.testing.assert_allclose(r.values, want, atol=1e-6 * max(1, abs(ev).max()))
+    for lam, v in zip(r.values, r.vectors):  # vectors are eigenvectors, residuals honest
+        assert torch.linalg.norm(H @ v - lam * v) <= 1e-6 * abs(ev).max()
+    assert np.all(np.diff(r.values) <= 0) and r.n_hvps > 0
+    assert_unchanged(case.model, snap)
+
+
+def test_eigen_known_spectrum_with_restarts_and_power():
+    rng = np.random.default_rng(0)
+    spectrum = np.concatenate([[50.0, 30.0, 20.0, 12.0, 9.0], rng.uniform(-1, 1, 295)])
+    Q, _ = np.linalg.qr(rng.normal(size=(300, 300)))
+    H = torch.tensor((Q * spectrum) @ Q.T)
+    r = hessian_eigenvalues(H, k=5, tol=1e-8, max_basis=20)  # forces thick restarts
+    np.testing.assert_allclose(r.values, spectrum[:5], rtol=1e-10)
+    assert r.converged and np.all(r.residuals <= 1e-8 * np.abs(r.values))
+    p = hessian_eigenvalues(H, k=5, tol=1e-8, method="power", max_hvps=5000)
+    np.testing.assert_allclose(p.values, spectrum[:5], rtol=1e-6)
+    assert r.n_hvps < p.n_hvps
+    s = hessian_eigenvalues(H, k=1, which="smallest", tol=1e-6)
+    assert abs(s.values[0] - spectrum.min()) < 1e-6 * 50
+
+
+def test_eigen_same_seed_same_result_and_budget():
+    H = torch.tensor(np.diag(np.linspace(1, 2, 100)))
+    a, b = hessian_eigenvalues(H, k=2, seed=3), hessian_eigenvalues(H, k=2, seed=3)
+    assert np.array_equal(a.values, b.values) and a.n_hvps == b.n_hvps
+    c = hessian_eigenvalues(H, k=2, tol=1e-14, max_hvps=10)
+    assert not c.converged and c.n_hvps == 10
+
+
+def test_trace_within_three_stderr(case):
+    H = case.dense_hessian()
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y))
+    for method in ("krylov-hutch++", "hutch++", "hutchinson"):
+        t = hessian_trace(op, method=method, rtol=0, max_hvps=60, sketch_size=5, seed=0)
+        assert abs(t.value - float(torch.trace(H))) <= 3 * t.stderr + 1e-9, (method, t)
+
+
+def test_hutchpp_beats_hutchinson_at_equal_products():
+    rng = np.random.default_rng(1)
+    spectrum = 1.0 / np.arange(1, 401) ** 1.5 * 100  # decaying, as Hessian spectra do
+    Q, _ = np.linalg.qr(rng.normal(size=(400, 400)))
+    H = torch.tensor((Q * spectrum) @ Q.T)
+    true = spectrum.sum()
+    err = {"krylov-hutch++": [], "hutch++": [], "hutchinson": []}
+    for seed in range(20):
+        for method in err:
+            t = hessian_trace(H, method=method, rtol=0, max_hvps=60, seed=seed)
+            assert t.n_hvps == 60
+            err[method].append(abs(t.value - true))
+    assert np.mean(err["hutch++"]) < 0.5 * np.mean(err["hutchinson"])
+    assert np.mean(err["krylov-hutch++"]) < 0.5 * np.mean(err["hutch++"])
+    t = hessian_trace(H, rtol=1e-3, max_hvps=5000)
+    assert t.stderr <= 1e-3 * abs(t.value) and abs(t.value - true) < 4 * t.stderr + 1e-12
+
+
+def test_density_moments_match_dense_spectrum(case):
+    H = case.dense_hessian()
+    ev = torch.linalg.eigvalsh(H).numpy()
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y))
+    d = spectral_density(op, n_runs=40, steps=op.num_params, seed=0)
+    assert abs(trapezoid(d.density, d.grid) - 1) < 1e-6
+    assert np.allclose(np.nansum(d.weights, 1), 1)
+    # Per run, the quadrature is exact for low powers: Σ w θᵖ = vᵀHᵖv/‖v‖²; over runs, (1/P)tr(Hᵖ).
+    for p in (1, 2):
+        truth = (ev ** p).mean()
+        runs = np.nansum(d.weights * d.nodes ** p, 1)
+        assert abs(d.moment(p) - truth) <= 4 * runs.std() / np.sqrt(len(runs)) + 1e-9
+
+
+def test_quadrature_is_exact_per_vector():
+    torch.manual_seed(0)
+    A = torch.randn(30, 30, dtype=torch.float64)
+    H = (A + A.T) / 2
+    v = torch.randn(30, dtype=torch.float64)
+    a, b = lanczos_tridiagonal(H, v, 6)
+    theta, w = quadrature(a, b)
+    u = v / v.norm()
+    for p in range(0, 12):  # exact below degree 2·6
+        assert abs((w * theta ** p).sum() - float(u @ torch.linalg.matrix_power(H, p) @ u)) < 1e-8 * 10 ** p
+
+
+def test_model_unchanged_when_a_call_raises():
+    case = CASES[2]
+    snap = snapshot(case.model)
+
+    def bad_loss(out, y):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        HessianOperator(case.model, bad_loss, (case.x, case.y), mode="train")
+    assert_unchanged(case.model, snap)

@@ -1,0 +1,189 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import assert_unchanged, snapshot
+from sharpness.functional import FlatModel
+from sharpness.landscape import (
+    between,
+    flat_params,
+    interpolate,
+    pca_directions,
+    random_directions,
+    recompute_bn_buffers,
+    surface,
+)
+
+
+def conv_bn_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8, 3))
+
+
+def data(n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 10, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def warm_bn(model, x):
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x * 1.5 + 0.3)
+    model.eval()
+    return model
+
+
+def test_filter_normalization_and_ignored_params():
+    model = warm_bn(conv_bn_net(), data()[0])
+    D = random_directions(model, 2, normalization="filter", seed=3)
+    for d in D.vectors:
+        i = 0
+        for name, p in model.named_parameters():
+            piece = d[i:i + p.numel()].view(p.shape)
+            i += p.numel()
+            if p.dim() <= 1:  # biases and BN γ/β: exactly zero
+                assert torch.all(piece == 0), name
+            else:
+                for f_d, f_w in zip(piece, p.detach()):
+                    assert torch.allclose(f_d.norm(), f_w.norm(), rtol=1e-5), name
+    same = random_directions(model, 2, seed=3)
+    assert torch.equal(same.vectors, D.vectors)
+    assert not torch.equal(random_directions(model, 2, seed=4).vectors, D.vectors)
+    layer = random_directions(model, 1, normalization="layer", seed=0).vectors[0]
+    w = model[0].weight
+    assert torch.allclose(layer[:w.numel()].norm(), w.norm(), rtol=1e-5)
+    kept = random_directions(model, 1, ignore=None, seed=0).vectors[0]
+    n0 = model[0].weight.numel()
+    assert torch.equal(kept[n0:n0 + 4], model[0].bias.detach())  # Li et al. without ignore: d = w
+    assert abs(D.cosine) < 0.5 and D.describe()["normalization"] == "filter"
+
+
+def test_interpolation_endpoints_exact_and_model_unchanged():
+    x, y = data()
+    a = warm_bn(conv_bn_net(0), x)
+    b = warm_bn(conv_bn_net(1), x * 2)
+    snaps = snapshot(a), snapshot(b)
+    sets = {"train": (x, y), "test": data(40, 1)}
+    for path in ("linear", "sin"):
+        r = interpolate(a, b, None, sets, alphas=np.linspace(-1, 2, 6), path=path)
+        i0, i1 = list(r.alphas).index(0.0), list(r.alphas).index(1.0)
+        for name, (xs, ys) in sets.items():
+            for model, i in ((a, i0), (b, i1)):
+                with torch.no_grad():
+                    own = float(nn.functional.cross_entropy(model(xs), ys))
+                assert r.loss[name][i] == pytest.approx(own, abs=1e-6), (path, name)
+        assert r.bn == "interpolate" and len(r.alphas) == 8  # 0 and 1 added to the 6 given
+    assert_unchanged(a, snaps[0])
+    assert_unchanged(b, snaps[1])
+    # the curved path at α = 1/2 is (θ_a + θ_b)/√2 of each
+    mid = interpolate(a, b, None, {"t": (x, y)}, alphas=[0.5], path="sin", bn="frozen")
+    fm = FlatModel(a, None, (x, y))
+    want = fm.loss_and_accuracy((flat_params(a) + flat_params(b)) / np.sqrt(2))[0]
+    assert mid.loss["t"][list(mid.alphas).index(0.5)] == pytest.approx(want, abs=1e-6)
+
+
+def test_grid_is_cartesian_and_centre_is_the_model(tmp_path):
+    x, y = data()
+    model = warm_bn(conv_bn_net(), x)
+    snap = snapshot(model)
+    s = surface(model, None, (x, y), steps=5, span=0.5, seed=0)
+    assert s.loss.shape == (5, 5) and np.array_equal(s.coords[0], [-0.5, -0.25, 0, 0.25, 0.5])
+    with torch.no_grad():
+        own = float(nn.functional.cross_entropy(model(x), y))
+    assert s.loss[2, 2] == pytest.approx(own, abs=1e-6) and s.center_loss == pytest.approx(own, abs=1e-6)
+    # every point is the one it claims: θ₀ + a_i δ₁ + b_j δ₂ (no staggered rows)
+    fm = FlatModel(model, None, (x, y))
+    t0, (d1, d2) = flat_params(model), s.directions.vectors
+    for i, j in [(0, 4), (3, 1), (4, 0), (1, 3)]:
+        want = fm.loss_and_accuracy(t0 + s.coords[0][i] * d1 + s.coords[1][j] * d2)
+        assert s.loss[i, j] == pytest.approx(want[0], abs=1e-6) and s.acc[i, j] == pytest.approx(want[1])
+    line = surface(model, None, (x, y), dims=1, steps=7, span=(-1, 2))
+    assert line.loss.shape == (7,) and np.allclose(line.coords[0], np.linspace(-1, 2, 7))
+    assert_unchanged(model, snap)
+
+
+def test_vmap_points_equal_one_by_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(50, 5), torch.randint(0, 3, (50,))
+    one = surface(model, None, (x, y), steps=7, points_per_forward=1)
+    many = surface(model, None, (x, y), steps=7, points_per_forward=6)
+    assert np.allclose(one.loss, many.loss, atol=1e-6) and np.allclose(one.acc, many.acc)
+
+
+def test_recompute_matches_hand_reestimated_bn():
+    x, y = data()
+    model = warm_bn(conv_bn_net(), x)
+    D = random_directions(model, 2, seed=1)
+    theta = flat_params(model) + 0.3 * D.vectors[0] - 0.2 * D.vectors[1]
+    # by hand: a copy at θ, statistics reset and re-estimated over batches of 20, cumulative average
+    hand = copy.deepcopy(model)
+    torch.nn.utils.vector_to_parameters(theta, hand.parameters())
+    hand[1].reset_running_stats()
+    hand[1].momentum = None
+    hand.train()
+    with torch.no_grad():
+        for xb in x.split(20):
+            hand(xb)
+    hand.eval()
+    fm = FlatModel(model, None, (x, y))
+    bufs = recompute_bn_buffers(fm, theta, list(zip(x.split(20), y.split(20))))
+    assert torch.allclose(bufs["1.running_mean"], hand[1].running_mean, atol=1e-6)
+    assert torch.allclose(bufs["1.running_var"], hand[1].running_var, atol=1e-6)
+    with torch.no_grad():
+        want = float(nn.functional.cross_entropy(hand(x), y))
+    s = surface(model, None, (x, y), directions=D, steps=3, span=1.0, bn="recompute", batch_size=20)
+    got = fm.loss_and_accuracy(theta, bufs)[0]
+    assert got == pytest.approx(want, abs=1e-6)
+    assert s.bn == "recompute" and np.isfinite(s.loss).all()
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
+    full = surface(model, None, (x, y), steps=5, seed=2)
+    out = tmp_path / "grid.npz"
+    calls = {"n": 0}
+    real = FlatModel.loss_and_accuracy
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(FlatModel, "loss_and_accuracy", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        surface(model, None, (x, y), steps=5, seed=2, out=out)
+    monkeypatch.setattr(FlatModel, "loss_and_accuracy", real)
+    partial = np.load(out)
+    assert partial["done"].sum() == 9
+    calls["n"] = 0
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(FlatModel, "loss_and_accuracy", counting)
+    resumed = surface(model, None, (x, y), steps=5, seed=2, out=out)
+    assert calls["n"] == 25 - 9  # only the missing points were evaluated
+    assert np.array_equal(resumed.loss, full.loss) and np.array_equal(resumed.acc, full.acc)
+
+
+def test_between_and_pca_directions():
+    torch.manual_seed(0)
+    models = [nn.Linear(4, 3) for _ in range(6)]
+    d = between(models[0], models[1]).vectors[0]
+    assert torch.allclose(d, flat_params(models[1]) - flat_params(models[0]))
+    P = pca_directions(models, n=2)
+    V = P.vectors.double()
+    assert torch.allclose(V @ V.T, torch.eye(2, dtype=torch.float64), atol=1e-6)
+    M = torch.stack([flat_params(m) - flat_params(models[-1]) for m in models]).double()
+    total = (M ** 2).sum()
+    explained = ((M @ V.T) ** 2).sum(0) / total
+    assert np.allclose(P.info["explained_variance_ratio"], explained.numpy(), atol=1e-6)
+    assert np.allclose(P.info["trajectory_coords"], (M @ V.T).numpy(), atol=1e-6)

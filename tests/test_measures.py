@@ -1,0 +1,169 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import assert_unchanged, snapshot
+from sharpness.curvature import HessianOperator, hessian_eigenvalues
+from sharpness.measures import (
+    adaptive_sharpness,
+    eps_sharpness,
+    gradient_noise_scale,
+    rescale_relu_layers,
+    weight_layers,
+)
+
+
+class SeparableQuadratic(nn.Module):
+    """f(w) = Σ c_i (w_i − m_i)²/2 as a module + loss: the 'output' is the loss itself."""
+
+    def __init__(self, c, m):
+        super().__init__()
+        self.register_buffer("c", torch.as_tensor(c, dtype=torch.float64))
+        self.register_buffer("m", torch.as_tensor(m, dtype=torch.float64))
+        self.w = nn.Parameter(self.m.clone())
+
+    def forward(self, x):
+        return (0.5 * self.c * (self.w - self.m) ** 2).sum().expand(len(x))
+
+
+def quad_loss(out, y):
+    return out.mean()
+
+
+def test_eps_sharpness_quadratic_closed_form():
+    rng = np.random.default_rng(0)
+    c, m = rng.uniform(0.5, 3, 40), rng.normal(0, 2, 40)
+    model = SeparableQuadratic(c, m)
+    data = (torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4))
+    for eps in (1e-3, 5e-4):
+        r = eps_sharpness(model, quad_loss, data, eps=eps, max_iter=10, seed=1)
+        closed = 100 * np.sum(c * eps ** 2 * (np.abs(m) + 1) ** 2 / 2)  # f0 = 0 at w = m
+        assert r.f0 == 0 and abs(r.value - closed) <= 0.01 * closed, (r.value, closed)
+        assert r.n_evals <= 25
+    # at y = 0 the gradient vanishes: without the random start, L-BFGS-B would report 0
+    assert torch.equal(model.w, model.m)
+
+
+def test_eps_sharpness_subspace_box_and_model_unchanged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(50, 6, dtype=torch.float64), torch.randint(0, 3, (50,))
+    snap = snapshot(model)
+    full = eps_sharpness(model, nn.CrossEntropyLoss(), (x, y), eps=1e-2, seed=0)
+    sub = eps_sharpness(model, nn.CrossEntropyLoss(), (x, y), eps=1e-2, subspace_dim=5, seed=0)
+    again = eps_sharpness(model, nn.CrossEntropyLoss(), (x, y), eps=1e-2, subspace_dim=5, seed=0)
+    assert_unchanged(model, snap)
+    assert full.value > 0 and sub.value > 0 and sub.value == again.value
+    assert full.f_max >= full.f0 and sub.subspace_dim == 5
+    # the full-space perturbation stays in the box ±ε(|x|+1)
+    xv = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert full.perturbation_norm <= float((1e-2 * (xv.abs() + 1)).norm()) + 1e-12
+    sub_set = eps_sharpness(model, nn.CrossEntropyLoss(), (x, y), eps=1e-2, max_samples=20, seed=0)
+    assert sub_set.n_samples == 20 and sub_set.max_samples == 20
+
+
+def test_average_case_linear_mse_closed_form():
+    # Linear model + MSE: L(w + δ) − L(w) = gᵀδ + δᵀHδ/2 exactly; E over δ ~ N(0, ρ²diag(c²)) is
+    # ρ² Σ_i c_i² H_ii / 2. At the least-squares solution g = 0, so the draws vary only through δᵀHδ.
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1, bias=False).double()
+    x = torch.randn(128, 5, dtype=torch.float64)
+    y = torch.randn(128, 1, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    w = model.weight.detach().reshape(-1)
+    H = 2 * x.T @ x / 128  # Hessian of the mean squared error
+    rho = 0.1
+    closed = float(rho ** 2 * (w ** 2 * torch.diag(H)).sum() / 2)
+    r = adaptive_sharpness(model, nn.MSELoss(), (x, y), rho, kind="average", norm="l2", n_samples=128,
+                           batch_size=128, steps=4000, seed=0)
+    assert abs(r.value - closed) < 0.05 * closed, (r.value, closed)
+    std = adaptive_sharpness(model, nn.MSELoss(), (x, y), rho, kind="average", norm="l2", adaptive=False,
+                             n_samples=128, batch_size=128, steps=4000, seed=0)
+    closed_std = float(rho ** 2 * torch.diag(H).sum() / 2)
+    assert abs(std.value - closed_std) < 0.05 * closed_std
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_worst_case_above_average_and_random_points(norm):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    rho = 0.05
+    snap = snapshot(model)
+    worst = adaptive_sharpness(model, None, (x, y), rho, kind="worst", norm=norm, n_samples=64, batch_size=64)
+    avg = adaptive_sharpness(model, None, (x, y), rho, kind="average", norm=norm, n_samples=64, batch_size=64)
+    assert_unchanged(model, snap)
+    assert worst.value >= avg.value
+    # the best of many random points on the boundary of the same ball is no better than APGD
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    c = w.abs()
+    from sharpness.functional import FlatModel
+
+    fm = FlatModel(model, None, (x, y))
+    f0 = fm.loss(w)[0]
+    best = -np.inf
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        if norm == "linf":
+            u = (torch.randint(0, 2, w.shape, generator=g) * 2 - 1).float() * rho
+        else:
+            u = torch.randn(w.shape, generator=g)
+            u = u / u.norm() * rho
+        best = max(best, fm.loss(w + c * u)[0] - f0)
+    assert worst.value >= best
+    assert worst.n_evals == 1 + 21  # f0, then the start point and 20 APGD steps
+
+
+def test_rescaling_changes_hessian_and_eps_not_adaptive():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(96, 5, dtype=torch.float64), torch.randint(0, 3, (96,))
+    for _ in range(300):  # train a little so the point is near a minimum
+        loss = nn.functional.cross_entropy(model(x), y)
+        model.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+    scaled = rescale_relu_layers(model, 1, 5.0)
+    assert len(weight_layers(model)) == 3
+    assert torch.allclose(model(x), scaled(x), atol=1e-6)
+    lam = [hessian_eigenvalues(HessianOperator(m, None, (x, y)), k=1, tol=1e-8).values[0] for m in (model, scaled)]
+    assert abs(lam[0] - lam[1]) > 0.1 * lam[0]
+    eps = [eps_sharpness(m, None, (x, y), eps=1e-3, seed=0).value for m in (model, scaled)]
+    assert abs(eps[0] - eps[1]) > 0.1 * eps[0]
+    kw = dict(n_samples=96, batch_size=32, seed=0)
+    for norm in ("l2", "linf"):
+        a = [adaptive_sharpness(m, None, (x, y), 0.05, kind="average", norm=norm, **kw).value for m in (model, scaled)]
+        assert abs(a[0] - a[1]) <= 1e-5 * abs(a[0])
+    w = [adaptive_sharpness(m, None, (x, y), 0.05, kind="worst", **kw).value for m in (model, scaled)]
+    assert abs(w[0] - w[1]) <= 1e-3 * abs(w[0])
+    with pytest.raises(ValueError, match="Tanh"):
+        rescale_relu_layers(nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 2)), 0, 2.0)
+
+
+def test_noise_scale_exact_and_two_batch():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(400, 4, dtype=torch.float64), torch.randint(0, 3, (400,))
+    snap = snapshot(model)
+    exact = gradient_noise_scale(model, None, (x, y), batch_sizes="per-example", chunk=64)
+    # direct computation of Σ from a loop of per-example gradients
+    gs = []
+    for i in range(len(y)):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        gs.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    g = torch.stack(gs)
+    G = g.mean(0)
+    sigma = (g - G).T @ (g - G) / len(y)
+    assert abs(exact.trace_sigma - float(torch.trace(sigma))) < 1e-9
+    assert abs(exact.grad_norm_sq - float(G @ G)) < 1e-12
+    assert abs(exact.b_simple - float(torch.trace(sigma) / (G @ G))) < 1e-6 * exact.b_simple
+    two = gradient_noise_scale(model, None, (x, y), batch_sizes=(8, 128), n_batches=200, seed=0)
+    assert two.method == "two-batch" and two.stderr > 0
+    assert abs(two.b_simple - exact.b_simple) <= 3 * two.stderr, (two.b_simple, exact.b_simple, two.stderr)
+    assert_unchanged(model, snap)
