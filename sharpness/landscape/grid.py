@@ -84,6 +84,9 @@ class _Evaluator:
         if self.bn == "recompute":
             source = data if bn_data is None else bn_data
             self.bn_batches = batches_on_device(source, batch_size or 256, self.fm.device, self.fm.dtype)
+        if points_per_forward is None:  # GPUs: batch points until a forward sees ~1M examples (H100: 9× faster)
+            largest = max(len(y) for _, y in self.fm.batches)
+            points_per_forward = min(256, max(1, 2 ** 20 // largest)) if self.fm.device.type == "cuda" else 1
         self.k = max(1, int(points_per_forward)) if self.bn == "frozen" else 1
 
     def evaluate(self, thetas: torch.Tensor, buffers: list | None = None) -> list[tuple[float, float]]:
@@ -166,7 +169,8 @@ def surface(model: nn.Module, loss_fn: Callable | None, data: Any, *, directions
         bn: ``"frozen"`` or ``"recompute"`` (see the module docstring); ignored for models without BN.
         bn_data: data for ``recompute`` (default: ``data``).
         batch_size: evaluate in batches of this size (memory only).
-        points_per_forward: grid points per forward via vmap (default: 16 on CUDA, 1 on CPU).
+        points_per_forward: grid points per forward via vmap (default on CUDA: up to 256, so that a
+            forward sees about 2²⁰ examples; 1 on CPU, where batching points does not pay).
         out: an NPZ file for the results; a rerun with the same settings continues where it stopped.
         save_every: seconds between saves of ``out`` while the grid runs.
         seed: seed of random directions.
@@ -181,8 +185,6 @@ def surface(model: nn.Module, loss_fn: Callable | None, data: Any, *, directions
     V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
     if V.shape[1] != theta0.numel() or len(V) not in (1, 2):
         raise ValueError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
-    if points_per_forward is None:
-        points_per_forward = 16 if theta0.device.type == "cuda" else 1
     ev = _Evaluator(model, loss_fn, data, batch_size, bn, bn_data, points_per_forward)
     axes = [_axis(span, steps) for _ in range(len(V))]
     shape = tuple(len(a) for a in axes)
@@ -287,7 +289,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | None
         bn: ``"interpolate"`` (default: buffers follow the same path), ``"frozen"`` (model a's) or
             ``"recompute"`` (re-estimated at each α on the first data set).
         batch_size: evaluate in batches of this size (memory only).
-        points_per_forward: points per forward via vmap (frozen BN only; default 16 on CUDA, else 1).
+        points_per_forward: points per forward via vmap (frozen BN only; default as in :func:`surface`).
         progress: show a progress bar (None: only on a terminal).
     """
     if bn not in BN_MODES:
@@ -302,8 +304,6 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | None
     C = torch.tensor(coeff, device=ta.device, dtype=ta.dtype)
     thetas = C[:, :1] * ta + C[:, 1:] * tb
     names = list(datasets)
-    if points_per_forward is None:
-        points_per_forward = 16 if ta.device.type == "cuda" else 1
     evs = {n: _Evaluator(model_a, loss_fn, datasets[n], batch_size, bn, datasets[names[0]], points_per_forward)
            for n in names}
     buffers = None
