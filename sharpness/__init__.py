@@ -4,9 +4,30 @@ Train small- and large-batch models, measure the curvature and sharpness of any 
 landscapes, and regenerate the figures of the batch-size literature. See README.md.
 """
 
+from .analysis import Report, analyze
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .curvature import (
+                        DenseOperator,
+                        DensityResult,
+                        EigenResult,
+                        HessianOperator,
+                        TraceResult,
+                        hessian_eigenvalues,
+                        hessian_trace,
+                        spectral_density,
+)
 from .data import DataSpec, load_data
 from .errors import SharpnessError
+from .landscape import Directions, Interpolation, Surface, interpolate, random_directions, surface
+from .measures import (
+                        AdaptiveSharpnessResult,
+                        EpsSharpnessResult,
+                        NoiseScaleResult,
+                        adaptive_sharpness,
+                        eps_sharpness,
+                        gradient_noise_scale,
+                        rescale_relu_layers,
+)
 from .models import GhostBatchNorm, ModelSpec, build_model
 from .training import Schedule, TrainConfig, evaluate
 from .training import train as train_model
@@ -14,6 +35,12 @@ from .training import train as train_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "analyze", "Report",
+    "HessianOperator", "DenseOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density",
+    "EigenResult", "TraceResult", "DensityResult",
+    "eps_sharpness", "adaptive_sharpness", "gradient_noise_scale", "rescale_relu_layers",
+    "EpsSharpnessResult", "AdaptiveSharpnessResult", "NoiseScaleResult",
+    "interpolate", "surface", "random_directions", "Directions", "Surface", "Interpolation",
     "Checkpoint", "load_checkpoint", "save_checkpoint",
     "DataSpec", "load_data",
     "SharpnessError",

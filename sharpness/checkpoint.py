@@ -119,13 +119,18 @@ def _read(path: Path) -> Any:
         raise SharpnessError(f"{path}: is a folder, not a checkpoint file")
     if path.stat().st_size == 0:
         raise SharpnessError(f"{path}: empty file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, in the legacy format, a pickle starting with PROTO 0x80).
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise SharpnessError(f"{path}: not a PyTorch checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():
+        if "GLOBAL" in str(e) or "global" in str(e):  # a class or function the pickle would import and call
             raise SharpnessError(f"{path}: refused: it holds Python objects that could run code "
                                  "(checkpoints are loaded with weights_only=True)") from None
-        raise SharpnessError(f"{path}: not a PyTorch checkpoint") from None
+        raise SharpnessError(f"{path}: not a PyTorch checkpoint (unreadable pickle)") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as e:
         if zipfile.is_zipfile(path) or "zip" in str(e).lower() or isinstance(e, EOFError):
             raise SharpnessError(f"{path}: truncated or corrupt checkpoint") from None

@@ -109,7 +109,38 @@ def info_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "info": info_main}
+@_guard
+def analyze_main(argv: list[str] | None = None) -> int:
+    from .analysis import MEASURES, analyze
+
+    p = _Parser(prog="python -m sharpness.analyze",
+                description="Every measure of one or more checkpoints: report.json, arrays.npz and figures.")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("--out", default=None, help="output folder (default: analysis/ beside the first checkpoint)")
+    p.add_argument("--measures", default=None, help=f"comma-separated subset of: {','.join(MEASURES)}")
+    p.add_argument("--quick", action="store_true", help="cheaper settings that finish in seconds")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluate data in batches (memory only)")
+    p.add_argument("--max-samples", type=int, default=None, help="fixed random subset of the training data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY", help="for a bare state_dict")
+    p.add_argument("--data", default=None, help="data set name, for a bare state_dict")
+    p.add_argument("--force", action="store_true", help="recompute measures already in the report")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    from pathlib import Path
+
+    out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
+    measures = [m.strip() for m in a.measures.split(",") if m.strip()] if a.measures else None
+    report = analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=a.device,
+                     batch_size=a.batch_size, max_samples=a.max_samples, seed=a.seed, model=a.model, data=a.data,
+                     force=a.force, progress=False if a.no_progress else None)
+    print(report.table())
+    print(f"report: {Path(out) / 'report.json'}" + ("  (quick settings)" if a.quick else ""))
+    return 0
+
+
+COMMANDS = {"train": train_main, "info": info_main, "analyze": analyze_main}
 
 
 def main(argv: list[str] | None = None) -> int:

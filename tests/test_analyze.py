@@ -1,0 +1,170 @@
+import json
+import math
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+
+import sharpness
+from helpers import tiny_config
+from sharpness import analyze, train_model
+from sharpness.analysis import MEASURES, SCHEMA, SCHEMA_VERSION
+from sharpness.cli import analyze_main
+from sharpness.curvature import HessianOperator, hessian_eigenvalues
+from sharpness.functional import subset
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    sb = train_model(tiny_config(batch_size=16, epochs=3), root / "sb", progress=False)
+    lb = train_model(tiny_config(batch_size=96, epochs=3), root / "lb", progress=False)
+    return root, sb, lb
+
+
+def all_finite(x):
+    if isinstance(x, dict):
+        return all(all_finite(v) for v in x.values())
+    if isinstance(x, list):
+        return all(all_finite(v) for v in x)
+    if isinstance(x, float):
+        return math.isfinite(x)
+    return True
+
+
+def nontrivial_png(path):
+    img = mpimg.imread(path)
+    return path.stat().st_size > 5000 and img.std() > 0.02
+
+
+def test_end_to_end_report_figures_cache(runs, tmp_path, monkeypatch, capsys):
+    root, sb, lb = runs
+    out = tmp_path / "an"
+    code = analyze_main([str(root / "sb" / "final.pt"), str(root / "lb" / "final.pt"), "--quick", "--out", str(out),
+                         "--no-progress"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "λ_max" in table and "final" in table
+    r = json.loads((out / "report.json").read_text())
+    assert r["schema"] == SCHEMA and r["version"] == SCHEMA_VERSION and r["settings"]["quick"] is True
+    assert r["toolkit"] == sharpness.__version__ and r["torch"] == str(torch.__version__)
+    labels = list(r["checkpoints"])
+    assert labels == ["sb_final", "lb_final"]
+    for label in labels:
+        e = r["checkpoints"][label]
+        assert len(e["sha256"]) == 64 and e["model"]["name"] == "mlp"
+        assert set(e["measures"]) == set(MEASURES) - {"interpolation"}
+        for name, m in e["measures"].items():
+            assert {"summary", "details", "settings", "seed", "seconds"} <= set(m), name
+            assert all_finite(m["summary"]), (name, m["summary"])
+        assert e["measures"]["eigenvalues"]["summary"]["n_hvps"] > 0
+        assert e["measures"]["eps_sharpness"]["summary"]["n_evals"] > 0
+        for png in ("density", "landscape1d", "landscape2d", "landscape3d"):
+            assert nontrivial_png(out / f"{png}_{label}.png"), png
+    assert "sb_final→lb_final" in r["pairs"] and nontrivial_png(out / "parametric_sb_final_lb_final.png")
+    arrays = np.load(out / "arrays.npz")
+    assert arrays["sb_final/landscape2d/loss"].shape == (11, 11)
+
+    # the eigenvalues match a direct call with the same data, settings and seed
+    train, _ = sb.datasets()
+    work = subset(train, r["settings"]["max_samples"], 0)
+    direct = hessian_eigenvalues(HessianOperator(sb.model(), None, work), k=5, tol=1e-2, seed=0)
+    assert np.allclose(r["checkpoints"]["sb_final"]["measures"]["eigenvalues"]["summary"]["top"], direct.values,
+                       rtol=1e-6)
+
+    # a second run reuses every cached measure: no Hessian product is computed
+    def boom(*a, **k):
+        raise AssertionError("recomputed a cached measure")
+
+    monkeypatch.setattr(sharpness.curvature, "hessian_eigenvalues", boom)
+    monkeypatch.setattr(sharpness.curvature, "spectral_density", boom)
+    again = analyze([root / "sb" / "final.pt", root / "lb" / "final.pt"], out=out, quick=True, progress=False)
+    assert again.data["checkpoints"]["sb_final"]["measures"]["eigenvalues"] == \
+        r["checkpoints"]["sb_final"]["measures"]["eigenvalues"]
+    with pytest.raises(AssertionError, match="recomputed"):
+        analyze([root / "sb" / "final.pt"], out=out, quick=True, progress=False, force=True,
+                measures=["eigenvalues"])
+
+
+def test_library_call_on_a_model_subset_of_measures(runs):
+    _, sb, _ = runs
+    rep = analyze(sb, out=None, measures=["loss", "trace"], quick=True, progress=False)
+    s = rep.data["checkpoints"]["final"]["measures"]
+    assert set(s) == {"loss", "trace"} and abs(s["loss"]["summary"]["train_loss"] - sb.history[-1]["train_loss"]) < 1e-5
+
+
+def _factory_module(tmp_path, monkeypatch, width):
+    (tmp_path / "my_models.py").write_text(
+        "import torch.nn as nn\n"
+        f"def make():\n    return nn.Sequential(nn.Linear(10, {width}), nn.ReLU(), nn.Linear({width}, 3))\n"
+        "def make_small():\n    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_models", raising=False)  # a previous test's copy
+
+
+def test_users_own_state_dict(tmp_path, monkeypatch, capsys):
+    _factory_module(tmp_path, monkeypatch, 5)
+    import my_models
+
+    torch.manual_seed(0)
+    net = my_models.make()
+    torch.save(net.state_dict(), tmp_path / "mine.pt")
+    out = tmp_path / "an"
+    code = analyze_main([str(tmp_path / "mine.pt"), "--model", "my_models:make", "--data", "gaussian", "--quick",
+                         "--measures", "loss,eigenvalues", "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((out / "report.json").read_text())
+    assert r["checkpoints"]["mine"]["data"]["name"] == "gaussian"
+
+
+class Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_bad_inputs_exit_2_one_line_nothing_written(runs, tmp_path, monkeypatch, capsys):
+    root, _, _ = runs
+    good = str(root / "sb" / "final.pt")
+    evil_target = tmp_path / "pwned"
+    torch.save({"state_dict": Payload(str(evil_target))}, tmp_path / "evil.pt")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    torch.save({"x": [1, 2, 3]}, tmp_path / "foreign.pt")
+    _factory_module(tmp_path, monkeypatch, 7)
+    net_sd = torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).state_dict()
+    small_sd = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).state_dict()
+    torch.save(small_sd, tmp_path / "small.pt")
+    torch.save(net_sd, tmp_path / "bare.pt")
+    cases = {
+        "missing": ([str(tmp_path / "nope.pt")], "no such file"),
+        "text": ([str(tmp_path / "notes.txt")], "not a PyTorch checkpoint"),
+        "foreign": ([str(tmp_path / "foreign.pt")], "not a model checkpoint"),
+        "malicious": ([str(tmp_path / "evil.pt")], "could run code"),
+        "measure": ([good, "--measures", "loss,hessian_magic"], "unknown measure(s): hessian_magic"),
+        "no import": ([str(tmp_path / "bare.pt"), "--model", "no_such_module:make", "--data", "gaussian"],
+                      "cannot import module 'no_such_module'"),
+        "misfit": ([str(tmp_path / "bare.pt"), "--model", "my_models:make", "--data", "gaussian"],
+                   "weights do not fit"),
+        "data misfit": ([str(tmp_path / "small.pt"), "--model", "my_models:make_small", "--data", "gaussian"],
+                        "does not accept the data"),
+        "offline data": ([str(tmp_path / "bare.pt"), "--model", "my_models:make", "--data", "mnist"], "root="),
+        "cuda": ([good, "--device", "cuda"], "CUDA is not available"),
+    }
+    if torch.cuda.is_available():
+        del cases["cuda"]
+    for name, (args, message) in cases.items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        assert analyze_main(args + ["--out", str(out), "--quick", "--no-progress"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (name, err)
+        assert not out.exists(), name
+    assert not evil_target.exists()
+    r = subprocess.run([sys.executable, "-m", "sharpness.analyze", str(tmp_path / "evil.pt"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert not evil_target.exists() and not (tmp_path / "o").exists()
