@@ -30,6 +30,7 @@ def run(batch_size: int, epochs: int):
 
 
 def main():
+    sh.keep_freed_memory()  # one process, one allocator setting for ours and the peers alike
     p = argparse.ArgumentParser()
     p.add_argument("--sb-epochs", type=int, default=30)
     p.add_argument("--lb-epochs", type=int, default=100)

@@ -4,6 +4,7 @@ Train small- and large-batch models, measure the curvature and sharpness of any 
 landscapes, and regenerate the figures of the batch-size literature. See README.md.
 """
 
+from .allocator import keep_freed_memory
 from .analysis import Report, analyze
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .curvature import (
@@ -35,7 +36,7 @@ from .training import train as train_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyze", "Report",
+    "analyze", "Report", "keep_freed_memory",
     "HessianOperator", "DenseOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density",
     "EigenResult", "TraceResult", "DensityResult",
     "eps_sharpness", "adaptive_sharpness", "gradient_noise_scale", "rescale_relu_layers",

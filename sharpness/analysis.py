@@ -49,13 +49,14 @@ def _settings(quick: bool, max_samples: int | None) -> dict[str, dict]:
     q = quick
     return {
         "loss": {},
-        "eigenvalues": {"k": 5, "tol": 1e-2 if q else 1e-3, "smallest_k": 1, "smallest_max_hvps": 40 if q else 100},
+        "eigenvalues": {"k": 5, "tol": 1e-2 if q else 1e-3, "smallest_k": 1, "smallest_max_hvps": 20 if q else 60},
         "trace": {"rtol": 5e-2 if q else 1e-2, "max_hvps": 100 if q else 400},
-        "density": {"n_runs": 2 if q else 4, "steps": 30 if q else 60},
-        "eps_sharpness": {"eps": [1e-3, 5e-4], "subspace_dims": [None, 100], "max_iter": 10},
+        "density": {"n_runs": 2 if q else 3, "steps": 30 if q else 50},
+        "eps_sharpness": {"eps": [1e-3] if q else [1e-3, 5e-4], "subspace_dims": [None, 100], "max_iter": 10},
         "adaptive": {"rho_worst": 0.05, "rho_average": 0.1, "norm": "l2", "n_samples": 256 if q else 1024,
                      "batch_size": 128, "steps": 10 if q else 20},
-        "noise_scale": {"batch_sizes": "per-example"},
+        "noise_scale": ({"batch_sizes": [32, 256], "n_batches": 16, "max_samples": None} if q else
+                        {"batch_sizes": "per-example", "n_batches": None, "max_samples": 2000}),
         "landscape1d": {"steps": 21 if q else 51, "span": 1.0, "normalization": "filter"},
         "landscape2d": {"steps": 11 if q else 25, "span": 1.0, "normalization": "filter"},
         "interpolation": {"n_alphas": 13 if q else 25, "range": [-1.0, 2.0], "path": "linear"},
@@ -358,8 +359,12 @@ def _m_adaptive(m, loss_fn, work, train, test, st, seed, bs, progress):
 def _m_noise(m, loss_fn, work, train, test, st, seed, bs, progress):
     from .measures import gradient_noise_scale
 
-    r = gradient_noise_scale(m, loss_fn, work, batch_sizes=st["batch_sizes"], seed=seed)
-    return {"b_simple": r.b_simple, "trace_sigma": r.trace_sigma, "grad_norm_sq": r.grad_norm_sq}, r.to_dict(), {}
+    # Exact per-example gradients cost N × P memory traffic: a fixed subset estimates B_simple well.
+    bs_ = st["batch_sizes"] if isinstance(st["batch_sizes"], str) else tuple(st["batch_sizes"])
+    r = gradient_noise_scale(m, loss_fn, subset(work, st["max_samples"], seed), batch_sizes=bs_,
+                             n_batches=st["n_batches"] or 32, seed=seed)
+    return ({"b_simple": r.b_simple, "b_simple_stderr": r.stderr, "trace_sigma": r.trace_sigma,
+             "grad_norm_sq": r.grad_norm_sq}, r.to_dict(), {})
 
 
 def _m_landscape(dims):

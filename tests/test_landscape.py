@@ -187,3 +187,19 @@ def test_between_and_pca_directions():
     explained = ((M @ V.T) ** 2).sum(0) / total
     assert np.allclose(P.info["explained_variance_ratio"], explained.numpy(), atol=1e-6)
     assert np.allclose(P.info["trajectory_coords"], (M @ V.T).numpy(), atol=1e-6)
+
+
+def test_eigenvector_directions_are_hessian_eigenvectors():
+    from cases import dense_hessian
+    from sharpness.landscape import eigenvector_directions
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+    D = eigenvector_directions(model, None, (x, y), n=2, tol=1e-10)
+    H = dense_hessian(model, nn.functional.cross_entropy, x, y)
+    top = torch.linalg.eigvalsh(H).flip(0)[:2]
+    for v, lam, want in zip(D.vectors, D.info["eigenvalues"], top):
+        assert abs(float(v.norm()) - 1) < 1e-8 and abs(lam - float(want)) < 1e-8
+        assert torch.linalg.norm(H @ v - lam * v) < 1e-6
+    assert abs(D.cosine) < 1e-8

@@ -11,6 +11,7 @@ is solved inexactly, as in the paper, by L-BFGS-B with bounds, a fixed number of
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -63,7 +64,8 @@ def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps:
     returned is the largest f seen at any evaluated (feasible) point, so it is a lower bound on the
     true maximum, as in the paper.
 
-    For the random subspace, A ∈ ℝ^{n×p} has i.i.d. standard normal entries (seeded) and A⁺ is its
+    For the random subspace, A ∈ ℝ^{n×p} has i.i.d. N(0, 1/n) entries (seeded), so its columns have
+    unit expected norm like those of A = I (the paper does not give the distribution); A⁺ is its
     Moore–Penrose pseudo-inverse.
 
     Args:
@@ -86,7 +88,10 @@ def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps:
         A = None
         half_width = eps * (x.abs() + 1)
     else:
-        A = torch.randn(fm.num_params, subspace_dim, generator=gen, dtype=torch.float64).to(fm.device)
+        # Unit expected column norm, like the columns of A = I: then A⁺x are x's coordinates in the
+        # subspace and the box ±ε(|A⁺x|+1) is on the same scale as the full-space one.
+        A = (torch.randn(fm.num_params, subspace_dim, generator=gen, dtype=torch.float64)
+             / math.sqrt(fm.num_params)).to(fm.device)
         Ax_coords = torch.linalg.lstsq(A, x.double().unsqueeze(1)).solution.squeeze(1)  # A⁺x
         half_width = eps * (Ax_coords.abs() + 1)
         A = A.to(fm.dtype)

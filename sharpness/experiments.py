@@ -1,0 +1,168 @@
+"""Experiments: a TOML file → a grid of training runs, the analyses its figures need, and the figures.
+
+An experiment file (``experiments/NAME.toml``) has::
+
+    name = "quickstart"
+    [base]      TrainConfig fields shared by every run
+    [grid]      fields whose values are crossed (e.g. batch_size = [32, 800], seed = [0, 1])
+    [analysis]  measures = [...], quick, max_samples, pairs = [[run_a, run_b], ...] for interpolation
+    [figures]   kinds = [...] (see sharpness.plots.experiments.FIGURES)
+
+Runs live in ``runs/NAME/<label>-<hash of config>/`` (resumed, and skipped when their ``done`` marker
+exists); ``--jobs N`` trains independent runs in parallel processes. The results — every run's config,
+history and analysis summaries, and the arrays the figures need — are collected in
+``figures/NAME/results.json``, and the figures are drawn from that file only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .errors import SharpnessError
+from .io import write_json
+from .training import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["load_experiment", "expand", "run_experiment"]
+
+
+def _set(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read an experiment TOML; ``overrides`` are ``section.key=value`` strings (value parsed as JSON)."""
+    path = Path(path)
+    try:
+        spec = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SharpnessError(f"{path}: no such experiment file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SharpnessError(f"{path}: not valid TOML: {e}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise SharpnessError(f"--set expects section.key=value (got '{item}')")
+        key, value = item.split("=", 1)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        _set(spec, key if "." in key else f"base.{key}", value)
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def _label(values: dict) -> str:
+    return "-".join(f"{'B' if k == 'batch_size' else k}{v}" if k in ("batch_size", "seed") else f"{k}{v}"
+                    for k, v in values.items()).replace(" ", "")
+
+
+def expand(spec: dict) -> list[tuple[str, TrainConfig]]:
+    """The (label, config) of every run: the base crossed with the grid, then any named variants."""
+    base = dict(spec.get("base", {}))
+    grid = spec.get("grid", {})
+    keys = list(grid)
+    runs = []
+    for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+        values = dict(zip(keys, combo))
+        for variant in spec.get("variants", [{"name": ""}]):
+            v = {k: val for k, val in variant.items() if k != "name"}
+            cfg = TrainConfig.from_dict({**base, **values, **v})
+            label = "-".join(s for s in (variant.get("name", ""), _label(values)) if s)
+            runs.append((label, cfg))
+    return runs
+
+
+def run_dir(root: Path, name: str, label: str, cfg: TrainConfig) -> Path:
+    """``root/name/<label>-<hash>``: the hash names the exact config, so a changed config is a new run."""
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    return root / name / f"{label}-{digest}"
+
+
+def _train_one(args: tuple) -> str:
+    cfg_dict, out, progress = args
+    from .training import train
+
+    train(TrainConfig.from_dict(cfg_dict), out, progress=progress)
+    return out
+
+
+def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_root: str | Path = "figures",
+                   jobs: int = 1, overrides: list[str] | None = None, progress: bool | None = None) -> Path:
+    """Train every run of the experiment (resuming/skipping finished ones), analyze, collect, draw.
+
+    Returns:
+        The results file (``figures/NAME/results.json``).
+    """
+    from .analysis import analyze
+    from .checkpoint import load_checkpoint
+    from .plots.experiments import draw
+
+    spec = load_experiment(path, overrides)
+    name = spec["name"]
+    runs = expand(spec)
+    dirs = {label: run_dir(Path(runs_root), name, label, cfg) for label, cfg in runs}
+    todo = [(cfg.to_dict(), str(dirs[label]), progress if jobs == 1 else False) for label, cfg in runs
+            if not (dirs[label] / "done").exists()]
+    if jobs > 1 and len(todo) > 1:
+        # spawn, not fork: a forked child of a process whose OpenMP pool is running can deadlock.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_train_one, todo))
+    else:
+        for t in todo:
+            _train_one(t)
+
+    an = spec.get("analysis", {})
+    results: dict = {"name": name, "spec": spec, "runs": {}, "pairs": {}}
+    for label, cfg in runs:
+        d = dirs[label]
+        ckpt = load_checkpoint(d / "final.pt")
+        entry: dict = {"config": cfg.to_dict(), "history": ckpt.history, "dir": str(d)}
+        measures = [m for m in an.get("measures", []) if m != "interpolation"]
+        if measures:
+            rep = analyze(d / "final.pt", out=d / "analysis", measures=measures, quick=an.get("quick", False),
+                          max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=progress,
+                          figures=False)
+            entry["final"] = {m: v["summary"] for m, v in rep.data["checkpoints"]["final"]["measures"].items()}
+            wanted = {"density/grid", "density/density", "landscape2d/loss", "landscape2d/acc",
+                      "landscape2d/axis0", "landscape2d/axis1"}
+            entry["arrays"] = {k.split("/", 1)[1]: v.tolist() for k, v in rep.arrays.items()
+                               if k.startswith("final/") and k.split("/", 1)[1] in wanted}
+        along = an.get("along_training")
+        if along:  # sharpness at the checkpoints saved along the way (Keskar Fig. 6)
+            entry["along"] = []
+            for p in sorted(d.glob("ckpt_epoch*.pt"), key=lambda q: int(q.stem.replace("ckpt_epoch", ""))):
+                rep = analyze(p, out=d / "analysis_along" / p.stem, measures=along, quick=an.get("quick", False),
+                              max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=False,
+                              figures=False)
+                lab = next(iter(rep.data["checkpoints"]))
+                c = load_checkpoint(p)
+                entry["along"].append({"epoch": c.epoch, "train_loss": c.history[-1]["train_loss"],
+                                       **{m: v["summary"] for m, v in rep.data["checkpoints"][lab]["measures"].items()}})
+        results["runs"][label] = entry
+    for a, b in an.get("pairs", []):
+        if a not in dirs or b not in dirs:
+            raise SharpnessError(f"analysis.pairs names unknown runs {a!r}, {b!r}; runs are {list(dirs)}")
+        rep = analyze([dirs[a] / "final.pt", dirs[b] / "final.pt"], out=dirs[a] / f"pair_{b}",
+                      measures=["interpolation"], quick=an.get("quick", False), progress=progress, figures=False)
+        key = next(iter(rep.data["pairs"]))
+        arr = {k.split("/")[-1]: v.tolist() for k, v in rep.arrays.items() if k.startswith(key)}
+        results["pairs"][f"{a}→{b}"] = arr
+    out = Path(figures_root) / name
+    path = write_json(out / "results.json", results)
+    draw(path, out)
+    return path
