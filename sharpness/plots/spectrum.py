@@ -28,12 +28,14 @@ def plot_spectral_density(esd: DensityResult | dict, *, ax=None, path: str | Pat
     """
     grid, density = (esd.grid, esd.density) if isinstance(esd, DensityResult) else (
         np.asarray(esd["grid"]), np.asarray(esd["density"]))
+    first = ax is None or not ax.lines
     fig, ax = new_axes(ax)
     floor = density.max() * 1e-8
-    ax.semilogy(grid, np.maximum(density, floor), lw=1.2, label=label)
+    # Below 1e-8 of the peak the Gaussian tails are numerical dust: leave gaps rather than a flat floor.
+    ax.semilogy(grid, np.where(density > floor, density, np.nan), lw=1.2, label=label)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log scale)")
-    ax.set_ylim(bottom=floor)
+    ax.set_ylim(bottom=floor if first else min(floor, ax.get_ylim()[0]))
     ax.set_title(title or "Hessian eigenvalue density (SLQ)")
     ax.grid(alpha=0.3)
     if label:
