@@ -5,7 +5,9 @@ An experiment file (``experiments/NAME.toml``) has::
     name = "quickstart"
     [base]      TrainConfig fields shared by every run
     [grid]      fields whose values are crossed (e.g. batch_size = [32, 800], seed = [0, 1])
-    [analysis]  measures = [...], quick, max_samples, pairs = [[run_a, run_b], ...] for interpolation
+    [analysis]  measures = [...], quick, max_samples, pairs = [[run_a, run_b], ...] for interpolation,
+                along_training = [...] measures at every saved checkpoint (quick settings unless
+                along_quick = false)
     [figures]   kinds = [...] (see sharpness.plots.experiments.FIGURES)
 
 Runs live in ``runs/NAME/<label>-<hash of config>/`` (resumed, and skipped when their ``done`` marker
@@ -146,8 +148,8 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
         if along:  # sharpness at the checkpoints saved along the way (Keskar Fig. 6)
             entry["along"] = []
             for p in sorted(d.glob("ckpt_epoch*.pt"), key=lambda q: int(q.stem.replace("ckpt_epoch", ""))):
-                rep = analyze(p, out=d / "analysis_along" / p.stem, measures=along, quick=an.get("quick", False),
-                              max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=False,
+                rep = analyze(p, out=d / "analysis_along" / p.stem, measures=along,
+                              quick=an.get("along_quick", True), max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=False,
                               figures=False)
                 lab = next(iter(rep.data["checkpoints"]))
                 c = load_checkpoint(p)

@@ -187,3 +187,16 @@ def test_model_unchanged_when_a_call_raises():
     with pytest.raises(RuntimeError, match="boom"):
         HessianOperator(case.model, bad_loss, (case.x, case.y), mode="train")
     assert_unchanged(case.model, snap)
+
+
+def test_scipy_linear_operator_view():
+    from scipy.sparse.linalg import eigsh
+
+    case = CASES[1]
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y))
+    L = op.as_linear_operator()
+    H = case.dense_hessian().numpy()
+    v = np.random.default_rng(0).normal(size=op.num_params)
+    assert np.allclose(L @ v, H @ v, atol=1e-10)
+    top = eigsh(L, k=2, which="LA", return_eigenvectors=False)
+    assert np.allclose(np.sort(top), np.linalg.eigvalsh(H)[-2:], atol=1e-8)

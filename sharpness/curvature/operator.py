@@ -87,7 +87,8 @@ class HessianOperator:
     def __init__(self, model: nn.Module, loss_fn: Callable | None, data: Any, *,
                  params: str | Iterable[str] | None = None, batch_size: int | None = None,
                  mode: str = "eval", dtype: torch.dtype | None = None):
-        set_mode(nn.Module(), mode)  # validates mode
+        if mode not in ("eval", "train"):
+            raise ValueError(f"mode must be 'eval' or 'train' (got {mode!r})")
         first = next(model.parameters(), None)
         if first is None:
             raise ValueError("model has no parameters")
