@@ -29,7 +29,6 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..curvature.operator import batches_on_device
-from ..data import as_tensors
 from ..functional import FlatModel
 from ..model_state import preserved, set_mode
 
@@ -57,9 +56,7 @@ class NoiseScaleResult:
 
 
 def _per_example(model, loss_fn, data, chunk: int, mode: str) -> tuple[float, float, int]:
-    pair = as_tensors(data)
-    device = next(model.parameters()).device
-    x_all, y_all = (t.to(device) for t in pair) if pair is not None else _stack(data, device)
+    x_all, y_all = _stack(data, next(model.parameters()).device)
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: b for n, b in model.named_buffers()}
 
@@ -84,7 +81,8 @@ def _per_example(model, loss_fn, data, chunk: int, mode: str) -> tuple[float, fl
     return sq_sum / n - g2, g2, n
 
 
-def _stack(data, device):
+def _stack(data, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``data`` as one (X, y) pair on ``device``, whatever form it came in."""
     batches = batches_on_device(data, None, device)
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
@@ -115,9 +113,7 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Callable | None, data: Any, 
         return NoiseScaleResult(b_simple=tr / g2, trace_sigma=tr, grad_norm_sq=g2, stderr=0.0,
                                 method="per-example", batch_sizes=[1], n_batches=n, n_samples=n,
                                 seconds=time.perf_counter() - start, seed=seed)
-    fm = FlatModel(model, loss_fn, data, mode=mode)
-    x_all = torch.cat([x for x, _ in fm.batches])
-    y_all = torch.cat([y for _, y in fm.batches])
+    x_all, y_all = _stack(data, next(model.parameters()).device)
     n = len(y_all)
     small, big = batch_sizes if batch_sizes is not None else (32, min(n, 1024))
     if not 0 < small < big:
@@ -127,7 +123,8 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Callable | None, data: Any, 
     for _ in range(n_batches):
         for b in (small, big):
             idx = torch.randint(0, n, (b,), generator=gen).to(x_all.device)
-            g = FlatModel(model, loss_fn, (x_all[idx], y_all[idx]), mode=mode).loss(fm.x0, grad=True)[1]
+            fm = FlatModel(model, loss_fn, (x_all[idx], y_all[idx]), mode=mode)
+            g = fm.loss(fm.x0, grad=True)[1]
             norms[b].append(float(g.double() @ g.double()))
     s, l_ = np.array(norms[small]), np.array(norms[big])
 
