@@ -66,7 +66,7 @@ def train_main(argv: list[str] | None = None) -> int:
         "--base-batch-size": int, "--epochs": int, "--optimizer": str, "--seed": int,
         "--momentum": float, "--weight-decay": float, "--warmup-epochs": float, "--decay-factor": float,
         "--max-batch-size": int, "--grad-clip": float, "--ghost-batch-size": int, "--save-every": int,
-        "--device": str,
+        "--device": str, "--target-train-loss": float,
     }
     for flag, typ in flags.items():
         p.add_argument(flag, type=typ)

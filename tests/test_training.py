@@ -119,3 +119,22 @@ def test_toml_config_and_cli_flags(tmp_path, capsys):
     assert train_main([str(toml), "--out", str(tmp_path / "x")]) == 2
     assert "unknown training option(s): epochz" in capsys.readouterr().err
     assert train_main(["--out", str(tmp_path / "y"), "--optimizer", "lion"]) == 2
+
+
+def test_target_train_loss_stops_the_run_and_resume_does_not_train_past_it(tmp_path):
+    free = train_model(tiny_config(epochs=8), tmp_path / "free", progress=False)
+    losses = [e["train_loss"] for e in free.history]
+    target = losses[2] * 1.0001  # reached at the end of epoch 3, not before (the loss falls here)
+    assert min(losses[:2]) > target
+    cfg = tiny_config(epochs=8, target_train_loss=target)
+    stopped = train_model(cfg, tmp_path / "run", progress=False)
+    assert [e["epoch"] for e in stopped.history] == [1, 2, 3] and stopped.epoch == 3
+    assert stopped.history[-1]["train_loss"] <= target
+    assert _same(stopped.state_dict, _weights(tmp_path / "run" / "last.pt"))
+    # killed between the last epoch's resume state and final.pt: a rerun must not train further
+    (tmp_path / "run" / "done").unlink()
+    (tmp_path / "run" / "final.pt").unlink()
+    again = train_model(cfg, tmp_path / "run", progress=False)
+    assert len(again.history) == 3 and _same(again.state_dict, stopped.state_dict)
+    with pytest.raises(SharpnessError, match="target_train_loss"):
+        tiny_config(target_train_loss=0.0).validated()

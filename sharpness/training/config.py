@@ -52,6 +52,8 @@ class TrainConfig:
     batch_growth: bool = False            # Smith 2018: at milestones multiply B by 1/decay_factor instead
     max_batch_size: int | None = None     # Smith 2018: once B would pass this cap, decay the LR instead
     regime_adaptation: bool = False       # Hoffer 2017: epochs and milestones multiplied by B/base
+    target_train_loss: float | None = None  # stop after the first epoch whose training loss is ≤ this
+                                            # (time-to-target, McCandlish 2018; matched-loss comparisons)
 
     # --- bookkeeping ---
     seed: int = 0
@@ -94,6 +96,8 @@ class TrainConfig:
             raise SharpnessError(f"optimizer must be adam, adamw or sgd (got '{self.optimizer}')")
         if not 0 < self.decay_factor <= 1:
             raise SharpnessError(f"decay_factor must be in (0, 1] (got {self.decay_factor})")
+        if self.target_train_loss is not None and not self.target_train_loss > 0:
+            raise SharpnessError(f"target_train_loss must be > 0 (got {self.target_train_loss})")
         if self.epochs < 1:
             raise SharpnessError(f"epochs must be ≥ 1 (got {self.epochs})")
         return self

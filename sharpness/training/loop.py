@@ -133,9 +133,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                             epoch=epoch, step=step, history=history,
                             optimizer=opt.state_dict() if with_opt else None, extra=extra)
 
+        def reached_target() -> bool:
+            return (config.target_train_loss is not None and bool(history)
+                    and history[-1]["train_loss"] <= config.target_train_loss)
+
         bar = tqdm(range(epoch0, sched.epochs), initial=epoch0, total=sched.epochs, disable=not progress,
                    desc=f"train B={config.batch_size}", unit="epoch")
         for epoch in bar:
+            if reached_target():  # resuming a run that had already reached its target
+                break
             t0 = time.perf_counter()
             bsz = sched.batch_size(epoch)
             torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout and friends, per epoch
@@ -174,7 +180,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 ckpt(out / f"ckpt_epoch{epoch + 1}.pt", epoch + 1)
             ckpt(out / "last.pt", epoch + 1, with_opt=True)
             write_json(out / "history.json", {"config": cfg, "history": history})
+            if reached_target():
+                break
         bar.close()
-        ckpt(out / "final.pt", sched.epochs)
+        ckpt(out / "final.pt", history[-1]["epoch"] if history else sched.epochs)
     (out / "done").write_text("done\n")
     return load_checkpoint(out / "final.pt")
