@@ -5,10 +5,11 @@ import shutil
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 
 from sharpness.cli import figures_main, run_main
 from sharpness.experiments import expand, load_experiment
-from sharpness.plots.experiments import draw
+from sharpness.plots.experiments import draw, fit_critical_batch, time_to_target
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -27,7 +28,8 @@ def test_runner_end_to_end_and_resume(tmp_path):
     res = json.loads((tmp_path / "fig" / "tiny" / "results.json").read_text())
     assert set(res["runs"]) == {"B16-seed0", "B16-seed1", "B96-seed0", "B96-seed1"}
     assert len(res["runs"]["B16-seed0"]["along"]) == 3
-    for png in ("curves", "esd", "sharpness_vs_loss", "parametric_B16-seed0_B96-seed0", "surface_B16-seed0"):
+    for png in ("curves", "curves_B16", "esd", "sharpness_vs_loss", "parametric_B16-seed0_B96-seed0",
+                "surface_B16-seed0", "batch_sweep", "cost"):
         img = mpimg.imread(tmp_path / "fig" / "tiny" / f"{png}.png")
         assert img.std() > 0.02, png
     # a second run trains nothing: every run folder has its done marker
@@ -40,6 +42,22 @@ def test_runner_end_to_end_and_resume(tmp_path):
 def test_figures_from_committed_results_match_golden_table(tmp_path):
     shutil.copytree(GOLDEN / "results", tmp_path / "tiny")
     made = draw(tmp_path / "tiny" / "results.json")
-    assert (tmp_path / "tiny" / "table.md").read_text() == (GOLDEN / "table.md").read_text()
+    for md in ("table.md", "cost.md"):
+        assert (tmp_path / "tiny" / md).read_text() == (GOLDEN / md).read_text(), md
     assert len(made) >= 6 and all(p.exists() for p in made)
     assert figures_main(["tiny", "--figures", str(tmp_path)]) == 0
+
+
+def test_fit_critical_batch_recovers_the_closed_form():
+    b = np.array([16.0, 64, 256, 1024, 4096])
+    steps = 1200 * (1 + 300 / b)  # McCandlish 2018: S = S_min (1 + B_crit / B)
+    s_min, b_crit = fit_critical_batch(b, steps)
+    assert abs(s_min - 1200) < 1e-6 * 1200 and abs(b_crit - 300) < 1e-6 * 300
+    assert fit_critical_batch(b, 1000 / b) is None  # perfect scaling: no S_min > 0 to fit
+
+
+def test_time_to_target_is_the_first_epoch_at_or_below_it():
+    hist = [{"epoch": i + 1, "step": 10 * (i + 1), "examples": 160 * (i + 1), "wall_time": 0.5 * (i + 1),
+             "train_loss": loss} for i, loss in enumerate([1.0, 0.4, 0.2, 0.25, 0.1])]
+    assert time_to_target(hist, 0.2) == {"step": 30, "examples": 480, "wall_time": 1.5, "epoch": 3}
+    assert time_to_target(hist, 0.05) is None

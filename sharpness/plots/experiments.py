@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from ..io import atomic_write
 from ..landscape.directions import Directions
@@ -44,47 +45,86 @@ TABLE_COLUMNS = [("train acc %", ("loss", "train_acc"), 100), ("test acc %", ("l
                  ("B_simple", ("noise_scale", "b_simple"), 1)]
 
 
+def _final(run: dict, measure: str, key: str) -> float | None:
+    """A final-checkpoint summary value; accuracy and loss fall back to the last epoch of the history."""
+    v = run.get("final", {}).get(measure, {}).get(key)
+    if v is None and measure == "loss" and run.get("history"):
+        v = run["history"][-1].get(key)
+    return v
+
+
 def table(res: dict, out: Path) -> Path:
     """Markdown table, one row per group (mean ± std over seeds), of every measure the runs have."""
     runs, groups = res["runs"], _groups(res["runs"])
-    cols = [c for c in TABLE_COLUMNS if any(r.get("final", {}).get(c[1][0], {}).get(c[1][1]) is not None
-                                            for r in runs.values())]
+    cols = [c for c in TABLE_COLUMNS if any(_final(r, *c[1]) is not None for r in runs.values())]
     lines = ["| run | seeds | updates | " + " | ".join(c[0] for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for g, labels in groups.items():
         cells = []
         for _, (m, k), scale in cols:
-            vals = [runs[lb].get("final", {}).get(m, {}).get(k) for lb in labels]
+            vals = [_final(runs[lb], m, k) for lb in labels]
             cells.append(_mean_std([v * scale for v in vals if v is not None]))
-        steps = runs[labels[0]]["history"][-1]["step"] if runs[labels[0]]["history"] else 0
+        counts = [runs[lb]["history"][-1]["step"] for lb in labels if runs[lb]["history"]]
+        steps = str(counts[0]) if len(set(counts)) == 1 else _mean_std(counts)  # differ with target_train_loss
         lines.append(f"| {g} | {len(labels)} | {steps} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     return atomic_write(out / "table.md", lambda p: p.write_text(text))
 
 
-def curves(res: dict, out: Path) -> Path:
-    """Test loss and test accuracy against epochs, per group (mean over seeds, band = ±1 std)."""
+AXIS_LABELS = {"epoch": "epoch", "step": "parameter updates", "examples": "training examples seen",
+               "wall_time": "training wall-clock (s)", "test_loss": "test (validation) loss",
+               "test_acc": "test accuracy", "train_loss": "training loss", "train_acc": "training accuracy",
+               "dist_from_init": "‖w − w₀‖", "lr": "learning rate", "batch_size": "batch size"}
+DEFAULT_CURVES = {"file": "curves.png", "panels": [{"x": "epoch", "y": "test_loss"}, {"x": "epoch", "y": "test_acc"}]}
+
+
+def _curve_figure(res: dict, out: Path, fig_spec: dict) -> Path:
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
-    for g, labels in _groups(res["runs"]).items():
-        hs = [res["runs"][lb]["history"] for lb in labels]
-        n = min(len(h) for h in hs)
-        ep = np.arange(1, n + 1)
-        for ax, key in ((a1, "test_loss"), (a2, "test_acc")):
-            v = np.array([[e[key] for e in h[:n]] for h in hs])
+    groups = _groups(res["runs"])
+    wanted = fig_spec.get("groups", list(groups))
+    unknown = [g for g in wanted if g not in groups]
+    if unknown:
+        raise ValueError(f"figures.curves names unknown groups {unknown}; groups are {list(groups)}")
+    panels = fig_spec["panels"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), layout="constrained", squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        xk, yk = panel["x"], panel["y"]
+        for i, g in enumerate(wanted):
+            hs = [res["runs"][lb]["history"] for lb in groups[g]]
+            n = min(len(h) for h in hs)
+            x = np.array([[e[xk] for e in h[:n]] for h in hs]).mean(0)
+            v = np.array([[e[yk] for e in h[:n]] for h in hs])
             m = v.mean(0)
-            line, = ax.plot(ep, m, label=g)
+            style = fig_spec.get("styles", {}).get(g, "-")
+            line, = ax.plot(x, m, style, label=g, color=f"C{i}", lw=1.4)
             if len(hs) > 1:
-                ax.fill_between(ep, m - v.std(0), m + v.std(0), color=line.get_color(), alpha=0.2)
-    a1.set_ylabel("test (validation) loss")
-    a2.set_ylabel("test accuracy")
-    for ax in (a1, a2):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    a2.legend(fontsize=8)
-    fig.suptitle(f"{res['name']}: validation curves")
-    return save(fig, out / "curves.png")
+                sd = v.std(0, ddof=1)
+                ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_xscale(panel.get("xscale", "linear"))
+        ax.set_yscale(panel.get("yscale", "linear"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones collide on log axes
+        if "ylim" in panel:
+            ax.set_ylim(*panel["ylim"])
+        ax.set_xlabel(AXIS_LABELS.get(xk, xk) + (" (log)" if panel.get("xscale") == "log" else ""))
+        ax.set_ylabel(AXIS_LABELS.get(yk, yk))
+        ax.grid(alpha=0.3, which="both" if panel.get("xscale") == "log" else "major")
+    axes[0][-1].legend(fontsize=8)
+    seeds = max(len(groups[g]) for g in wanted)
+    band = f"mean over {seeds} seeds, band ±1 std" if seeds > 1 else "one seed"
+    fig.suptitle(f"{res['name']}: {fig_spec.get('title', 'curves')} ({band})")
+    return save(fig, out / fig_spec["file"])
+
+
+def curves(res: dict, out: Path) -> list[Path]:
+    """Training curves per group (mean over seeds, band = ±1 std).
+
+    Each ``[[figures.curves]]`` entry is one figure (``file``, ``title``, optional ``groups``, ``styles``
+    and ``panels`` = [{x, y, xscale, yscale, ylim}], x and y being history keys); without entries, test
+    loss and accuracy against epochs.
+    """
+    specs = res["spec"].get("figures", {}).get("curves") or [DEFAULT_CURVES]
+    return [_curve_figure(res, out, f) for f in specs]
 
 
 def parametric(res: dict, out: Path) -> list[Path]:
@@ -151,8 +191,166 @@ def sharpness_vs_loss(res: dict, out: Path) -> Path:
     return save(fig, out / "sharpness_vs_loss.png")
 
 
+def _by_batch(res: dict) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for label, r in res["runs"].items():
+        out.setdefault(int(r["config"]["batch_size"]), []).append(label)
+    return dict(sorted(out.items()))
+
+
+def _errorbar(ax, x, values, **kw):
+    m = [np.mean(v) if len(v) else np.nan for v in values]
+    e = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+    return ax.errorbar(x, m, yerr=e, capsize=3, marker="o", ms=4, **kw)
+
+
+def batch_sweep(res: dict, out: Path) -> Path:
+    """Keskar Fig. 4: test accuracy and sharpness of the final models against batch size (mean ± std).
+
+    A second panel gives λ_max and the final training loss, which sharpness must be read against.
+    """
+    import matplotlib.pyplot as plt
+
+    key = res["spec"].get("figures", {}).get("batch_sweep", {}).get("sharpness", "eps0.001_full")
+    by_b = _by_batch(res)
+    bs = list(by_b)
+
+    def vals(measure, k, scale=1.0):
+        return [[_final(res["runs"][lb], measure, k) * scale for lb in by_b[b]
+                 if _final(res["runs"][lb], measure, k) is not None] for b in bs]
+
+    fig, (a1, a3) = plt.subplots(1, 2, figsize=(11.5, 3.9), layout="constrained")
+    _errorbar(a1, bs, vals("loss", "test_acc", 100), color="C0", label="test accuracy")
+    a1.set_ylabel("test accuracy (%)", color="C0")
+    a2 = a1.twinx()
+    _errorbar(a2, bs, vals("eps_sharpness", key), color="C3", label="ε-sharpness")
+    eps = key.split("_")[0].replace("eps", "")
+    a2.set_ylabel(f"ε-sharpness φ (ε = {eps}, {key.split('_')[1]})", color="C3")
+    a3.set_yscale("log")
+    _errorbar(a3, bs, vals("eigenvalues", "lambda_max"), color="C2", label="λ_max")
+    a3.set_ylabel("top Hessian eigenvalue λ_max", color="C2")
+    a4 = a3.twinx()
+    _errorbar(a4, bs, vals("loss", "train_loss"), color="C7", label="final training loss", ls="--")
+    a4.set_yscale("log")
+    a4.set_ylabel("final training loss", color="C7")
+    for ax in (a1, a3):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(bs, [str(b) for b in bs])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size")
+        ax.grid(alpha=0.3)
+    seeds = max(len(v) for v in by_b.values())
+    fig.suptitle(f"{res['name']}: accuracy and sharpness against batch size (mean ± std, {seeds} seeds)")
+    return save(fig, out / "batch_sweep.png")
+
+
+def time_to_target(history: list[dict], target: float) -> dict | None:
+    """Updates, examples and training wall-clock at the end of the first epoch with training loss ≤ target."""
+    for e in history:
+        if e["train_loss"] <= target:
+            return {"step": e["step"], "examples": e["examples"], "wall_time": e["wall_time"], "epoch": e["epoch"]}
+    return None
+
+
+def fit_critical_batch(b: np.ndarray, steps: np.ndarray) -> tuple[float, float] | None:
+    """(S_min, B_crit) of McCandlish et al. 2018's S = S_min (1 + B_crit / B), fitted in relative error.
+
+    S = a + c/B is linear in (a, c); dividing each row by S_i weighs every batch size equally.
+    None when the fit has no positive S_min or B_crit (the runs show no trade-off to fit).
+    """
+    rows = np.stack([1 / steps, 1 / (b * steps)], 1)
+    (a, c), *_ = np.linalg.lstsq(rows, np.ones_like(steps), rcond=None)
+    ok = a > 1e-6 * steps.min() and c > 0  # a ≈ 0 (within round-off) is perfect scaling: no S_min
+    return (float(a), float(c / a)) if ok else None
+
+
+def cost(res: dict, out: Path) -> list[Path]:
+    """McCandlish et al. 2018: updates, examples and wall-clock to reach a training loss, against batch size.
+
+    For each batch size the learning rate that reaches the target in the fewest updates is kept (mean over
+    seeds first), as the paper tunes the LR per batch size. Marked: the fitted critical batch size of
+    S = S_min(1 + B_crit/B) (E = E_min(1 + B/B_crit) follows) and the measured simple noise scale B_simple
+    of the kept runs' final (target-loss) checkpoints. Also writes ``cost.md``.
+    """
+    import matplotlib.pyplot as plt
+
+    opts = res["spec"].get("figures", {}).get("cost", {})
+    target = opts.get("target") or next(r["config"].get("target_train_loss") for r in res["runs"].values())
+    cells: dict[tuple, list[str]] = {}
+    for label, r in res["runs"].items():
+        c = {k: v for k, v in r["config"].items() if k != "seed"}
+        cells.setdefault(json.dumps(c, sort_keys=True), []).append(label)
+    best: dict[int, dict] = {}
+    for key, labels in cells.items():
+        reach = [time_to_target(res["runs"][lb]["history"], target) for lb in labels]
+        if any(t is None for t in reach):
+            continue  # some seed never reached the target with this LR
+        c = json.loads(key)
+        row = {k: float(np.mean([t[k] for t in reach])) for k in ("step", "examples", "wall_time")}
+        row.update({f"{k}_std": float(np.std([t[k] for t in reach], ddof=1)) if len(reach) > 1 else 0.0
+                    for k in ("step", "examples", "wall_time")})
+        noise = [res["runs"][lb].get("final", {}).get("noise_scale", {}).get("b_simple") for lb in labels]
+        row.update(lr=c["lr"], labels=labels, b_simple=[v for v in noise if v is not None])
+        b = int(c["batch_size"])
+        if b not in best or row["step"] < best[b]["step"]:
+            best[b] = row
+    bs = np.array(sorted(best), dtype=float)
+    steps = np.array([best[b]["step"] for b in sorted(best)])
+    examples = np.array([best[b]["examples"] for b in sorted(best)])
+    wall = np.array([best[b]["wall_time"] for b in sorted(best)])
+    errs = {k: np.array([best[b][f"{k}_std"] for b in sorted(best)]) for k in ("step", "examples", "wall_time")}
+    fit = fit_critical_batch(bs, steps) if len(bs) >= 3 else None
+    noise = np.array([v for b in sorted(best) for v in best[b]["b_simple"]])
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9), layout="constrained")
+    for ax, y, key, name in zip(axes, (steps, examples, wall), ("step", "examples", "wall_time"),
+                                ("parameter updates", "training examples", "training wall-clock (s)")):
+        ax.errorbar(bs, y, yerr=errs[key], fmt="o-", ms=4, capsize=3, color="C0",
+                    label="measured (best LR per batch size; mean ± std over seeds)")
+        if fit is not None and name != "training wall-clock (s)":
+            s_min, b_crit = fit
+            grid = np.geomspace(bs.min(), bs.max(), 100)
+            model = s_min * (1 + b_crit / grid) if name == "parameter updates" else s_min * (grid + b_crit)
+            ax.plot(grid, model, "--", color="C1", label=f"fit S_min(1+B_crit/B): B_crit = {b_crit:.0f}")
+        if fit is not None:
+            ax.axvline(fit[1], color="C1", ls="--", lw=1)
+        if len(noise):
+            ax.axvline(np.median(noise), color="C3", ls=":", lw=1.5,
+                       label=f"measured B_simple = {np.median(noise):.0f} (median)")
+            if len(noise) > 1:
+                ax.axvspan(noise.min(), noise.max(), color="C3", alpha=0.08, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(bs, [str(int(b)) for b in bs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(f"{name} to reach train loss {target:g}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{res['name']}: cost of reaching training loss {target:g} against batch size")
+    png = save(fig, out / "cost.png")
+
+    lines = [f"Target training loss {target:g}; best LR per batch size (fewest updates; mean over seeds).", "",
+             "| batch | lr | updates | examples | wall-clock (s) | B_simple, final checkpoint |",
+             "|---|---|---|---|---|---|"]
+    for b in sorted(best):
+        r = best[b]
+        lines.append(f"| {b} | {r['lr']:g} | {r['step']:.0f} | {r['examples']:.0f} | {r['wall_time']:.1f} | "
+                     f"{_mean_std(r['b_simple'])} |")
+    lines.append("")
+    lines.append(f"Fit S = S_min(1 + B_crit/B): S_min = {fit[0]:.0f}, B_crit = {fit[1]:.0f}, E_min = "
+                 f"{fit[0] * fit[1]:.0f}." if fit else "Fit S = S_min(1 + B_crit/B): no positive fit.")
+    missing = sorted({int(res["runs"][lb]["config"]["batch_size"]) for lbs in cells.values() for lb in lbs}
+                     - set(best))
+    if missing:
+        lines.append(f"Never reached the target at any LR: batch sizes {missing}.")
+    text = "\n".join(lines) + "\n"
+    md = atomic_write(out / "cost.md", lambda p: p.write_text(text))
+    return [png, md]
+
+
 FIGURES = {"table": table, "curves": curves, "parametric": parametric, "esd": esd, "surface": surface,
-           "sharpness_vs_loss": sharpness_vs_loss}
+           "sharpness_vs_loss": sharpness_vs_loss, "batch_sweep": batch_sweep, "cost": cost}
 
 
 def draw(results_path: str | Path, out: str | Path | None = None) -> list[Path]:
