@@ -90,8 +90,14 @@ def expand(spec: dict) -> list[tuple[str, TrainConfig]]:
 
 
 def run_dir(root: Path, name: str, label: str, cfg: TrainConfig) -> Path:
-    """``root/name/<label>-<hash>``: the hash names the exact config, so a changed config is a new run."""
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    """``root/name/<label>-<hash>``: the hash names the exact config, so a changed config is a new run.
+
+    Only fields that differ from their defaults are hashed, so adding a field to ``TrainConfig`` (with a
+    default that keeps the old behaviour) leaves existing run folders valid.
+    """
+    defaults = TrainConfig().to_dict()
+    changed = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
+    digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:10]
     return root / name / f"{label}-{digest}"
 
 
@@ -134,6 +140,8 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
         d = dirs[label]
         ckpt = load_checkpoint(d / "final.pt")
         entry: dict = {"config": cfg.to_dict(), "history": ckpt.history, "dir": str(d)}
+        if "trace" in ckpt.extra:  # trace_log_steps: ‖w − w₀‖ at log-spaced updates
+            entry["trace"] = ckpt.extra["trace"]
         measures = [m for m in an.get("measures", []) if m != "interpolation"]
         if measures:
             rep = analyze(d / "final.pt", out=d / "analysis", measures=measures, quick=an.get("quick", False),

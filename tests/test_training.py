@@ -44,7 +44,7 @@ def test_same_seed_same_run_and_history(tmp_path):
 
 
 def test_resume_after_interrupt_is_bit_identical(tmp_path, monkeypatch):
-    cfg = tiny_config(epochs=4, optimizer="sgd", momentum=0.9, lr=0.05, save_steps=[30])
+    cfg = tiny_config(epochs=4, optimizer="sgd", momentum=0.9, lr=0.05, save_steps=[30], trace_log_steps=True)
     ref = train_model(cfg, tmp_path / "ref", progress=False)
 
     real_ce, calls = torch.nn.functional.cross_entropy, {"n": 0}
@@ -64,6 +64,30 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, monkeypatch):
     assert _same(ref.state_dict, resumed.state_dict)
     assert [e["train_loss"] for e in ref.history] == [e["train_loss"] for e in resumed.history]
     assert _same(_weights(tmp_path / "ref" / "ckpt_step30.pt"), _weights(tmp_path / "run" / "ckpt_step30.pt"))
+    assert resumed.extra["trace"] == ref.extra["trace"]
+
+
+def test_trace_log_steps_records_distance_at_log_spaced_updates(tmp_path):
+    run = train_model(tiny_config(epochs=3, trace_log_steps=True), tmp_path / "run", progress=False)
+    trace = run.extra["trace"]
+    assert [t["step"] for t in trace] == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32]  # 36 updates in all
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["trace"] == trace
+    # the distance at the end of an epoch's last update equals the history's per-epoch value
+    w0 = torch.cat([p.reshape(-1) for p in load_checkpoint(tmp_path / "run" / "init.pt").state_dict.values()])
+    w = torch.cat([p.reshape(-1) for p in run.state_dict.values()])
+    assert abs((w - w0).norm().item() - run.history[-1]["dist_from_init"]) < 1e-5
+    assert all(a["dist_from_init"] < b["dist_from_init"] * 1.5 for a, b in zip(trace, trace[1:]))
+    assert all(t["examples"] == 16 * t["step"] for t in trace)
+
+
+def test_a_run_saved_before_a_field_existed_is_still_the_same_run(tmp_path):
+    cfg = tiny_config(epochs=2)
+    train_model(cfg, tmp_path / "run", progress=False)
+    for name in ("final.pt", "last.pt"):  # as written by a version without trace_log_steps
+        obj = torch.load(tmp_path / "run" / name, weights_only=True)
+        del obj["config"]["trace_log_steps"]
+        torch.save(obj, tmp_path / "run" / name)
+    assert train_model(cfg, tmp_path / "run", progress=False).epoch == 2
 
 
 def test_sigkill_mid_run_then_rerun_gives_same_weights(tmp_path):

@@ -89,9 +89,11 @@ def _curve_figure(res: dict, out: Path, fig_spec: dict) -> Path:
     panels = fig_spec["panels"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), layout="constrained", squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        xk, yk = panel["x"], panel["y"]
+        xk, yk, source = panel["x"], panel["y"], panel.get("source", "history")
         for i, g in enumerate(wanted):
-            hs = [res["runs"][lb]["history"] for lb in groups[g]]
+            hs = [res["runs"][lb].get(source, []) for lb in groups[g]]
+            if not all(hs):
+                continue  # e.g. source = "trace" for runs trained without trace_log_steps
             n = min(len(h) for h in hs)
             x = np.array([[e[xk] for e in h[:n]] for h in hs]).mean(0)
             v = np.array([[e[yk] for e in h[:n]] for h in hs])
@@ -120,8 +122,9 @@ def curves(res: dict, out: Path) -> list[Path]:
     """Training curves per group (mean over seeds, band = ±1 std).
 
     Each ``[[figures.curves]]`` entry is one figure (``file``, ``title``, optional ``groups``, ``styles``
-    and ``panels`` = [{x, y, xscale, yscale, ylim}], x and y being history keys); without entries, test
-    loss and accuracy against epochs.
+    and ``panels`` = [{x, y, xscale, yscale, ylim, source}], x and y being keys of the per-epoch history, or
+    of the log-spaced ``trace`` when ``source = "trace"``); without entries, test loss and accuracy
+    against epochs.
     """
     specs = res["spec"].get("figures", {}).get("curves") or [DEFAULT_CURVES]
     return [_curve_figure(res, out, f) for f in specs]

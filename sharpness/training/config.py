@@ -59,6 +59,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1                   # write ckpt_epochN.pt every N epochs (0: only init and final)
     save_steps: list = field(default_factory=list)  # also write ckpt_stepS.pt after these update counts
+    trace_log_steps: bool = False         # Hoffer 2017 Fig. 2: ‖w − w₀‖ and the batch loss at ~10
+                                          # log-spaced update counts per decade (history.json "trace")
     eval_batch_size: int = 4096           # batch size of the per-epoch full-data evaluation (memory only)
     device: str = "cpu"
 

@@ -24,7 +24,10 @@ from ..models import ModelSpec, build_model
 from .config import TrainConfig
 from .schedules import Schedule
 
-__all__ = ["train", "evaluate"]
+__all__ = ["train", "evaluate", "TRACE_STEPS"]
+
+# ~10 update counts per decade, 1 … 10⁷: where trace_log_steps records the distance from initialization.
+TRACE_STEPS = frozenset(int(round(10 ** (k / 10))) for k in range(71))
 
 
 @torch.no_grad()
@@ -70,12 +73,18 @@ def _specs(c: TrainConfig, train_set, test_set) -> tuple[ModelSpec, DataSpec]:
     return ModelSpec(c.model, args), DataSpec(c.dataset, dict(c.data_args))
 
 
+def _normalized(saved: dict) -> dict:
+    """A stored config with the defaults of fields added since it was written (so old runs still resume)."""
+    defaults = TrainConfig().to_dict()
+    return {**defaults, **saved} if set(saved) <= set(defaults) else saved
+
+
 def _resume_state(out: Path, c: TrainConfig) -> Checkpoint | None:
     last = out / "last.pt"
     if not last.exists():
         return None
     ckpt = load_checkpoint(last)
-    saved = ckpt.config
+    saved = _normalized(ckpt.config)
     if saved != c.to_dict():
         diff = sorted(k for k in set(saved) | set(c.to_dict()) if saved.get(k) != c.to_dict().get(k))
         raise SharpnessError(f"{out} holds a different run (config differs in: {', '.join(diff)}); "
@@ -95,7 +104,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
     out = Path(out_dir)
     if (out / "done").exists() and (out / "final.pt").exists():
         final = load_checkpoint(out / "final.pt")
-        if final.config != config.to_dict():
+        if _normalized(final.config) != config.to_dict():
             raise SharpnessError(f"{out} holds a different finished run; choose another output folder")
         return final
     out.mkdir(parents=True, exist_ok=True)
@@ -118,17 +127,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         if state is None:
             save_checkpoint(out / "init.pt", model=model, model_spec=model_spec, data_spec=data_spec,
                             config=cfg)
-            epoch0, step, history = 0, 0, []
+            epoch0, step, history, trace = 0, 0, [], []
         else:
             model.load_state_dict(state.state_dict)
             opt.load_state_dict(state.optimizer)
             epoch0, step, history = state.epoch, state.step, list(state.history)
+            trace = list(state.extra.get("trace", []))
         w0 = _flat_params(load_checkpoint(out / "init.pt").model(device))
         examples = history[-1]["examples"] if history else 0
         wall = history[-1]["wall_time"] if history else 0.0
         save_steps = set(int(s) for s in config.save_steps)
 
         def ckpt(path: Path, epoch: int, extra: dict | None = None, with_opt: bool = False) -> None:
+            extra = {**(extra or {}), **({"trace": trace} if config.trace_log_steps else {})}
             save_checkpoint(path, model=model, model_spec=model_spec, data_spec=data_spec, config=cfg,
                             epoch=epoch, step=step, history=history,
                             optimizer=opt.state_dict() if with_opt else None, extra=extra)
@@ -163,6 +174,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 opt.step()
                 step += 1
                 examples += len(idx)
+                if config.trace_log_steps and step in TRACE_STEPS:
+                    trace.append({"step": step, "examples": examples, "batch_loss": loss.item(),
+                                  "dist_from_init": (_flat_params(model) - w0).norm().item()})
                 if step in save_steps:
                     ckpt(out / f"ckpt_step{step}.pt", epoch, extra={"mid_epoch": True})
             wall += time.perf_counter() - t0
@@ -179,7 +193,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             if config.save_every and (epoch + 1) % config.save_every == 0:
                 ckpt(out / f"ckpt_epoch{epoch + 1}.pt", epoch + 1)
             ckpt(out / "last.pt", epoch + 1, with_opt=True)
-            write_json(out / "history.json", {"config": cfg, "history": history})
+            write_json(out / "history.json", {"config": cfg, "history": history,
+                                              **({"trace": trace} if config.trace_log_steps else {})})
             if reached_target():
                 break
         bar.close()
