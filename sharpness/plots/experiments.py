@@ -321,7 +321,8 @@ def cost(res: dict, out: Path) -> list[Path]:
             ax.axvline(np.median(noise), color="C3", ls=":", lw=1.5,
                        label=f"measured B_simple = {np.median(noise):.0f} (median)")
             if len(noise) > 1:
-                ax.axvspan(noise.min(), noise.max(), color="C3", alpha=0.08, lw=0)
+                ax.axvspan(noise.min(), noise.max(), color="C3", alpha=0.08, lw=0,
+                           label="B_simple, range over the kept runs")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(bs, [str(int(b)) for b in bs])
@@ -329,7 +330,7 @@ def cost(res: dict, out: Path) -> list[Path]:
         ax.set_xlabel("batch size")
         ax.set_ylabel(f"{name} to reach train loss {target:g}")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left")  # the emptiest corner of the three panels
     fig.suptitle(f"{res['name']}: cost of reaching training loss {target:g} against batch size")
     png = save(fig, out / "cost.png")
 
