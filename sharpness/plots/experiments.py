@@ -219,8 +219,8 @@ def batch_sweep(res: dict, out: Path) -> Path:
     bs = list(by_b)
 
     def vals(measure, k, scale=1.0):
-        return [[_final(res["runs"][lb], measure, k) * scale for lb in by_b[b]
-                 if _final(res["runs"][lb], measure, k) is not None] for b in bs]
+        per_b = [[_final(res["runs"][lb], measure, k) for lb in by_b[b]] for b in bs]
+        return [[v * scale for v in vs if v is not None] for vs in per_b]
 
     fig, (a1, a3) = plt.subplots(1, 2, figsize=(11.5, 3.9), layout="constrained")
     _errorbar(a1, bs, vals("loss", "test_acc", 100), color="C0", label="test accuracy")
@@ -297,23 +297,24 @@ def cost(res: dict, out: Path) -> list[Path]:
         b = int(c["batch_size"])
         if b not in best or row["step"] < best[b]["step"]:
             best[b] = row
-    bs = np.array(sorted(best), dtype=float)
-    steps = np.array([best[b]["step"] for b in sorted(best)])
-    examples = np.array([best[b]["examples"] for b in sorted(best)])
-    wall = np.array([best[b]["wall_time"] for b in sorted(best)])
-    errs = {k: np.array([best[b][f"{k}_std"] for b in sorted(best)]) for k in ("step", "examples", "wall_time")}
-    fit = fit_critical_batch(bs, steps) if len(bs) >= 3 else None
-    noise = np.array([v for b in sorted(best) for v in best[b]["b_simple"]])
+    best = dict(sorted(best.items()))
+    bs = np.array(list(best), dtype=float)
+
+    def column(k: str) -> np.ndarray:
+        return np.array([r[k] for r in best.values()])
+
+    fit = fit_critical_batch(bs, column("step")) if len(bs) >= 3 else None
+    noise = np.array([v for r in best.values() for v in r["b_simple"]])
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.9), layout="constrained")
-    for ax, y, key, name in zip(axes, (steps, examples, wall), ("step", "examples", "wall_time"),
-                                ("parameter updates", "training examples", "training wall-clock (s)")):
-        ax.errorbar(bs, y, yerr=errs[key], fmt="o-", ms=4, capsize=3, color="C0",
+    for ax, key, name in zip(axes, ("step", "examples", "wall_time"),
+                             ("parameter updates", "training examples", "training wall-clock (s)")):
+        ax.errorbar(bs, column(key), yerr=column(f"{key}_std"), fmt="o-", ms=4, capsize=3, color="C0",
                     label="measured (best LR per batch size; mean ± std over seeds)")
-        if fit is not None and name != "training wall-clock (s)":
+        if fit is not None and key != "wall_time":
             s_min, b_crit = fit
             grid = np.geomspace(bs.min(), bs.max(), 100)
-            model = s_min * (1 + b_crit / grid) if name == "parameter updates" else s_min * (grid + b_crit)
+            model = s_min * (1 + b_crit / grid) if key == "step" else s_min * (grid + b_crit)
             ax.plot(grid, model, "--", color="C1", label=f"fit S_min(1+B_crit/B): B_crit = {b_crit:.0f}")
         if fit is not None:
             ax.axvline(fit[1], color="C1", ls="--", lw=1)
@@ -337,8 +338,7 @@ def cost(res: dict, out: Path) -> list[Path]:
     lines = [f"Target training loss {target:g}; best LR per batch size (fewest updates; mean over seeds).", "",
              "| batch | lr | updates | examples | wall-clock (s) | B_simple, final checkpoint |",
              "|---|---|---|---|---|---|"]
-    for b in sorted(best):
-        r = best[b]
+    for b, r in best.items():
         lines.append(f"| {b} | {r['lr']:g} | {r['step']:.0f} | {r['examples']:.0f} | {r['wall_time']:.1f} | "
                      f"{_mean_std(r['b_simple'])} |")
     lines.append("")

@@ -138,8 +138,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         wall = history[-1]["wall_time"] if history else 0.0
         save_steps = set(int(s) for s in config.save_steps)
 
+        def traced() -> dict:
+            return {"trace": trace} if config.trace_log_steps else {}
+
         def ckpt(path: Path, epoch: int, extra: dict | None = None, with_opt: bool = False) -> None:
-            extra = {**(extra or {}), **({"trace": trace} if config.trace_log_steps else {})}
+            extra = {**(extra or {}), **traced()}
             save_checkpoint(path, model=model, model_spec=model_spec, data_spec=data_spec, config=cfg,
                             epoch=epoch, step=step, history=history,
                             optimizer=opt.state_dict() if with_opt else None, extra=extra)
@@ -193,8 +196,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             if config.save_every and (epoch + 1) % config.save_every == 0:
                 ckpt(out / f"ckpt_epoch{epoch + 1}.pt", epoch + 1)
             ckpt(out / "last.pt", epoch + 1, with_opt=True)
-            write_json(out / "history.json", {"config": cfg, "history": history,
-                                              **({"trace": trace} if config.trace_log_steps else {})})
+            write_json(out / "history.json", {"config": cfg, "history": history, **traced()})
             if reached_target():
                 break
         bar.close()
