@@ -4,8 +4,10 @@ Train small- and large-batch models, measure the curvature and sharpness of any 
 landscapes, and regenerate the figures of the batch-size literature. See README.md.
 """
 
+from . import plots, reporting
 from .allocator import keep_freed_memory
 from .analysis import Report, analyze
+from .batches import Batches
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .curvature import (
                         DenseOperator,
@@ -17,9 +19,10 @@ from .curvature import (
                         hessian_trace,
                         spectral_density,
 )
-from .data import DataSpec, load_data
+from .data import DataSpec, load_data, register_data
 from .errors import SharpnessError
 from .landscape import Directions, Interpolation, Surface, interpolate, random_directions, surface
+from .losses import Loss, make_loss, register_loss
 from .measures import (
                         AdaptiveSharpnessResult,
                         EpsSharpnessResult,
@@ -29,22 +32,27 @@ from .measures import (
                         gradient_noise_scale,
                         rescale_relu_layers,
 )
-from .models import GhostBatchNorm, ModelSpec, build_model
+from .measures.registry import Context, Key, Measure, Record, measure_names, register_measure
+from .models import GhostBatchNorm, ModelSpec, build_model, register_model
+from .objective import Objective
+from .specs import Spec
 from .training import Schedule, TrainConfig, evaluate
 from .training import train as train_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyze", "Report", "keep_freed_memory",
+    "analyze", "Report", "keep_freed_memory", "plots", "reporting",
+    "Objective", "Batches", "Loss", "make_loss", "register_loss",
+    "register_measure", "measure_names", "Measure", "Key", "Record", "Context",
     "HessianOperator", "DenseOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density",
     "EigenResult", "TraceResult", "DensityResult",
     "eps_sharpness", "adaptive_sharpness", "gradient_noise_scale", "rescale_relu_layers",
     "EpsSharpnessResult", "AdaptiveSharpnessResult", "NoiseScaleResult",
     "interpolate", "surface", "random_directions", "Directions", "Surface", "Interpolation",
     "Checkpoint", "load_checkpoint", "save_checkpoint",
-    "DataSpec", "load_data",
+    "Spec", "DataSpec", "load_data", "register_data",
     "SharpnessError",
-    "GhostBatchNorm", "ModelSpec", "build_model",
+    "GhostBatchNorm", "ModelSpec", "build_model", "register_model",
     "Schedule", "TrainConfig", "evaluate", "train_model",
 ]

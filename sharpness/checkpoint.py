@@ -3,11 +3,16 @@
 A toolkit checkpoint is a plain dict (tensors, numbers, strings, lists, dicts; nothing that unpickles
 to code) holding::
 
-    format="sharpness-checkpoint", version, model (ModelSpec dict), data (DataSpec dict), config,
+    format="sharpness-checkpoint", version, model (Spec dict), data (Spec dict), config,
     state_dict, epoch, step, history (list of per-epoch dicts), optimizer (state dict or None), torch
 
-so :func:`load_checkpoint` rebuilds the model and the exact data without the training code. A user's
-own bare ``state_dict`` file loads too when the caller supplies the model.
+so :func:`load_checkpoint` rebuilds the model and the exact data without the training code. The specs
+may name the user's own ``"pkg.module:fn"``; a name read from a file is imported only under the policy
+of :mod:`sharpness.specs` (the user's own code, never the standard library or an installed package),
+unless the caller passes it explicitly. Other weights load too when the caller supplies the model: a
+bare ``state_dict`` ``.pt`` file, one wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``
+(Lightning, common scripts), or a Hugging Face ``.safetensors`` file; keys carrying one common prefix
+such as ``model.`` (Lightning) or ``module.`` (DDP) are loaded stripped of it.
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ from .data import DataSpec, load_data
 from .errors import SharpnessError
 from .io import atomic_write
 from .models import ModelSpec, build_model
+from .specs import Spec, as_spec
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "FORMAT", "VERSION"]
 
 FORMAT = "sharpness-checkpoint"
 VERSION = 1
+
+# Model arguments that come from the data, not from the model's choice: they carry over to another
+# factory the caller names for a toolkit checkpoint.
+_DATA_ARGS = ("input_shape", "num_classes")
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, model_spec: ModelSpec, data_spec: DataSpec,
@@ -48,13 +58,33 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, model_spec: ModelSpec
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 
+def _fitted(state_dict: dict, expected: set) -> dict:
+    """The weights as they fit a model with keys ``expected``: as given, or stripped of one common prefix.
+
+    Lightning saves ``model.``-prefixed keys, DDP ``module.``, ``torch.compile`` ``_orig_mod.``.
+    """
+    if set(state_dict) == expected or not all("." in k for k in state_dict):
+        return state_dict
+    heads = {k.split(".", 1)[0] for k in state_dict}
+    if len(heads) == 1:
+        stripped = {k.split(".", 1)[1]: v for k, v in state_dict.items()}
+        if set(stripped) == expected:
+            return stripped
+    return state_dict
+
+
 class Checkpoint:
-    """A loaded checkpoint: specs, config, history and weights; rebuilds the model and its data."""
+    """A loaded checkpoint: specs, config, history and weights; rebuilds the model and its data.
+
+    ``model_trusted`` / ``data_trusted`` say whether the specs came from the caller (True) or from the
+    file (False: a ``"pkg.module:fn"`` must then be the user's own code, see :mod:`sharpness.specs`).
+    """
 
     def __init__(self, path: Path, state_dict: dict, *, model_spec: ModelSpec | None = None,
                  data_spec: DataSpec | None = None, config: dict | None = None, epoch: int | None = None,
                  step: int | None = None, history: list | None = None, optimizer: dict | None = None,
-                 extra: dict | None = None, model_factory: Callable[[], nn.Module] | None = None):
+                 extra: dict | None = None, model_factory: Callable[[], nn.Module] | None = None,
+                 model_trusted: bool = False, data_trusted: bool = False):
         self.path = path
         self.state_dict = state_dict
         self.model_spec = model_spec
@@ -66,6 +96,8 @@ class Checkpoint:
         self.optimizer = optimizer
         self.extra = extra or {}
         self._model_factory = model_factory
+        self._model_trusted = model_trusted
+        self._data_trusted = data_trusted
         self._sha256: str | None = None
 
     @property
@@ -79,37 +111,78 @@ class Checkpoint:
             self._sha256 = h.hexdigest()
         return self._sha256
 
+    @property
+    def loss_spec(self) -> Spec | None:
+        """The loss the run trained with (``config["loss"]``, ``config["loss_args"]``), or None if unnamed.
+
+        Raises:
+            SharpnessError: the config's loss is malformed.
+        """
+        if self.config.get("loss") is None:
+            return None
+        try:
+            return Spec.from_dict({"name": self.config["loss"], "args": self.config.get("loss_args")})
+        except SharpnessError as e:
+            raise SharpnessError(f"{self.path}: malformed loss in the checkpoint's config: {e}") from None
+
     def model(self, device: str | torch.device | None = None) -> nn.Module:
         """The model with the saved weights, in eval mode, on ``device`` (default CPU).
 
         Raises:
-            SharpnessError: the weights do not fit the model.
+            SharpnessError: the model cannot be built (unknown or refused name, bad arguments), or the
+                weights do not fit it.
         """
-        if self._model_factory is not None:
-            model = self._model_factory()
-            what = type(model).__name__
-        elif self.model_spec is not None:
-            model = build_model(self.model_spec)
-            what = f"model '{self.model_spec.name}'"
-        else:
-            raise SharpnessError(f"{self.path}: a bare state_dict; pass model=... to load_checkpoint")
         try:
-            model.load_state_dict(self.state_dict, strict=True)
+            if self._model_factory is not None:
+                model = self._model_factory()
+                what = type(model).__name__
+            elif self.model_spec is not None:
+                model = build_model(self.model_spec, trusted=self._model_trusted)
+                what = f"model '{self.model_spec.name}'"
+            else:
+                raise SharpnessError("a bare state_dict; pass model=... to load_checkpoint")
+        except SharpnessError as e:
+            raise SharpnessError(f"{self.path}: {e}") from e.__cause__  # a user factory's own error stays chained
+        try:
+            model.load_state_dict(_fitted(self.state_dict, set(model.state_dict())), strict=True)
         except RuntimeError as e:
             detail = " ".join(str(e).split())
             raise SharpnessError(f"{self.path}: weights do not fit {what}: {detail[:300]}") from None
         return model.to(device or "cpu").eval()
 
     def datasets(self) -> tuple:
-        """The (train, test) data the run used, rebuilt from the stored data spec."""
+        """The (train, test) data the run used, rebuilt from the data spec (see :func:`load_data`)."""
         if self.data_spec is None:
             raise SharpnessError(f"{self.path}: the checkpoint names no data set; pass data=... "
                                  "to load_checkpoint")
-        return load_data(self.data_spec)
+        try:
+            return load_data(self.data_spec, trusted=self._data_trusted)
+        except SharpnessError as e:
+            raise SharpnessError(f"{self.path}: {e}") from e.__cause__  # a user function's own error stays chained
 
     def __repr__(self) -> str:
         name = self.model_spec.name if self.model_spec else "user model"
         return f"Checkpoint({str(self.path)!r}, model={name}, epoch={self.epoch}, step={self.step})"
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    # The format: an 8-byte little-endian header length, then the JSON header. Its first byte may be
+    # 0x80, like a pickle's, so the content is checked before the pickle test; the name says it too.
+    fits = len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size
+    return fits or (path.suffix == ".safetensors" and head[:4] != b"PK\x03\x04")
+
+
+def _read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise SharpnessError(f"{path}: reading .safetensors needs the safetensors package "
+                             "(pip install safetensors)") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for a bad header or short file
+        reason = " ".join(str(e).split())[:200]
+        raise SharpnessError(f"{path}: truncated or corrupt safetensors file ({reason})") from None
 
 
 def _read(path: Path) -> Any:
@@ -120,9 +193,11 @@ def _read(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise SharpnessError(f"{path}: empty file")
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if _is_safetensors(path, head):
+        return _read_safetensors(path)
     # torch.save writes a zip archive (or, in the legacy format, a pickle starting with PROTO 0x80).
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
         raise SharpnessError(f"{path}: not a PyTorch checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -140,6 +215,7 @@ def _read(path: Path) -> Any:
 
 
 def _bare_state_dict(obj: Any) -> dict | None:
+    """The weights of a file that is not a toolkit checkpoint: the dict itself, or the one it wraps."""
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict) and obj[key] and all(
@@ -156,50 +232,103 @@ def _check_finite(path: Path, state_dict: dict) -> None:
             raise SharpnessError(f"{path}: weight '{name}' contains NaN or Inf")
 
 
-def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[[], nn.Module] | None = None,
-                    data: DataSpec | str | dict | None = None) -> Checkpoint:
+def _model_choice(model: Any, model_args: dict | None, stored: Spec | None
+                  ) -> tuple[Callable[[], nn.Module] | None, Spec | None, bool]:
+    """(factory, spec, trusted) of the model to build: the caller's, else the stored spec's."""
+    if model_args is not None and not isinstance(model_args, dict):
+        raise SharpnessError(f"model_args must be a dict (got {type(model_args).__name__})")
+    if model is None:
+        if stored is None or not model_args:
+            return None, stored, False
+        return None, Spec(stored.name, {**stored.args, **model_args}), False  # the name is still the file's
+    if isinstance(model, nn.Module):
+        if model_args:
+            raise SharpnessError("model_args given, but model is a module instance, not a factory")
+        return (lambda: copy.deepcopy(model)), stored, True
+    if not isinstance(model, str) and not callable(model):
+        raise SharpnessError(f"model must be an nn.Module, a factory, a registered name or 'pkg.module:fn' "
+                             f"(got {type(model).__name__})")
+    # The stored arguments go to the same factory; another one gets only what the data fixed.
+    same = stored is not None and model == stored.name
+    base = stored.args if same else {k: v for k, v in (stored.args if stored else {}).items() if k in _DATA_ARGS}
+    args = {**base, **(model_args or {})}
+    if isinstance(model, str):
+        return None, Spec(model, args), True
+    return (lambda: build_model(model, **args)), stored, True
+
+
+def _data_choice(data: Any, data_args: dict | None, stored: Spec | None) -> tuple[Spec | None, bool]:
+    """(spec, trusted) of the data to load: the caller's, else the stored spec's."""
+    if data_args is not None and not isinstance(data_args, dict):
+        raise SharpnessError(f"data_args must be a dict (got {type(data_args).__name__})")
+    if data is None:
+        if stored is None or not data_args:
+            return stored, False
+        return Spec(stored.name, {**stored.args, **data_args}), False  # the name is still the file's
+    if isinstance(data, str) and stored is not None and data == stored.name:
+        return Spec(data, {**stored.args, **(data_args or {})}), True
+    return as_spec(data, data_args, "data"), True
+
+
+def _stored_spec(path: Path, obj: dict, key: str) -> Spec:
+    try:
+        return Spec.from_dict(obj[key])
+    except SharpnessError as e:
+        raise SharpnessError(f"{path}: malformed '{key}' spec in the checkpoint: {e}") from None
+
+
+def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Module] | str | None = None,
+                    model_args: dict | None = None, data: DataSpec | str | dict | None = None,
+                    data_args: dict | None = None) -> Checkpoint:
     """Load a checkpoint safely (``torch.load(weights_only=True)``: a file can never run code).
 
     Args:
-        path: a toolkit checkpoint, or a bare ``state_dict`` file (then ``model`` is required).
-        model: for a bare ``state_dict``, the module to load into (copied, never modified) or a
-            zero-argument factory returning one.
-        data: a data spec to use instead of (or, for a bare ``state_dict``, in the absence of) the
-            stored one.
+        path: a toolkit checkpoint; or, with ``model``, a bare ``state_dict`` ``.pt`` file, one wrapped as
+            ``{"state_dict": ...}`` / ``{"model": ...}``, or a ``.safetensors`` file.
+        model: the model to load the weights into, instead of (or, for other files, in the absence of)
+            the stored spec's: an ``nn.Module`` (copied, never modified), a factory, a registered name or
+            ``"pkg.module:factory"`` (imported as given: the caller named it).
+        model_args: arguments for a ``model`` factory or name. For a toolkit checkpoint they are laid over
+            the stored arguments when ``model`` is None or the stored name; another factory gets only the
+            stored ``input_shape`` and ``num_classes`` (and only if it takes them).
+        data: a data set name, ``"pkg.module:fn"``, dict or Spec to use instead of (or, for other files, in
+            the absence of) the stored one.
+        data_args: arguments for ``data``; laid over the stored arguments when ``data`` is None or the
+            stored name (e.g. ``data_args={"root": ...}`` for a CIFAR-10 folder elsewhere).
 
     Raises:
         SharpnessError: missing, empty, truncated or foreign file; a pickle that would run code;
-            an unknown format version; NaN/Inf weights; a bare state_dict without ``model``.
+            an unknown format version; a malformed spec; NaN/Inf weights; other weights without ``model``.
     """
     path = Path(path)
     obj = _read(path)
-    data_spec = None
-    if data is not None:
-        data_spec = DataSpec.from_dict(data) if isinstance(data, dict) else (
-            DataSpec(data) if isinstance(data, str) else data)
-    factory = None
-    if model is not None:
-        factory = (lambda: copy.deepcopy(model)) if isinstance(model, nn.Module) else model
-
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version") != VERSION:
             raise SharpnessError(f"{path}: checkpoint format version {obj.get('version')} is not "
                                  f"supported (this toolkit reads version {VERSION})")
         try:
-            ckpt = Checkpoint(path, obj["state_dict"], model_spec=ModelSpec.from_dict(obj["model"]),
-                              data_spec=data_spec or DataSpec.from_dict(obj["data"]),
+            stored_model, stored_data = _stored_spec(path, obj, "model"), _stored_spec(path, obj, "data")
+            factory, model_spec, model_trusted = _model_choice(model, model_args, stored_model)
+            data_spec, data_trusted = _data_choice(data, data_args, stored_data)
+            ckpt = Checkpoint(path, obj["state_dict"], model_spec=model_spec, data_spec=data_spec,
                               config=obj.get("config"), epoch=obj.get("epoch"), step=obj.get("step"),
                               history=obj.get("history"), optimizer=obj.get("optimizer"),
-                              extra=obj.get("extra"), model_factory=factory)
-        except (KeyError, TypeError) as e:
+                              extra=obj.get("extra"), model_factory=factory, model_trusted=model_trusted,
+                              data_trusted=data_trusted)
+        except KeyError as e:
             raise SharpnessError(f"{path}: malformed sharpness checkpoint (missing {e})") from None
+        if not isinstance(ckpt.state_dict, dict):
+            raise SharpnessError(f"{path}: malformed sharpness checkpoint (state_dict is not a dict)")
     else:
         state_dict = _bare_state_dict(obj)
         if state_dict is None:
             raise SharpnessError(f"{path}: not a model checkpoint (no state_dict of tensors inside)")
-        if factory is None:
+        if model is None:
             raise SharpnessError(f"{path}: a bare state_dict; pass the model it belongs to "
                                  "(model=... here, --model pkg.module:factory on the command line)")
-        ckpt = Checkpoint(path, state_dict, data_spec=data_spec, model_factory=factory)
+        factory, model_spec, _ = _model_choice(model, model_args, None)
+        data_spec, _ = _data_choice(data, data_args, None)
+        ckpt = Checkpoint(path, state_dict, model_spec=model_spec, data_spec=data_spec, model_factory=factory,
+                          model_trusted=True, data_trusted=True)
     _check_finite(path, ckpt.state_dict)
     return ckpt

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -34,19 +35,41 @@ def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None]
     return run
 
 
+def _json_or_text(text: str) -> object:
+    """``text`` read as JSON when it parses (numbers, lists, true/false), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _kv(text: str) -> tuple[str, object]:
-    """Parse KEY=VALUE, VALUE read as JSON when it parses (numbers, lists, true/false), else a string."""
+    """Parse KEY=VALUE, VALUE read as JSON when it parses, else a string."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
     key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    return key, _json_or_text(value)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
+def _scalar(typ: type) -> Callable[[str], object]:
+    """An argparse type: text → ``typ`` where it converts, else the text itself.
+
+    Bad values are left for :meth:`TrainConfig.validated`, whose message names the field, the value and
+    what it allows (``batch_size must be an integer ≥ 1 (got 3.7)``).
+    """
+    def convert(text: str) -> object:
+        for t in (int, float) if typ is int else (typ,):  # an int field given 3.7 is reported as 3.7
+            try:
+                return t(text)
+            except ValueError:
+                pass
+        return text
+    return convert
+
+
+def _numbers(text: str) -> list:
+    """Comma-separated values, each read as JSON where it parses (``30,60`` → [30, 60]); "" → []."""
+    return [_json_or_text(v.strip()) for v in text.split(",") if v.strip()]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,40 +77,88 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-@_guard
-def train_main(argv: list[str] | None = None) -> int:
-    from .training import TrainConfig, train
+_METAVARS = {int: "INT", float: "FLOAT", str: "TEXT"}
 
-    p = _Parser(prog="python -m sharpness.train", description="Train one model and write checkpoints.")
+
+def _shown_default(o) -> object:
+    if o.type is bool:
+        return "on" if o.default else "off"
+    if o.type is list:
+        return ",".join(map(str, o.default)) or "none"
+    return o.default
+
+
+def _add_option(p: argparse.ArgumentParser, o) -> None:
+    """Add the flag of one :class:`TrainConfig` field (an :class:`~sharpness.training.config.Option`).
+
+    Its help is the field's source comment, what it allows where that says more than the metavar (bounds,
+    a check), and the default.
+    """
+    flag = "--" + o.name.replace("_", "-")
+    says_more = any(k in o.allowed for k in ("ge", "gt", "le", "lt", "check"))
+    doc = "; ".join(filter(None, [o.doc, o.describe() if says_more else ""]))
+    if o.type is dict:  # data_args → --data-arg KEY=VALUE, given once per key
+        p.add_argument(flag.removesuffix("s"), dest=o.name, type=_kv, action="append", default=[],
+                       metavar="KEY=VALUE", help=f"{doc}; repeatable, VALUE read as JSON when it parses")
+        return
+    help = f"{doc} (default: {_shown_default(o)})".replace("%", "%%")  # argparse formats help with %
+    if o.type is bool:
+        p.add_argument(flag, dest=o.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+    elif o.type is list:
+        item = _METAVARS.get(o.item, "X")
+        p.add_argument(flag, dest=o.name, type=_numbers, metavar=f"{item},{item},...", help=help)
+    else:
+        choices = o.allowed.get("choices")
+        metavar = "{" + ",".join(choices) + "}" if choices else _METAVARS.get(o.type, "VALUE")
+        p.add_argument(flag, dest=o.name, type=_scalar(o.type), metavar=metavar, help=help)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m sharpness.train``: one flag per :class:`TrainConfig` field, generated."""
+    from .training import TrainConfig
+
+    # No abbreviations: a prefix that is unique today may stop being so when a field is added.
+    p = _Parser(prog="python -m sharpness.train", description="Train one model and write checkpoints.",
+                allow_abbrev=False)
     p.add_argument("config", nargs="?", help="a TOML training config (flags override it)")
     p.add_argument("--out", required=True, help="run folder (resumed if it holds an unfinished run)")
-    flags = {
-        "--dataset": str, "--model": str, "--batch-size": int, "--lr": float, "--lr-scaling": str,
-        "--base-batch-size": int, "--epochs": int, "--optimizer": str, "--seed": int,
-        "--momentum": float, "--weight-decay": float, "--warmup-epochs": float, "--decay-factor": float,
-        "--max-batch-size": int, "--grad-clip": float, "--ghost-batch-size": int, "--save-every": int,
-        "--device": str, "--target-train-loss": float,
-    }
-    for flag, typ in flags.items():
-        p.add_argument(flag, type=typ)
-    p.add_argument("--milestones", type=_ints, help="comma-separated epochs, e.g. 30,60")
-    p.add_argument("--save-steps", type=_ints, help="comma-separated update counts to checkpoint at")
-    for flag in ("--nesterov", "--batch-growth", "--regime-adaptation"):
-        p.add_argument(flag, action="store_true", default=None)
-    p.add_argument("--data-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--model-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
+    options = p.add_argument_group("training options (the fields of TrainConfig; also TOML keys)")
+    for o in TrainConfig.options():
+        _add_option(options, o)
+    return p
+
+
+def _config(a: argparse.Namespace):
+    """The TrainConfig of parsed arguments: the TOML file (or the defaults), then the flags given."""
+    from .training import TrainConfig
 
     base = TrainConfig.from_toml(a.config).to_dict() if a.config else TrainConfig().to_dict()
-    for flag in list(flags) + ["--milestones", "--save-steps", "--nesterov", "--batch-growth",
-                               "--regime-adaptation"]:
-        key = flag[2:].replace("-", "_")
-        if getattr(a, key) is not None:
-            base[key] = getattr(a, key)
-    base["data_args"] = {**base["data_args"], **dict(a.data_arg)}
-    base["model_args"] = {**base["model_args"], **dict(a.model_arg)}
-    ckpt = train(TrainConfig.from_dict(base), a.out, progress=not a.quiet)
+    for o in TrainConfig.options():
+        value = getattr(a, o.name)
+        if o.type is dict:
+            base[o.name] = {**base[o.name], **dict(value)}
+        elif value is not None:
+            base[o.name] = value
+    return TrainConfig.from_dict(base)
+
+
+def config_from_args(argv: list[str]):
+    """The :class:`TrainConfig` that ``train_main(argv)`` would train with; parses only.
+
+    Raises:
+        SharpnessError: a bad value, named with its field.
+        SystemExit: a usage error (unknown flag, missing ``--out``), after one line on stderr.
+    """
+    return _config(train_parser().parse_args(argv))
+
+
+@_guard
+def train_main(argv: list[str] | None = None) -> int:
+    from .training import train
+
+    a = train_parser().parse_args(argv)
+    ckpt = train(_config(a), a.out, progress=not a.quiet)
     last = ckpt.history[-1] if ckpt.history else {}
     print(f"{a.out}/final.pt  train loss {last.get('train_loss', float('nan')):.4f}  "
           f"train acc {last.get('train_acc', float('nan')):.4f}  test acc {last.get('test_acc', float('nan')):.4f}")
@@ -96,6 +167,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
 @_guard
 def info_main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
     from .checkpoint import load_checkpoint
 
     p = _Parser(prog="python -m sharpness.info", description="Describe a checkpoint (safe load).")
@@ -104,8 +177,14 @@ def info_main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(a.checkpoint)
     last = ckpt.history[-1] if ckpt.history else {}
     n = sum(t.numel() for t in ckpt.state_dict.values() if t.is_floating_point())
-    print(f"{ckpt.path}: model {ckpt.model_spec.to_dict()}, data {ckpt.data_spec.to_dict()}, "
-          f"epoch {ckpt.epoch}, step {ckpt.step}, {n} floats in state_dict")
+    model = ckpt.model_spec.to_dict() if ckpt.model_spec is not None else None
+    print(f"{ckpt.path}: model {model}, epoch {ckpt.epoch}, step {ckpt.step}, {n} floats in state_dict")
+    data = ckpt.data_spec.to_dict() if ckpt.data_spec is not None else None
+    print(f"data: {data}")
+    if data is not None and data["args"].get("root") is not None:
+        print(f"data would be read from: {Path(str(data['args']['root'])).expanduser().resolve()}")
+    loss_args = ckpt.config.get("loss_args")
+    print(f"loss: {ckpt.config.get('loss', 'cross_entropy')}" + (f" {loss_args}" if loss_args else ""))
     if last:
         print("last epoch: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in last.items()))
@@ -114,33 +193,69 @@ def info_main(argv: list[str] | None = None) -> int:
 
 @_guard
 def analyze_main(argv: list[str] | None = None) -> int:
-    from .analysis import MEASURES, analyze
+    from pathlib import Path
 
+    from . import analysis
+
+    _import_plugins(sys.argv[1:] if argv is None else argv)  # before the parser: their measures are in --help
+    names = analysis.measure_names()
     p = _Parser(prog="python -m sharpness.analyze",
                 description="Every measure of one or more checkpoints: report.json, arrays.npz and figures.")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.add_argument("--out", default=None, help="output folder (default: analysis/ beside the first checkpoint)")
-    p.add_argument("--measures", default=None, help=f"comma-separated subset of: {','.join(MEASURES)}")
+    p.add_argument("--measures", default=None, help=f"comma-separated subset of: {','.join(names)}")
     p.add_argument("--quick", action="store_true", help="cheaper settings that finish in seconds")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="evaluate data in batches (memory only)")
     p.add_argument("--max-samples", type=int, default=None, help="fixed random subset of the training data")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, metavar="MODULE:FACTORY", help="for a bare state_dict")
-    p.add_argument("--data", default=None, help="data set name, for a bare state_dict")
+    p.add_argument("--model", default=None, metavar="NAME|MODULE:FACTORY",
+                   help="the model, for a bare state_dict (or to override the checkpoint's)")
+    p.add_argument("--model-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the model factory; repeatable")
+    p.add_argument("--data", default=None, metavar="NAME|PKG.MODULE:FN",
+                   help="the data set, for a bare state_dict (or to override the checkpoint's)")
+    p.add_argument("--data-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the data function, e.g. root=PATH; repeatable")
+    p.add_argument("--loss", default=None, metavar="NAME|PKG.MODULE:FN",
+                   help="cross_entropy, mse, nll, bce_with_logits or pkg.module:fn "
+                        "(default: the checkpoint's loss, else cross_entropy)")
+    p.add_argument("--loss-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the loss, e.g. reduction=sum; repeatable")
     p.add_argument("--force", action="store_true", help="recompute measures already in the report")
+    p.add_argument("--plugin", action="append", default=[], metavar="PKG.MODULE",
+                   help="import a module that registers measures (sharpness.register_measure); repeatable")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    from pathlib import Path
 
     out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
     measures = [m.strip() for m in a.measures.split(",") if m.strip()] if a.measures else None
-    report = analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=a.device,
-                     batch_size=a.batch_size, max_samples=a.max_samples, seed=a.seed, model=a.model, data=a.data,
-                     force=a.force, progress=False if a.no_progress else None)
+    report = analysis.analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=a.device,
+                              batch_size=a.batch_size, max_samples=a.max_samples, seed=a.seed, model=a.model,
+                              model_args=dict(a.model_arg) or None, data=a.data,
+                              data_args=dict(a.data_arg) or None, loss=a.loss,
+                              loss_args=dict(a.loss_arg) or None, force=a.force,
+                              progress=False if a.no_progress else None)
     print(report.table())
     print(f"report: {Path(out) / 'report.json'}" + ("  (quick settings)" if a.quick else ""))
+    if report.failed:  # the report is written; the exit code says that some measures are missing from it
+        print(f"{len(report.failed)} measure(s) failed; the others are in the report", file=sys.stderr)
+        return 1
     return 0
+
+
+def _import_plugins(argv: list[str]) -> None:
+    """Import every ``--plugin MODULE`` (the user typed it: trusted) so its measures are registered."""
+    import importlib
+
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[1] if arg.startswith("--plugin=") else (
+            argv[i + 1] if arg == "--plugin" and i + 1 < len(argv) else None)
+        if name:
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise SharpnessError(f"--plugin {name}: cannot import it ({e})") from None
 
 
 @_guard
@@ -191,6 +306,9 @@ COMMANDS = {"train": train_main, "info": info_main, "analyze": analyze_main, "ru
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # As under `python -m sharpness.X`: `--model mynets:make_net` finds mynets.py in the current folder.
+        sys.path.insert(0, os.getcwd())
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: sharpness {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -1,50 +1,41 @@
-"""Data sets by name, all in memory, never downloaded.
+"""Data sets by name, all in memory, never downloaded; or the user's own data function.
 
 MNIST-1D (default, generated offline), scikit-learn digits, a synthetic Gaussian mixture, and
 MNIST / Fashion-MNIST / CIFAR-10 read from a local torchvision-format folder.
 
-Every set is small enough to live in memory, so it comes back as a pair of
+Every built-in set is small enough to live in memory, so it comes back as a pair of
 :class:`torch.utils.data.TensorDataset` (train, test) with float inputs and int64 labels. A
-:class:`DataSpec` (name + arguments) is stored in each checkpoint so analysis rebuilds identical data.
-Nothing is ever downloaded.
+:class:`DataSpec` (a :class:`~sharpness.specs.Spec`: name + arguments) is stored in each checkpoint so
+analysis rebuilds identical data. Nothing is ever downloaded.
+
+A spec may also name the user's own function, registered with :func:`register_data` or as
+``"pkg.module:fn"`` (see :mod:`sharpness.specs` for when a name read from a checkpoint may be imported).
+It returns ``(train, test)``, each an ``(X, y)`` pair of tensors, a ``Dataset`` or a ``DataLoader``.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import os
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .errors import SharpnessError
 from .io import write_npz
+from .specs import Registry, Spec, as_spec
 
-__all__ = ["DataSpec", "load_data", "dataset_names", "input_shape", "num_classes", "as_tensors"]
+__all__ = ["DataSpec", "load_data", "dataset_names", "register_data", "DATASETS", "input_shape",
+           "num_classes", "as_tensors"]
 
-
-@dataclass(frozen=True)
-class DataSpec:
-    """A data set by name and arguments; ``load_data(spec)`` rebuilds exactly the same tensors."""
-
-    name: str = "mnist1d"
-    args: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """Plain-dict form, as stored in checkpoints and reports."""
-        return {"name": self.name, "args": dict(self.args)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DataSpec":
-        """Inverse of :meth:`to_dict`."""
-        return cls(name=str(d["name"]), args=dict(d.get("args", {})))
+DataSpec = Spec  # the name this module used before specs were shared; kept for existing imports
 
 
 def cache_dir() -> Path:
@@ -165,74 +156,256 @@ def _mnist_like(folder_name: str, name: str):
     return load
 
 
-def _cifar10(root: str | None = None):
-    """CIFAR-10 from torchvision's ``cifar-10-batches-py`` folder (the user's own local copy)."""
-    folder = _require_root(root, "cifar10") / "cifar-10-batches-py"
+def _numpy_reconstruct() -> Callable:
+    try:  # numpy ≥ 2 moved the array internals; old pickles still name numpy.core
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
 
-    def read(fname: str):
-        path = folder / fname
-        if not path.exists():
-            raise SharpnessError(f"'cifar10' file '{path}' not found; expected torchvision's layout")
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # object arrays would hold arbitrary pickled objects; CIFAR holds bytes
+        raise pickle.UnpicklingError("an object dtype")
+    return dtype
+
+
+def _latin1(text: str, encoding: str) -> bytes:
+    # Python 3 writes bytes at protocol 2 as _codecs.encode(text, "latin1"); only that use is admitted.
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's python batches: a pickle may import and call anything, so only what they need.
+
+    A batch is a dict of byte strings, lists of ints and one uint8 numpy array; anything else the pickle
+    would import is refused before it is imported.
+    """
+
+    def __init__(self, file: Any, path: Path):
+        super().__init__(file, encoding="bytes")  # the batches were written by Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+            ("numpy", "ndarray"): lambda: np.ndarray,
+            ("numpy", "dtype"): lambda: _plain_dtype,
+            ("_codecs", "encode"): lambda: _latin1,
+        }
+        if (module, name) not in allowed:
+            raise SharpnessError(f"'cifar10' file '{self.path}' refused: it would import {module}.{name}, "
+                                 "which a CIFAR-10 batch never needs")
+        return allowed[module, name]()
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise SharpnessError(f"'cifar10' file '{path}' not found; expected torchvision's layout")
+    try:
         with open(path, "rb") as f:
-            # The CIFAR distribution format is a pickle; it is only read from a folder the user names.
-            d = pickle.load(f, encoding="bytes")
-        return d[b"data"].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, np.array(d[b"labels"])
+            d = _CifarUnpickler(f, path).load()
+    except SharpnessError:
+        raise
+    except Exception as e:  # truncated or foreign file, or a refused dtype/encoding
+        raise SharpnessError(f"'cifar10' file '{path}' is not a CIFAR-10 batch "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    data = d.get(b"data") if isinstance(d, dict) else None
+    labels = d.get(b"labels") if isinstance(d, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072 or \
+            not isinstance(labels, list) or len(labels) * 3072 != data.size:
+        raise SharpnessError(f"'cifar10' file '{path}' is not a CIFAR-10 batch (expected b'data', uint8 "
+                             "N×3072, and b'labels', N ints)")
+    return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, np.array(labels, dtype=np.int64)
 
-    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
-    xt, yt = read("test_batch")
+
+def _cifar10(root: str | None = None):
+    """CIFAR-10 from torchvision's ``cifar-10-batches-py`` folder (the user's own local copy).
+
+    The batches are pickles; they are read with an unpickler that admits only numpy arrays, so a file
+    in that folder cannot run code.
+    """
+    folder = _require_root(root, "cifar10") / "cifar-10-batches-py"
+    parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    xt, yt = _read_cifar_batch(folder / "test_batch")
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xt, yt
 
 
-_REGISTRY: dict[str, Callable[..., tuple]] = {
+def _tensor_set(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    to_t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
+    return TensorDataset(to_t(x, torch.float32), to_t(y, torch.int64))
+
+
+def _from_arrays(fn: Callable[..., tuple]) -> Callable[..., tuple[TensorDataset, TensorDataset]]:
+    """A built-in loader of ``(x, y, x_test, y_test)`` arrays as a data function: (train, test) tensors."""
+
+    @functools.wraps(fn)  # keeps fn's signature, so bad arguments are still reported as such
+    def load(**args: Any) -> tuple[TensorDataset, TensorDataset]:
+        x, y, xt, yt = fn(**args)
+        return _tensor_set(x, y), _tensor_set(xt, yt)
+
+    return load
+
+
+DATASETS = Registry("data set", option="data")
+for _name, _fn in {
     "mnist1d": _mnist1d,
     "digits": _digits,
     "gaussian": _gaussian,
     "mnist": _mnist_like("MNIST", "mnist"),
     "fashion-mnist": _mnist_like("FashionMNIST", "fashion-mnist"),
     "cifar10": _cifar10,
-}
+}.items():
+    DATASETS.register(_name, _from_arrays(_fn))
+
+
+def register_data(name: str, fn: Callable | None = None) -> Callable:
+    """Register a data function under ``name`` (replacing any earlier one); without ``fn``, a decorator.
+
+    ``fn(**args)`` returns ``(train, test)``, each an ``(X, y)`` pair of tensors, a ``Dataset`` or a
+    ``DataLoader`` (test may be None).
+    """
+    return DATASETS.register(name, fn)
 
 
 def dataset_names() -> list[str]:
-    """Names accepted by :func:`load_data`."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`load_data` (besides ``"pkg.module:fn"``)."""
+    return DATASETS.names()
 
 
-def load_data(spec: DataSpec | str | dict = "mnist1d", **args: Any) -> tuple[TensorDataset, TensorDataset]:
-    """Build the (train, test) data sets a spec names, as in-memory float32 / int64 tensors.
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(_describe(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+        return f"{type(value).__name__}({inner})"
+    return type(value).__name__
+
+
+def _one_set(name: str, part: Any, result: Any) -> Any:
+    """One of the (train, test) a data function returned: tensors become a TensorDataset."""
+    if isinstance(part, (Dataset, DataLoader)):
+        return part
+    if isinstance(part, (tuple, list)) and len(part) == 2 and all(isinstance(t, torch.Tensor) for t in part):
+        x, y = part
+        if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+            raise SharpnessError(f"data function '{name}' returned X and y of shapes {tuple(x.shape)} and "
+                                 f"{tuple(y.shape)}: they need one first dimension (the examples)")
+        return TensorDataset(x, y)
+    raise SharpnessError(f"data function '{name}' returned {_describe(result)}; expected (train, test), "
+                         "each an (X, y) pair of tensors, a Dataset or a DataLoader")
+
+
+def load_data(spec: DataSpec | str | dict = "mnist1d", *, trusted: bool = True, **args: Any) -> tuple:
+    """Build the (train, test) data sets a spec names.
+
+    Built-in sets come back as in-memory TensorDatasets of float32 inputs and int64 labels; a user data
+    function's ``(X, y)`` tensors as a TensorDataset of them unchanged, its Datasets and DataLoaders as
+    given (its test set may be None).
 
     Args:
-        spec: a :class:`DataSpec`, its dict form, or a registered name (then ``args`` are its arguments).
+        spec: a :class:`DataSpec`, its dict form, a registered name or ``"pkg.module:fn"`` (then ``args``
+            are its arguments, laid over the spec's own).
+        trusted: False when the spec was read from a checkpoint: ``"pkg.module:fn"`` must then be the
+            user's own code (see :mod:`sharpness.specs`).
         **args: arguments for the named set (e.g. ``num_samples=10000`` for mnist1d, ``root=`` for mnist).
 
     Raises:
-        SharpnessError: unknown name, bad arguments, or local files missing.
+        SharpnessError: unknown or refused name, bad arguments, local files missing, or a data function
+            that fails (the cause chained) or returns something else than (train, test).
     """
-    if isinstance(spec, dict):
-        spec = DataSpec.from_dict(spec)
-    if isinstance(spec, str):
-        spec = DataSpec(spec, args)
-    if spec.name not in _REGISTRY:
-        raise SharpnessError(f"unknown data set '{spec.name}'; known: {', '.join(dataset_names())}")
+    spec = as_spec(spec, args, "data set")
+    fn = DATASETS.resolve(spec.name, trusted=trusted)
     try:
-        x, y, xt, yt = _REGISTRY[spec.name](**spec.args)
+        result = fn(**spec.args)
     except TypeError as e:
-        raise SharpnessError(f"bad arguments for data set '{spec.name}': {e}") from None
-    to_t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
-    return (TensorDataset(to_t(x, torch.float32), to_t(y, torch.int64)),
-            TensorDataset(to_t(xt, torch.float32), to_t(yt, torch.int64)))
+        raise SharpnessError(f"bad arguments for data set '{spec.name}': {' '.join(str(e).split())}") from None
+    except SharpnessError:
+        raise
+    except Exception as e:  # the function's own failure, e.g. a bad value: one line, the cause kept
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise SharpnessError(f"data function '{spec.name}' failed: {type(e).__name__}: {first}") from e
+    if not (isinstance(result, (tuple, list)) and len(result) == 2) or result[0] is None:
+        raise SharpnessError(f"data function '{spec.name}' returned {_describe(result)}; expected (train, test), "
+                             "each an (X, y) pair of tensors, a Dataset or a DataLoader")
+    train, test = result
+    return _one_set(spec.name, train, result), None if test is None else _one_set(spec.name, test, result)
 
 
-def input_shape(ds: TensorDataset) -> tuple[int, ...]:
-    """Shape of one input example."""
-    return tuple(ds.tensors[0].shape[1:])
+def _dataset(data: Any) -> Any:
+    """A DataLoader's dataset; anything else as it is."""
+    return data.dataset if isinstance(data, DataLoader) else data
 
 
-def num_classes(*sets: TensorDataset) -> int:
-    """Number of classes (max label + 1 over the given sets)."""
-    return int(max(int(s.tensors[1].max()) for s in sets)) + 1
+def input_shape(ds: Dataset | DataLoader) -> tuple[int, ...]:
+    """Shape of one input example: the first example's input (its first field, for tuple examples).
+
+    Raises:
+        SharpnessError: the data set is empty or its inputs are not tensors or arrays.
+    """
+    ds = _dataset(ds)
+    if isinstance(ds, TensorDataset):
+        return tuple(ds.tensors[0].shape[1:])
+    try:
+        if isinstance(ds, IterableDataset):
+            item = next(iter(ds))
+        else:  # ds[0] of an empty data set need not raise: ask its length first
+            item = ds[0] if not hasattr(ds, "__len__") or len(ds) else None
+    except (IndexError, KeyError, StopIteration):
+        item = None
+    if item is None:
+        raise SharpnessError(f"data set {type(ds).__name__} is empty: it has no input shape")
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    if not hasattr(x, "shape"):
+        raise SharpnessError(f"cannot tell the input shape of {type(ds).__name__}: its first example's input "
+                             f"is a {type(x).__name__}, not a tensor or array")
+    return tuple(int(n) for n in x.shape)
 
 
+def _targets(data: Any) -> torch.Tensor | None:
+    """Every target of a data set (the second field of its examples), or None if examples have none."""
+    ds = _dataset(data)
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[1] if len(ds.tensors) > 1 else None
+    # torchvision's data sets list their targets: no need to read (and decode) every example.
+    if getattr(ds, "targets", None) is not None and getattr(ds, "target_transform", None) is None:
+        try:
+            return torch.as_tensor(ds.targets)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    has_len = hasattr(ds, "__len__") and not isinstance(ds, IterableDataset)
+    items = (ds[i] for i in range(len(ds))) if has_len else iter(ds)
+    ys = []
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            return None
+        try:
+            ys.append(torch.as_tensor(item[1]).reshape(-1))
+        except (TypeError, ValueError, RuntimeError):  # strings, dicts: not labels
+            return None
+    return torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64)
+
+
+def num_classes(*sets: Dataset | DataLoader) -> int | None:
+    """Number of classes (max label + 1 over the given sets), or None if targets are not class labels.
+
+    Targets are the second field of each example (a data set without a ``targets`` list is read once
+    through). Float or boolean targets (regression, multi-label) and examples without a target give None.
+    """
+    if not sets:
+        raise SharpnessError("num_classes needs at least one data set")
+    top = -1
+    for s in sets:
+        if s is None:
+            continue
+        y = _targets(s)
+        if y is None or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            return None
+        if y.numel():
+            top = max(top, int(y.max()))
+    return top + 1 if top >= 0 else None
 def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Return (X, y) if ``data`` is a pair of tensors or a TensorDataset, else None."""
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:

@@ -23,6 +23,7 @@ import itertools
 import json
 import multiprocessing
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,11 @@ def _train_one(args: tuple) -> str:
     return out
 
 
+def _warn_failed(report, where) -> None:
+    for name, why in report.failed.items():
+        warnings.warn(f"{where}: measure {name} failed: {why}", stacklevel=3)
+
+
 def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_root: str | Path = "figures",
                    jobs: int = 1, overrides: list[str] | None = None, progress: bool | None = None) -> Path:
     """Train every run of the experiment (resuming/skipping finished ones), analyze, collect, draw.
@@ -147,7 +153,9 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
             rep = analyze(d / "final.pt", out=d / "analysis", measures=measures, quick=an.get("quick", False),
                           max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=progress,
                           figures=False)
-            entry["final"] = {m: v["summary"] for m, v in rep.data["checkpoints"]["final"]["measures"].items()}
+            _warn_failed(rep, d)
+            entry["final"] = {m: v["summary"] for m, v in rep.data["checkpoints"]["final"]["measures"].items()
+                              if "summary" in v}
             wanted = {"density/grid", "density/density", "landscape2d/loss", "landscape2d/acc",
                       "landscape2d/axis0", "landscape2d/axis1"}
             entry["arrays"] = {k.split("/", 1)[1]: v.tolist() for k, v in rep.arrays.items()
@@ -161,8 +169,10 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
                               figures=False)
                 lab = next(iter(rep.data["checkpoints"]))
                 c = load_checkpoint(p)
+                _warn_failed(rep, p)
                 entry["along"].append({"epoch": c.epoch, "train_loss": c.history[-1]["train_loss"],
-                                       **{m: v["summary"] for m, v in rep.data["checkpoints"][lab]["measures"].items()}})
+                                       **{m: v["summary"] for m, v in rep.data["checkpoints"][lab]["measures"].items()
+                                          if "summary" in v}})
         results["runs"][label] = entry
     for a, b in an.get("pairs", []):
         if a not in dirs or b not in dirs:

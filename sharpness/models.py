@@ -1,14 +1,16 @@
-"""Model zoo by name, and Ghost Batch Normalization.
+"""Model zoo by name, user factories, and Ghost Batch Normalization.
 
-Each model is built from a :class:`ModelSpec` (name + arguments, with ``input_shape`` and
-``num_classes`` filled in from the data) that checkpoints store, so a checkpoint rebuilds its model
-without the training code. This module imports nothing from training.
+Each model is built from a :class:`ModelSpec` (a :class:`~sharpness.specs.Spec`: name + arguments, with
+``input_shape`` and ``num_classes`` filled in from the data) that checkpoints store, so a checkpoint
+rebuilds its model without the training code. The name is a registered one (the zoo below, or one added
+with :func:`register_model`) or ``"pkg.module:factory"`` (see :mod:`sharpness.specs` for when a name read
+from a checkpoint may be imported). This module imports nothing from training.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -16,8 +18,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import SharpnessError
+from .specs import Registry, Spec, as_spec
 
-__all__ = ["ModelSpec", "build_model", "model_names", "GhostBatchNorm"]
+__all__ = ["ModelSpec", "build_model", "model_names", "register_model", "MODELS", "GhostBatchNorm"]
+
+ModelSpec = Spec  # the name this module used before specs were shared; kept for existing imports
 
 
 class GhostBatchNorm(_BatchNorm):
@@ -47,23 +52,6 @@ class GhostBatchNorm(_BatchNorm):
 
     def extra_repr(self) -> str:  # noqa: D102
         return super().extra_repr() + f", ghost_batch_size={self.ghost_batch_size}"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model by name and arguments (``input_shape`` and ``num_classes`` included)."""
-
-    name: str = "mlp"
-    args: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """Plain-dict form, as stored in checkpoints."""
-        return {"name": self.name, "args": dict(self.args)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
-        """Inverse of :meth:`to_dict`."""
-        return cls(name=str(d["name"]), args=dict(d.get("args", {})))
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -181,42 +169,83 @@ def _flat_size(body: nn.Module, input_shape) -> int:
         return int(body.eval()(torch.zeros(1, *input_shape)).shape[1])
 
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+MODELS = Registry("model")
+for _name, _fn in {
     "mlp": mlp,
     "keskar-f1": keskar_f1,
     "keskar-c1": keskar_c1,
     "resnet20": lambda input_shape, num_classes, **kw: ResNetCifar(input_shape, num_classes, n=3, **kw),
     "mnist1d-cnn": mnist1d_cnn,
-}
+}.items():
+    MODELS.register(_name, _fn)
+
+# Arguments the trainer fills in from the data; a factory gets them only if it takes them.
+_DATA_ARGS = ("input_shape", "num_classes")
+
+
+def register_model(name: str, fn: Callable[..., nn.Module] | None = None) -> Callable:
+    """Register a model factory under ``name`` (replacing any earlier one); without ``fn``, a decorator.
+
+    ``fn(**args)`` returns an ``nn.Module``; it gets ``input_shape`` and ``num_classes`` if it takes them.
+    """
+    return MODELS.register(name, fn)
 
 
 def model_names() -> list[str]:
-    """Names accepted by :func:`build_model`."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`build_model` (besides ``"pkg.module:factory"``)."""
+    return MODELS.names()
 
 
-def build_model(spec: ModelSpec | dict | str, **args: Any) -> nn.Module:
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name`` (as a named parameter or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no readable signature (a C function): pass everything
+        return True
+    p = params.get(name)
+    return (p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or any(
+        q.kind is q.VAR_KEYWORD for q in params.values())
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def build_model(spec: ModelSpec | dict | str | Callable[..., nn.Module], *, trusted: bool = True,
+                **args: Any) -> nn.Module:
     """Build a freshly initialised model from its spec (seed torch first for a reproducible init).
 
     Args:
-        spec: a :class:`ModelSpec`, its dict form, or a registered name (then ``args`` are its arguments).
-            The arguments must include ``input_shape`` and ``num_classes``.
-        **args: the model's arguments when ``spec`` is a name.
+        spec: a :class:`ModelSpec`, its dict form, a registered name or ``"pkg.module:factory"`` (then
+            ``args`` are its arguments, laid over the spec's own), or a factory callable.
+        trusted: False when the spec was read from a checkpoint: ``"pkg.module:factory"`` must then be
+            the user's own code (see :mod:`sharpness.specs`).
+        **args: the model's arguments. ``input_shape`` and ``num_classes`` are passed to a factory only if
+            its signature takes them (a named parameter or ``**kwargs``).
 
     Raises:
-        SharpnessError: unknown name or arguments the model does not take.
+        SharpnessError: unknown or refused name, arguments the model does not take, a factory that
+            fails (the cause chained) or does not return an ``nn.Module``.
     """
-    if isinstance(spec, dict):
-        spec = ModelSpec.from_dict(spec)
-    if isinstance(spec, str):
-        spec = ModelSpec(spec, args)
-    if spec.name not in _REGISTRY:
-        raise SharpnessError(f"unknown model '{spec.name}'; known: {', '.join(model_names())}")
-    kwargs = dict(spec.args)
-    for key in ("input_shape", "widths"):
-        if key in kwargs:
+    if callable(spec) and not isinstance(spec, (str, dict, Spec)):
+        fn, name, kwargs = spec, getattr(spec, "__name__", type(spec).__name__), dict(args)
+    else:
+        spec = as_spec(spec, args, "model")
+        fn, name, kwargs = MODELS.resolve(spec.name, trusted=trusted), spec.name, dict(spec.args)
+    for key in ("input_shape", "widths"):  # stored as JSON lists; the zoo wants tuples
+        if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
+    for key in _DATA_ARGS:
+        if key in kwargs and not _takes(fn, key):
+            del kwargs[key]
     try:
-        return _REGISTRY[spec.name](**kwargs)
+        model = fn(**kwargs)
     except TypeError as e:
-        raise SharpnessError(f"bad arguments for model '{spec.name}': {e}") from None
+        raise SharpnessError(f"bad arguments for model '{name}': {' '.join(str(e).split())}") from None
+    except SharpnessError:
+        raise
+    except Exception as e:  # the factory's own failure, e.g. a bad value: one line, the cause kept
+        raise SharpnessError(f"model factory '{name}' failed: {type(e).__name__}: {_first_line(e)}") from e
+    if not isinstance(model, nn.Module):
+        raise SharpnessError(f"model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -14,7 +14,8 @@ from sharpness import analyze, train_model
 from sharpness.analysis import MEASURES, SCHEMA, SCHEMA_VERSION
 from sharpness.cli import analyze_main
 from sharpness.curvature import HessianOperator, hessian_eigenvalues
-from sharpness.functional import subset
+from sharpness.measures import builtin
+from sharpness.objective import Objective
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,8 @@ def test_end_to_end_report_figures_cache(runs, tmp_path, monkeypatch, capsys):
 
     # the eigenvalues match a direct call with the same data, settings and seed
     train, _ = sb.datasets()
-    work = subset(train, r["settings"]["max_samples"], 0)
-    direct = hessian_eigenvalues(HessianOperator(sb.model(), None, work), k=5, tol=1e-2, seed=0)
+    work = Objective(sb.model(), None, train).subset(r["settings"]["max_samples"], 0)
+    direct = hessian_eigenvalues(HessianOperator(work), k=5, tol=1e-2, seed=0)
     assert np.allclose(r["checkpoints"]["sb_final"]["measures"]["eigenvalues"]["summary"]["top"], direct.values,
                        rtol=1e-6)
 
@@ -79,14 +80,23 @@ def test_end_to_end_report_figures_cache(runs, tmp_path, monkeypatch, capsys):
     def boom(*a, **k):
         raise AssertionError("recomputed a cached measure")
 
-    monkeypatch.setattr(sharpness.curvature, "hessian_eigenvalues", boom)
-    monkeypatch.setattr(sharpness.curvature, "spectral_density", boom)
+    monkeypatch.setattr(builtin, "hessian_eigenvalues", boom)
+    monkeypatch.setattr(builtin, "spectral_density", boom)
     again = analyze([root / "sb" / "final.pt", root / "lb" / "final.pt"], out=out, quick=True, progress=False)
     assert again.data["checkpoints"]["sb_final"]["measures"]["eigenvalues"] == \
         r["checkpoints"]["sb_final"]["measures"]["eigenvalues"]
-    with pytest.raises(AssertionError, match="recomputed"):
-        analyze([root / "sb" / "final.pt"], out=out, quick=True, progress=False, force=True,
-                measures=["eigenvalues"])
+    assert not again.failed
+    # a measure whose arrays went missing is computed again (here: it fails, and says why)
+    (out / "arrays.npz").unlink()
+    redo = analyze([root / "sb" / "final.pt", root / "lb" / "final.pt"], out=out, quick=True, progress=False,
+                   measures=["density", "trace"])
+    assert "recomputed a cached measure" in redo.failed["sb_final/density"]
+    assert redo.data["checkpoints"]["sb_final"]["measures"]["trace"] == r["checkpoints"]["sb_final"]["measures"][
+        "trace"]  # no arrays: still cached, and the other measures ran
+    assert "failed" in redo.table()
+    forced = analyze([root / "sb" / "final.pt"], out=out, quick=True, progress=False, force=True,
+                     measures=["eigenvalues"])
+    assert "recomputed" in forced.failed["final/eigenvalues"]
 
 
 def test_library_call_on_a_model_subset_of_measures(runs):
@@ -168,3 +178,86 @@ def test_bad_inputs_exit_2_one_line_nothing_written(runs, tmp_path, monkeypatch,
                         str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
     assert not evil_target.exists() and not (tmp_path / "o").exists()
+
+
+def _user_module(tmp_path, monkeypatch, name="user_reg"):
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\nimport torch.nn as nn\n"
+        "def make_net(hidden=6):\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 2))\n"
+        "def data(n=37):\n"
+        "    g = torch.Generator().manual_seed(1)\n"
+        "    x = torch.randn(n + 11, 4, generator=g)\n"
+        "    y = torch.stack([x[:, 0] * x[:, 1], torch.sin(x[:, 2])], 1) + 0.1 * torch.randn(n + 11, 2, generator=g)\n"
+        "    return (x[:n], y[:n]), (x[n:], y[n:])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return __import__(name)
+
+
+def test_regression_mse_sum_and_mean_through_the_cli_any_batching(tmp_path, monkeypatch, capsys):
+    mod = _user_module(tmp_path, monkeypatch)
+    net = mod.make_net()
+    torch.save(net.state_dict(), tmp_path / "reg.pt")
+    (x, y), _ = mod.data()
+    # the ground truth: the dense Hessian of (1/N) Σ_i ℓ_i, ℓ_i = Σ_d (f_id − y_id)² (sum) or its mean over d
+    dense = HessianOperator(net.double(), lambda o, t: ((o - t) ** 2).sum(), (x.double(), y.double()),
+                            reduction="sum").to_dense()
+    for reduction, scale in (("sum", 1.0), ("mean", 0.5)):
+        want = float(torch.linalg.eigvalsh(dense)[-1]) * scale
+        for bs in ("7", "32", "100"):
+            out = tmp_path / f"an_{reduction}_{bs}"
+            code = analyze_main([str(tmp_path / "reg.pt"), "--model", "user_reg:make_net", "--data", "user_reg:data",
+                                 "--loss", "mse", "--loss-arg", f"reduction={reduction}", "--batch-size", bs,
+                                 "--measures", "loss,eigenvalues", "--out", str(out), "--no-progress"])
+            assert code == 0, capsys.readouterr().err
+            r = json.loads((out / "report.json").read_text())
+            e = r["checkpoints"]["reg"]
+            assert e["loss"] == {"name": "mse", "reduction": reduction}
+            assert e["measures"]["loss"]["summary"]["train_acc"] is None  # regression: no accuracy
+            got = e["measures"]["eigenvalues"]["summary"]["lambda_max"]
+            assert got == pytest.approx(want, rel=1e-4), (reduction, bs)
+    table = capsys.readouterr().out
+    assert "train loss" in table and "train acc" not in table
+
+
+def test_a_users_registered_measure_in_report_table_and_cli(runs, tmp_path, capsys, monkeypatch):
+    _, sb, _ = runs
+    monkeypatch.setitem(sharpness.measures.registry.MEASURES, "grad_norm", None)  # deleted after the test
+
+    @sharpness.register_measure("grad_norm", keys=[sharpness.Key("grad_norm", "‖∇L‖", "{:.3e}")],
+                                settings={"ord": 2})
+    def grad_norm(ctx, settings):
+        g = ctx.work.gradient()
+        return sharpness.Record(summary={"grad_norm": float(g.norm(settings["ord"]))}, arrays={"grad": g.numpy()})
+
+    assert "grad_norm" in sharpness.measure_names()
+    rep = analyze(sb, out=tmp_path / "an", measures=["loss", "grad_norm"], progress=False)
+    got = rep.data["checkpoints"]["final"]["measures"]["grad_norm"]
+    train, _ = sb.datasets()
+    want = float(Objective(sb.model(), None, train).gradient().norm())
+    assert got["summary"]["grad_norm"] == pytest.approx(want, rel=1e-5) and got["settings"] == {"ord": 2}
+    assert "‖∇L‖" in rep.table() and rep.arrays["final/grad_norm/grad"].shape == (sum(
+        p.numel() for p in sb.model().parameters()),)
+    assert analyze_main([str(sb.path), "--measures", "grad_norm", "--out", str(tmp_path / "cli"),
+                         "--no-progress"]) == 0
+    assert "‖∇L‖" in capsys.readouterr().out
+
+
+def test_a_second_analysis_of_the_same_folder_is_refused(runs, tmp_path):
+    import fcntl
+
+    _, sb, _ = runs
+    out = tmp_path / "an"
+    out.mkdir()
+    with open(out / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(sharpness.SharpnessError, match="another analysis"):
+            analyze(sb, out=out, measures=["loss"], progress=False)
+    assert not (out / "report.json").exists()
+    (out / "report.json").write_text('{"schema": "sharpness-report", "version": 1, "checkpoints": [')  # truncated
+    with pytest.warns(UserWarning, match="set aside"):
+        rep = analyze(sb, out=out, measures=["loss"], progress=False)
+    assert "loss" in rep.data["checkpoints"]["final"]["measures"]
+    assert list(out.glob("report.json.corrupt-*"))

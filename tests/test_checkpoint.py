@@ -7,7 +7,9 @@ import torch
 
 from helpers import tiny_config
 from sharpness import SharpnessError, load_checkpoint, train_model
+from sharpness.checkpoint import save_checkpoint
 from sharpness.cli import info_main
+from sharpness.specs import Spec
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +112,171 @@ def test_spec_and_weight_problems(tmp_path, run_dir):
     torch.save(obj, tmp_path / "future.pt")
     with pytest.raises(SharpnessError, match="version 99"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+USER_NETS = """
+import torch
+from torch import nn
+
+
+def make_net(width=4):
+    return nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+
+
+def make_net2(input_shape, num_classes):
+    return nn.Sequential(nn.Linear(input_shape[0], num_classes))
+
+
+def data(n=10):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(n, 3, generator=g), torch.randint(0, 2, (n,), generator=g)), (torch.zeros(2, 3),
+                                                                                     torch.zeros(2).long())
+"""
+
+
+@pytest.fixture
+def nets(tmp_path, monkeypatch):
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "ckpt_usernets.py").write_text(USER_NETS)
+    monkeypatch.syspath_prepend(str(folder))
+    yield "ckpt_usernets"
+    sys.modules.pop("ckpt_usernets", None)
+
+
+def _net(width=6):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.ReLU(), torch.nn.Linear(width, 2))
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _save(path, model, model_spec, data_spec, **kw):
+    return save_checkpoint(path, model=model, model_spec=model_spec, data_spec=data_spec, **kw)
+
+
+def test_checkpoint_naming_the_users_own_factory_reloads_alone(tmp_path, nets, monkeypatch):
+    net = _net()
+    args = {"width": 6, "input_shape": [3], "num_classes": 2}  # make_net takes no input_shape: dropped
+    path = _save(tmp_path / "user.pt", net, Spec(f"{nets}:make_net", args), Spec(f"{nets}:data", {"n": 8}))
+    ckpt = load_checkpoint(path)
+    assert _same_weights(ckpt.model(), net) and not ckpt.model().training
+    train, test = ckpt.datasets()
+    assert len(train) == 8 and len(test) == 2
+    # Moved away from the folder that holds the module: a clear message, not a traceback.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.endswith("code")])
+    sys.modules.pop(nets)
+    with pytest.raises(SharpnessError, match=f"user.pt: cannot import module '{nets}' for model .*run from the folder"):
+        load_checkpoint(path).model()
+
+
+def test_checkpoint_cannot_make_the_loader_run_installed_code(tmp_path, nets):
+    net = torch.nn.Linear(3, 2)
+    path = _save(tmp_path / "evil.pt", net, Spec("torch.nn:Linear", {"in_features": 3, "out_features": 2}),
+                 Spec("subprocess:run", {"args": ["touch", str(tmp_path / "pwned")]}))
+    ckpt = load_checkpoint(path)
+    with pytest.raises(SharpnessError, match=r"evil.pt: refused: model 'torch.nn:Linear' .*--model torch.nn:Linear"):
+        ckpt.model()
+    with pytest.raises(SharpnessError, match=r"evil.pt: refused: data set 'subprocess:run' .*--data subprocess:run"):
+        ckpt.datasets()
+    assert not (tmp_path / "pwned").exists()
+    # Named by the caller, the same factory is trusted and gets the stored arguments.
+    assert _same_weights(load_checkpoint(path, model="torch.nn:Linear").model(), net)
+    for name in ("os:system", "builtins:exec", "torch.hub:load"):
+        path = _save(tmp_path / "evil2.pt", net, Spec(name, {}), Spec(name, {}))
+        with pytest.raises(SharpnessError, match=f"refused: model '{name}'"):
+            load_checkpoint(path).model()
+        with pytest.raises(SharpnessError, match=f"refused: data set '{name}'"):
+            load_checkpoint(path).datasets()
+
+
+def test_caller_given_model_and_data(tmp_path, nets):
+    net = _net(width=5)
+    path = _save(tmp_path / "c.pt", net, Spec("no_such_mod:f", {"input_shape": [3], "num_classes": 2}),
+                 Spec("gaussian", {"n_train": 7, "n_test": 3, "dim": 3}))
+    # another factory gets only what the data fixed (input_shape, num_classes), plus model_args
+    assert _same_weights(load_checkpoint(path, model=f"{nets}:make_net", model_args={"width": 5}).model(), net)
+    assert load_checkpoint(path, model=f"{nets}:make_net2").model_spec.args == {"input_shape": [3], "num_classes": 2}
+    assert _same_weights(load_checkpoint(path, model=lambda width: _net(width), model_args={"width": 5}).model(), net)
+    with pytest.raises(SharpnessError, match="model_args given, but model is a module"):
+        load_checkpoint(path, model=net, model_args={"width": 5})
+    # the stored data spec with other arguments; another data set; the same name keeps the stored arguments
+    assert len(load_checkpoint(path, data_args={"n_train": 4}).datasets()[0]) == 4
+    assert len(load_checkpoint(path, data="gaussian").datasets()[0]) == 7
+    assert len(load_checkpoint(path, data=f"{nets}:data", data_args={"n": 6}).datasets()[0]) == 6
+    assert len(load_checkpoint(path, data={"name": "gaussian", "args": {"n_train": 9}}).datasets()[0]) == 9
+    with pytest.raises(SharpnessError, match="data must be a name"):
+        load_checkpoint(path, data=3)
+    with pytest.raises(SharpnessError, match="model must be an nn.Module"):
+        load_checkpoint(path, model=3)
+
+
+def test_malformed_specs_and_loss_spec(tmp_path):
+    net = _net()
+    path = _save(tmp_path / "l.pt", net, Spec("mlp", {}), Spec("gaussian", {}),
+                 config={"loss": "mse", "loss_args": {"reduction": "sum"}})
+    assert load_checkpoint(path).loss_spec == Spec("mse", {"reduction": "sum"})
+    assert load_checkpoint(_save(tmp_path / "n.pt", net, Spec("mlp", {}), Spec("g", {}))).loss_spec is None
+    with pytest.raises(SharpnessError, match="malformed loss .*'name' must be a non-empty string .got 5"):
+        _ = load_checkpoint(_save(tmp_path / "b.pt", net, Spec("mlp", {}), Spec("g", {}), config={"loss": 5})
+                            ).loss_spec
+    obj = torch.load(path, weights_only=True)
+    for key, bad, message in [("model", {"name": 3}, "'model' spec .*'name' must be a non-empty string"),
+                              ("data", "digits", "'data' spec .*spec must be a dict"),
+                              ("model", {"name": "mlp", "args": [1]}, "'model' spec .*'args' of 'mlp' must be a dict")]:
+        torch.save({**obj, key: bad}, tmp_path / "bad.pt")
+        with pytest.raises(SharpnessError, match=f"bad.pt: malformed {message}"):
+            load_checkpoint(tmp_path / "bad.pt")
+    del obj["data"]
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(SharpnessError, match="missing 'data'"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_safetensors_round_trip(tmp_path, nets):
+    from safetensors.torch import save_file
+
+    net = _net()
+    path = tmp_path / "w.safetensors"
+    save_file(net.state_dict(), str(path))
+    ckpt = load_checkpoint(path, model=f"{nets}:make_net", model_args={"width": 6}, data="gaussian")
+    assert _same_weights(ckpt.model(), net) and ckpt.model_spec.name == f"{nets}:make_net"
+    assert _same_weights(load_checkpoint(path, model=_net(width=6)).model(), net)
+    (tmp_path / "w.bin").write_bytes(path.read_bytes())  # recognised by its content too
+    assert _same_weights(load_checkpoint(tmp_path / "w.bin", model=_net(width=6)).model(), net)
+    with pytest.raises(SharpnessError, match="a bare state_dict"):
+        load_checkpoint(path)
+    # A header length whose low byte is 0x80 starts the file like a pickle: the content decides.
+    pad = 0
+    while True:
+        save_file(net.state_dict(), str(tmp_path / "p.bin"), metadata={"pad": "x" * pad})
+        if (tmp_path / "p.bin").read_bytes()[:1] == b"\x80":
+            break
+        pad += 1
+    assert _same_weights(load_checkpoint(tmp_path / "p.bin", model=_net(width=6)).model(), net)
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(SharpnessError, match="cut.safetensors: truncated or corrupt safetensors file"):
+        load_checkpoint(tmp_path / "cut.safetensors", model=net)
+    with pytest.raises(SharpnessError, match="weights do not fit"):
+        load_checkpoint(path, model=_net(width=3)).model()
+
+
+@pytest.mark.parametrize("wrap,prefix", [("state_dict", "model."), ("model", "module."), ("state_dict", ""),
+                                         (None, "_orig_mod.")])
+def test_wrapped_and_prefixed_weights(tmp_path, wrap, prefix):
+    net = _net()
+    weights = {prefix + k: v for k, v in net.state_dict().items()}
+    torch.save({wrap: weights, "epoch": 3, "global_step": 10} if wrap else weights, tmp_path / "w.pt")
+    assert _same_weights(load_checkpoint(tmp_path / "w.pt", model=_net(width=6)).model(), net)
+
+
+def test_prefix_is_stripped_only_when_it_makes_the_weights_fit(tmp_path):
+    net = _net()
+    weights = {"model." + k: v for k, v in net.state_dict().items()}
+    weights["other.weight"] = torch.zeros(1)  # no common prefix
+    torch.save({"state_dict": weights}, tmp_path / "w.pt")
+    with pytest.raises(SharpnessError, match="weights do not fit"):
+        load_checkpoint(tmp_path / "w.pt", model=_net(width=6)).model()

@@ -184,8 +184,9 @@ def test_model_unchanged_when_a_call_raises():
     def bad_loss(out, y):
         raise RuntimeError("boom")
 
+    op = HessianOperator(case.model, bad_loss, (case.x, case.y), mode="train")  # the graph is built lazily
     with pytest.raises(RuntimeError, match="boom"):
-        HessianOperator(case.model, bad_loss, (case.x, case.y), mode="train")
+        op.matvec(torch.ones(op.num_params, dtype=torch.float64))
     assert_unchanged(case.model, snap)
 
 

@@ -1,9 +1,14 @@
+import os
+import pickle
+import sys
+
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from sharpness import DataSpec, SharpnessError, load_data
-from sharpness.data import input_shape, num_classes
+from sharpness.data import DATASETS, dataset_names, input_shape, num_classes, register_data
 
 
 def test_mnist1d_default_split_and_determinism():
@@ -72,3 +77,201 @@ def test_mnist_read_from_torchvision_layout(tmp_path):
     assert input_shape(train) == (1, 28, 28) and len(test) == 6
     assert torch.allclose(train.tensors[0][2, 0], torch.tensor(imgs[2] / 255.0, dtype=torch.float32))
     assert train.tensors[1].tolist() == labels.tolist()
+
+
+def _cifar_folder(root, first_batch=None):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 10}, f, protocol=2)
+    if first_batch is not None:
+        with open(folder / "data_batch_1", "wb") as f:
+            pickle.dump(first_batch, f, protocol=2)
+    return folder
+
+
+def test_cifar10_read_from_torchvision_layout(tmp_path):
+    _cifar_folder(tmp_path)
+    train, test = load_data("cifar10", root=str(tmp_path))
+    assert (len(train), len(test)) == (50, 10) and input_shape(train) == (3, 32, 32)
+    assert train.tensors[0].dtype == torch.float32 and num_classes(train, test) == 1
+
+
+class Payload:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_cifar10_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "MARKER"
+    _cifar_folder(tmp_path, {b"data": Payload(f"touch {marker}"), b"labels": [0] * 10})
+    with pytest.raises(SharpnessError, match=r"data_batch_1' refused: it would import (posix|os|nt)\.system"):
+        load_data("cifar10", root=str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not a pickle at all", "is not a CIFAR-10 batch"),
+    (pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 0]}, protocol=2), "uint8 N×3072"),
+    (pickle.dumps({b"data": np.zeros((1, 3072), dtype=object), b"labels": [0]}, protocol=2),
+     "is not a CIFAR-10 batch .UnpicklingError: an object dtype"),
+    (pickle.dumps({b"data": b"x"}, protocol=4), "is not a CIFAR-10 batch"),
+])
+def test_cifar10_foreign_batch(tmp_path, content, message):
+    folder = _cifar_folder(tmp_path)
+    (folder / "test_batch").write_bytes(content)
+    with pytest.raises(SharpnessError, match=message):
+        load_data("cifar10", root=str(tmp_path))
+
+
+USER_DATA = """
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def tensors(n=20):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, generator=g), torch.randint(0, 4, (n,), generator=g)
+    return (x, y), (x[:5], y[:5])
+
+
+class Squares(Dataset):
+    def __init__(self, n, regression=False):
+        self.n, self.regression = n, regression
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        x = torch.full((2, 3), float(i))
+        return x, (float(i) ** 2 if self.regression else i % 3)
+
+
+def dataset(n=9):
+    return Squares(n), Squares(4)
+
+
+def loaders():
+    return DataLoader(Squares(8), batch_size=4), DataLoader(Squares(4, regression=True), batch_size=4)
+
+
+def no_test():
+    return Squares(3), None
+
+
+def bad():
+    return [1, 2, 3]
+
+
+def bad_pair():
+    return (torch.zeros(3), [1, 2]), Squares(2)
+
+
+def fails(n=3):
+    raise ValueError(f"n={n} is too small")
+
+
+def misaligned():
+    return (torch.zeros(3, 2), torch.zeros(4)), Squares(2)
+"""
+
+
+@pytest.fixture
+def user_data(tmp_path, monkeypatch):
+    (tmp_path / "data_userdata.py").write_text(USER_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "data_userdata"
+    sys.modules.pop("data_userdata", None)
+
+
+def test_user_data_functions(user_data):
+    train, test = load_data(f"{user_data}:tensors", n=12)
+    assert isinstance(train, TensorDataset) and len(train) == 12 and len(test) == 5
+    assert input_shape(train) == (3,) and num_classes(train, test) <= 4
+    train, test = load_data(DataSpec(f"{user_data}:dataset", {"n": 7}), trusted=False)  # the user's own code
+    assert type(train).__name__ == "Squares" and len(train) == 7
+    assert input_shape(train) == (2, 3) and num_classes(train, test) == 3
+    train, test = load_data(f"{user_data}:loaders")
+    assert isinstance(train, DataLoader) and isinstance(test, DataLoader)
+    assert input_shape(train) == (2, 3) and num_classes(train) == 3
+    assert num_classes(test) is None and num_classes(train, test) is None  # float targets: regression
+    train, test = load_data(f"{user_data}:no_test")
+    assert test is None and len(train) == 3
+
+
+@pytest.mark.parametrize("fn,message", [
+    ("bad", r"data function '\w+:bad' returned list\(int, int, int\); expected \(train, test\)"),
+    ("bad_pair", r"returned tuple\(tuple\(Tensor, list\(int, int\)\), Squares\)"),
+    ("misaligned", r"returned X and y of shapes \(3, 2\) and \(4,\)"),
+    ("fails", r"data function '\w+:fails' failed: ValueError: n=3 is too small$"),
+])
+def test_user_data_function_returning_something_else(user_data, fn, message):
+    with pytest.raises(SharpnessError, match=message):
+        load_data(f"{user_data}:{fn}")
+    with pytest.raises(SharpnessError, match=f"bad arguments for data set '{user_data}:tensors'"):
+        load_data(f"{user_data}:tensors", size=3)
+
+
+def test_data_names_from_a_checkpoint_follow_the_import_policy(user_data):
+    for name in ("os:getcwd", "torch.hub:load", "subprocess:run"):
+        with pytest.raises(SharpnessError, match=f"refused: data set '{name}'.*--data {name} / data="):
+            load_data(name, trusted=False)
+    assert len(load_data(f"{user_data}:tensors", trusted=False)[0]) == 20
+
+
+def test_register_data(monkeypatch):
+    monkeypatch.setattr(DATASETS, "_fns", dict(DATASETS._fns))  # registrations vanish after the test
+
+    @register_data("ramp")
+    def ramp(n=4):
+        x = torch.arange(float(n)).reshape(n, 1)
+        return (x, x * 2), (x, x * 2)
+
+    assert "ramp" in dataset_names() and "mnist1d" in dataset_names()
+    train, _ = load_data("ramp", n=6, trusted=False)  # a registered name needs no import
+    assert len(train) == 6 and num_classes(train) is None
+
+
+class Pairs(Dataset):
+    """A generic map-style data set with numpy inputs and integer labels, and a torchvision-like one."""
+
+    def __init__(self, n, with_targets=False):
+        self.n = n
+        if with_targets:
+            self.targets = [i % 5 for i in range(n)]
+            self.target_transform = None
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if hasattr(self, "targets"):
+            raise AssertionError("num_classes should read the targets list, not every example")
+        return np.zeros((4, 2), np.float32), i % 7
+
+
+class OnlyInputs(Dataset):
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return torch.zeros(5)
+
+
+def test_input_shape_and_num_classes_on_any_dataset():
+    assert input_shape(Pairs(10)) == (4, 2) and num_classes(Pairs(10)) == 7 and num_classes(Pairs(3)) == 3
+    assert num_classes(Pairs(10, with_targets=True)) == 5
+    assert input_shape(DataLoader(Pairs(10), batch_size=3)) == (4, 2)
+    assert num_classes(DataLoader(Pairs(10), batch_size=3, shuffle=True)) == 7
+    assert input_shape(OnlyInputs()) == (5,) and num_classes(OnlyInputs()) is None
+    reg = TensorDataset(torch.randn(6, 3), torch.randn(6))
+    assert input_shape(reg) == (3,) and num_classes(reg) is None
+    assert num_classes(TensorDataset(torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 0, 1])),
+                       TensorDataset(torch.randn(2, 3), torch.tensor([2, 0]))) == 3
+    with pytest.raises(SharpnessError, match="is empty"):
+        input_shape(Pairs(0))

@@ -9,7 +9,8 @@ import numpy as np
 
 from sharpness.cli import figures_main, run_main
 from sharpness.experiments import expand, load_experiment
-from sharpness.plots.experiments import draw, fit_critical_batch, time_to_target
+from sharpness.plots.experiments import draw
+from sharpness.reporting import fit_critical_batch, time_to_target
 
 GOLDEN = Path(__file__).parent / "golden"
 

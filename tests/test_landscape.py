@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from helpers import assert_unchanged, snapshot
-from sharpness.functional import FlatModel
 from sharpness.landscape import (
     between,
     flat_params,
@@ -16,6 +15,7 @@ from sharpness.landscape import (
     recompute_bn_buffers,
     surface,
 )
+from sharpness.objective import Objective
 
 
 def conv_bn_net(seed=0):
@@ -62,6 +62,35 @@ def test_filter_normalization_and_ignored_params():
     assert abs(D.cosine) < 0.5 and D.describe()["normalization"] == "filter"
 
 
+def test_filter_normalization_of_conv2d_conv3d_and_embedding_weights():
+    torch.manual_seed(1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(7, 3)
+            self.c2 = nn.Conv2d(3, 4, 3, padding=1)     # 4-D weight
+            self.c3 = nn.Conv3d(1, 2, 2)                # 5-D weight
+            self.fc = nn.Linear(4 * 5 * 5 + 2, 2)
+
+        def forward(self, ids, vol):  # two inputs: a batch ((ids, vol), y) calls model(ids, vol)
+            h = self.c2(self.emb(ids).permute(0, 3, 1, 2)).flatten(1)
+            return self.fc(torch.cat([h, self.c3(vol).mean((2, 3, 4))], 1))
+
+    model = Net()
+    D = random_directions(model, 1, normalization="filter", seed=0)
+    i = 0
+    for name, p in model.named_parameters():  # the reference: one filter at a time
+        piece = D.vectors[0][i:i + p.numel()].view(p.shape)
+        i += p.numel()
+        if p.dim() > 1:
+            for f in range(p.shape[0]):
+                assert torch.allclose(piece[f].norm(), p[f].detach().norm(), rtol=1e-5), (name, f)
+    x = (torch.randint(0, 7, (12, 5, 5)), torch.randn(12, 1, 3, 3, 3))
+    s = surface(model, None, (x, torch.randint(0, 2, (12,))), steps=5, span=0.5)
+    assert s.loss.shape == (5, 5) and np.isfinite(s.loss).all()
+
+
 def test_interpolation_endpoints_exact_and_model_unchanged():
     x, y = data()
     a = warm_bn(conv_bn_net(0), x)
@@ -81,8 +110,8 @@ def test_interpolation_endpoints_exact_and_model_unchanged():
     assert_unchanged(b, snaps[1])
     # the curved path at α = 1/2 is (θ_a + θ_b)/√2 of each
     mid = interpolate(a, b, None, {"t": (x, y)}, alphas=[0.5], path="sin", bn="frozen")
-    fm = FlatModel(a, None, (x, y))
-    want = fm.loss_and_accuracy((flat_params(a) + flat_params(b)) / np.sqrt(2))[0]
+    fm = Objective(a, None, (x, y))
+    want = fm.evaluate((flat_params(a) + flat_params(b)) / np.sqrt(2))[0]
     assert mid.loss["t"][list(mid.alphas).index(0.5)] == pytest.approx(want, abs=1e-6)
 
 
@@ -96,10 +125,10 @@ def test_grid_is_cartesian_and_centre_is_the_model(tmp_path):
         own = float(nn.functional.cross_entropy(model(x), y))
     assert s.loss[2, 2] == pytest.approx(own, abs=1e-6) and s.center_loss == pytest.approx(own, abs=1e-6)
     # every point is the one it claims: θ₀ + a_i δ₁ + b_j δ₂ (no staggered rows)
-    fm = FlatModel(model, None, (x, y))
+    fm = Objective(model, None, (x, y))
     t0, (d1, d2) = flat_params(model), s.directions.vectors
     for i, j in [(0, 4), (3, 1), (4, 0), (1, 3)]:
-        want = fm.loss_and_accuracy(t0 + s.coords[0][i] * d1 + s.coords[1][j] * d2)
+        want = fm.evaluate(t0 + s.coords[0][i] * d1 + s.coords[1][j] * d2)
         assert s.loss[i, j] == pytest.approx(want[0], abs=1e-6) and s.acc[i, j] == pytest.approx(want[1])
     line = surface(model, None, (x, y), dims=1, steps=7, span=(-1, 2))
     assert line.loss.shape == (7,) and np.allclose(line.coords[0], np.linspace(-1, 2, 7))
@@ -130,14 +159,14 @@ def test_recompute_matches_hand_reestimated_bn():
         for xb in x.split(20):
             hand(xb)
     hand.eval()
-    fm = FlatModel(model, None, (x, y))
-    bufs = recompute_bn_buffers(fm, theta, list(zip(x.split(20), y.split(20))))
+    fm = Objective(model, None, (x, y))
+    bufs = recompute_bn_buffers(fm, theta, fm.with_data((x, y), batch_size=20))
     assert torch.allclose(bufs["1.running_mean"], hand[1].running_mean, atol=1e-6)
     assert torch.allclose(bufs["1.running_var"], hand[1].running_var, atol=1e-6)
     with torch.no_grad():
         want = float(nn.functional.cross_entropy(hand(x), y))
     s = surface(model, None, (x, y), directions=D, steps=3, span=1.0, bn="recompute", batch_size=20)
-    got = fm.loss_and_accuracy(theta, bufs)[0]
+    got = fm.evaluate(theta, bufs)[0]
     assert got == pytest.approx(want, abs=1e-6)
     assert s.bn == "recompute" and np.isfinite(s.loss).all()
 
@@ -149,7 +178,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     full = surface(model, None, (x, y), steps=5, seed=2)
     out = tmp_path / "grid.npz"
     calls = {"n": 0}
-    real = FlatModel.loss_and_accuracy
+    real = Objective.evaluate
 
     def flaky(self, *a, **k):
         calls["n"] += 1
@@ -157,10 +186,10 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(FlatModel, "loss_and_accuracy", flaky)
+    monkeypatch.setattr(Objective, "evaluate", flaky)
     with pytest.raises(KeyboardInterrupt):
         surface(model, None, (x, y), steps=5, seed=2, out=out)
-    monkeypatch.setattr(FlatModel, "loss_and_accuracy", real)
+    monkeypatch.setattr(Objective, "evaluate", real)
     partial = np.load(out)
     assert partial["done"].sum() == 9
     calls["n"] = 0
@@ -168,7 +197,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
         calls["n"] += 1
         return real(self, *a, **k)
 
-    monkeypatch.setattr(FlatModel, "loss_and_accuracy", counting)
+    monkeypatch.setattr(Objective, "evaluate", counting)
     resumed = surface(model, None, (x, y), steps=5, seed=2, out=out)
     assert calls["n"] == 25 - 9  # only the missing points were evaluated
     assert np.array_equal(resumed.loss, full.loss) and np.array_equal(resumed.acc, full.acc)

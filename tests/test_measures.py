@@ -99,10 +99,10 @@ def test_worst_case_above_average_and_random_points(norm):
     # the best of many random points on the boundary of the same ball is no better than APGD
     w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     c = w.abs()
-    from sharpness.functional import FlatModel
+    from sharpness.objective import Objective
 
-    fm = FlatModel(model, None, (x, y))
-    f0 = fm.loss(w)[0]
+    fm = Objective(model, None, (x, y))
+    f0 = fm.loss_at(w)[0]
     best = -np.inf
     g = torch.Generator().manual_seed(0)
     for _ in range(300):
@@ -111,7 +111,7 @@ def test_worst_case_above_average_and_random_points(norm):
         else:
             u = torch.randn(w.shape, generator=g)
             u = u / u.norm() * rho
-        best = max(best, fm.loss(w + c * u)[0] - f0)
+        best = max(best, fm.loss_at(w + c * u)[0] - f0)
     assert worst.value >= best
     assert worst.n_evals == 1 + 21  # f0, then the start point and 20 APGD steps
 

@@ -1,8 +1,11 @@
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 from sharpness import GhostBatchNorm, ModelSpec, SharpnessError, build_model
+from sharpness.models import MODELS, model_names, register_model
 
 
 @pytest.mark.parametrize("name,shape,args", [
@@ -59,3 +62,83 @@ def test_ghost_bn_equals_plain_bn_per_chunk(shape):
     # Eval mode uses the running statistics, whatever the batch size.
     ghost.eval(), plain.eval()
     assert torch.allclose(ghost(x), plain(x), atol=1e-6)
+
+
+USER_NETS = """
+import math
+
+from torch import nn
+
+
+def make_net(width=4):
+    return nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+
+
+def make_net2(input_shape, num_classes):
+    assert isinstance(input_shape, tuple)
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
+def make_any(**kw):
+    return nn.Linear(kw["input_shape"][0], kw["num_classes"])
+
+
+class Net(nn.Module):
+    def __init__(self, input_shape, num_classes, hidden=5):
+        super().__init__()
+        self.fc = nn.Linear(input_shape[0], num_classes)
+
+
+def not_a_module(width=4):
+    return width
+"""
+
+
+@pytest.fixture
+def nets(tmp_path, monkeypatch):
+    (tmp_path / "models_usernets.py").write_text(USER_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "models_usernets"
+    sys.modules.pop("models_usernets", None)
+
+
+def test_user_factory_gets_the_data_args_only_if_it_takes_them(nets):
+    data = {"input_shape": [3], "num_classes": 2}
+    m = build_model(f"{nets}:make_net", width=6, **data)  # make_net takes neither
+    assert m[0].weight.shape == (6, 3)
+    m = build_model(ModelSpec(f"{nets}:make_net2", {"input_shape": [1, 2, 3], "num_classes": 4}))
+    assert m[1].weight.shape == (4, 6)
+    assert build_model(f"{nets}:make_any", **data).weight.shape == (2, 3)  # **kwargs takes them
+    assert build_model(f"{nets}:Net", **data).fc.weight.shape == (2, 3)  # a class is a factory too
+    assert build_model(f"{nets}:make_net", trusted=False, **data)[0].weight.shape == (4, 3)  # user's own code
+
+
+def test_user_factory_errors(nets):
+    with pytest.raises(SharpnessError, match=f"bad arguments for model '{nets}:make_net': .*depth"):
+        build_model(f"{nets}:make_net", depth=3)
+    with pytest.raises(SharpnessError, match=f"bad arguments for model '{nets}:make_net2'"):
+        build_model(f"{nets}:make_net2", input_shape=(3,))
+    with pytest.raises(SharpnessError, match=f"model factory '{nets}:not_a_module' returned int, not a torch"):
+        build_model(f"{nets}:not_a_module")
+    with pytest.raises(SharpnessError, match="model factory 'mlp' failed: RuntimeError: .*negative dimension"):
+        build_model("mlp", input_shape=[3], num_classes=2, widths=[-1])
+    with pytest.raises(SharpnessError, match="refused: model 'torch.nn:Linear'"):
+        build_model("torch.nn:Linear", trusted=False, in_features=3, out_features=2)
+    assert isinstance(build_model("torch.nn:Linear", in_features=3, out_features=2), nn.Linear)  # typed: trusted
+
+
+def test_register_model_and_callable_specs(monkeypatch):
+    monkeypatch.setattr(MODELS, "_fns", dict(MODELS._fns))  # registrations vanish after the test
+
+    @register_model("tiny")
+    def tiny(input_shape, num_classes):
+        return nn.Linear(input_shape[0], num_classes)
+
+    register_model("tiny2", lambda width=3: nn.Linear(2, width))
+    assert {"tiny", "tiny2", "mlp"} <= set(model_names())
+    assert build_model("tiny", input_shape=[5], num_classes=3).weight.shape == (3, 5)
+    assert build_model({"name": "tiny2", "args": {"num_classes": 9}}, trusted=False).weight.shape == (3, 2)
+    register_model("tiny2", tiny)  # replaces
+    assert build_model("tiny2", input_shape=[4], num_classes=2).weight.shape == (2, 4)
+    assert build_model(tiny, input_shape=(1,), num_classes=2).weight.shape == (2, 1)
+    assert build_model(ModelSpec("mlp", {"widths": [3]}), input_shape=[2], num_classes=2)[1].weight.shape == (3, 2)

@@ -1,134 +1,94 @@
 """The Hessian of the mean loss over a data set, as a linear operator on flat parameter vectors.
 
-H = ∇²_θ (1/N) Σ_b n_b · L_b(θ), with L_b the (mean-reduced) loss of batch b of size n_b. Products use
-Pearlmutter's trick (1994): Hv = ∇_θ (∇_θ L · v), a double backward. When the whole data set is one
-batch, the graph of the first gradient is built once and reused by every product, so a product is a
-single backward pass through it (≈ 2× a gradient instead of ≈ 3× for a fresh double backward).
+H = ∇²_θ L(θ), L(θ) = (1/N) Σ_i ℓ_i(θ) the mean loss of an :class:`~sharpness.objective.Objective`
+(whatever the loss's reduction and the batching: :mod:`sharpness.losses`). Products use Pearlmutter's
+trick (1994): Hv = ∇_θ (∇_θ L · v), a double backward, accumulated as Σ_b H_b v / N over batches b, with
+H_b the Hessian of batch b's summed loss. When the whole data set is one batch cached on the device, the
+graph of the first gradient is built once and reused by every product, so a product is a single backward
+pass through it (≈ 2× a gradient instead of ≈ 3× for a fresh double backward). That graph is rebuilt when
+the weights or buffers change (their version counters or storage differ), so an operator never answers
+for stale weights.
 """
 
 from __future__ import annotations
 
-import copy
-import fnmatch
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
-from torch.utils.data import DataLoader, Dataset
 
-from ..data import as_tensors
 from ..model_state import preserved, set_mode
+from ..objective import Objective, as_objective, with_dtype
 
-__all__ = ["HessianOperator", "DenseOperator", "as_operator", "batches_on_device"]
-
-
-def batches_on_device(data: Any, batch_size: int | None, device: torch.device,
-                      dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Turn (X, y) tensors, a Dataset or a DataLoader into a list of (x, y) batches on ``device``.
-
-    Tensors are split into ``batch_size`` chunks (None: one batch). A Dataset is batched with
-    ``batch_size`` (None: one batch); a DataLoader keeps its own batching. Floating inputs are cast to
-    ``dtype`` when given. The batches stay on the device, so repeated passes never copy data again.
-    """
-    pair = as_tensors(data)
-    if pair is not None:
-        x, y = pair
-        chunks = list(zip(x.split(batch_size), y.split(batch_size))) if batch_size else [(x, y)]
-    elif isinstance(data, DataLoader):
-        chunks = [(b[0], b[1]) for b in data]
-    elif isinstance(data, Dataset):
-        loader = DataLoader(data, batch_size=batch_size or len(data), shuffle=False)
-        chunks = [(b[0], b[1]) for b in loader]
-    else:
-        raise TypeError("data must be (X, y) tensors, a Dataset or a DataLoader "
-                        f"(got {type(data).__name__})")
-    out = []
-    for x, y in chunks:
-        x = x.to(device)
-        if dtype is not None and x.is_floating_point():
-            x = x.to(dtype)
-        y = y.to(device)
-        if dtype is not None and y.is_floating_point():
-            y = y.to(dtype)
-        out.append((x, y))
-    if not out or sum(len(y) for _, y in out) == 0:
-        raise ValueError("data is empty")
-    return out
-
-
-def _select(model: nn.Module, params: str | Iterable[str] | None) -> list[tuple[str, nn.Parameter]]:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if params is None:
-        return named
-    patterns = [params] if isinstance(params, str) else list(params)
-    chosen = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
-    if not chosen:
-        raise ValueError(f"no parameter matches {patterns}; names are e.g. {[n for n, _ in named[:5]]}")
-    return chosen
+__all__ = ["HessianOperator", "DenseOperator", "as_operator"]
 
 
 class HessianOperator:
-    """The Hessian of the mean of ``loss_fn`` over all of ``data`` with respect to model parameters.
+    """The Hessian of the mean loss over all of the data with respect to the model's parameters.
 
     Args:
-        model: any ``nn.Module``; never modified (modes and buffers are restored after each product).
-        loss_fn: ``loss_fn(model(x), y)`` → mean loss of the batch (e.g. ``nn.CrossEntropyLoss()``).
-        data: (X, y) tensors, a Dataset or a DataLoader. Batches are weighted by their size.
-        params: parameter names or glob patterns (``"layers.2.*"``) to restrict to; None = all.
+        model: an ``nn.Module`` (never modified: modes and buffers are restored after each product), or
+            an :class:`~sharpness.objective.Objective` (then ``loss_fn`` and ``data`` are None).
+        loss_fn: a loss name, ``"pkg.module:fn"``, a loss module or callable (None: cross-entropy).
+        data: (X, y) tensors, a list of batches, a Dataset or a DataLoader.
+        params: parameter names or glob patterns (``"layers.2.*"``) to restrict to; None = all that
+            require grad.
         batch_size: split tensor/Dataset data into batches of this size (memory); None = one batch.
-        mode: ``"eval"`` (default; BN uses running statistics, no dropout) or ``"train"``.
+        mode: ``"eval"`` (default; BN uses running statistics, no dropout) or ``"train"`` (batch
+            statistics; dropout masks fixed per batch by ``seed``: see :mod:`sharpness.objective`).
         dtype: compute in this dtype (e.g. ``torch.float64``) on a copy of the model.
+        **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args``, ``seed``, ``cache_bytes`` of the
+            :class:`~sharpness.objective.Objective`.
 
-    Vectors are flat tensors of length ``num_params`` on ``device``, ordered as ``model.parameters()``.
+    Vectors are flat tensors of length ``num_params`` on ``device``, ordered as the selected parameters.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable | None, data: Any, *,
+    def __init__(self, model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
                  params: str | Iterable[str] | None = None, batch_size: int | None = None,
-                 mode: str = "eval", dtype: torch.dtype | None = None):
-        if mode not in ("eval", "train"):
-            raise ValueError(f"mode must be 'eval' or 'train' (got {mode!r})")
-        first = next(model.parameters(), None)
-        if first is None:
-            raise ValueError("model has no parameters")
-        if dtype is not None and dtype != first.dtype:
-            model = copy.deepcopy(model).to(dtype)
-        self.model = model
-        self.loss_fn = loss_fn or nn.functional.cross_entropy
-        self.mode = mode
-        self.device = first.device
-        self.named_params = _select(model, params)
-        self.params = [p for _, p in self.named_params]
-        self.dtype = self.params[0].dtype
+                 mode: str = "eval", dtype: torch.dtype | None = None, **objective_args: Any):
+        if isinstance(model, Objective):
+            obj = as_objective(model, loss_fn, data)
+            if dtype is not None and dtype != obj.dtype:
+                raise ValueError("convert the model to the dtype before building the Objective")
+            if params is not None or not all(p.requires_grad for p in obj.params):
+                obj = Objective(obj.model, data=obj.data, params=params or obj.names, trainable_only=True,
+                                **{k: v for k, v in obj._settings.items() if k not in ("params", "trainable_only")})
+        else:
+            obj = Objective(with_dtype(model, dtype), loss_fn, data, params=params, trainable_only=True,
+                            batch_size=batch_size, mode=mode, **objective_args)
+        self.objective = obj
+        self.model, self.mode = obj.model, obj.mode
+        self.device, self.dtype = obj.device, obj.dtype
+        self.params = obj.params
         self.shapes = [p.shape for p in self.params]
-        self.num_params = sum(p.numel() for p in self.params)
-        self.batches = batches_on_device(data, batch_size, self.device, self.dtype)
-        self.num_samples = sum(len(y) for _, y in self.batches)
+        self.num_params = obj.num_params
         self.n_hvps = 0
-        # One batch: keep the gradient graph for every later product.
-        self._graph = self._grad_graph(*self.batches[0]) if len(self.batches) == 1 else None
+        self._graph: tuple | None = None   # (state key, gradient graph, n) for one cached batch
 
     @property
     def shape(self) -> tuple[int, int]:
         """(num_params, num_params)."""
         return (self.num_params, self.num_params)
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.mode == "train":
-            # Train-mode BN writes its running statistics in the forward pass and saves them for
-            # backward: run on clones, so the caller's buffers are never touched.
-            buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-            return self.loss_fn(functional_call(self.model, buffers, (x,)), y)
-        return self.loss_fn(self.model(x), y)
+    @property
+    def num_samples(self) -> int:
+        """N, the number of examples the loss is averaged over."""
+        return self.objective.num_samples
 
-    def _grad_graph(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        """First gradient of the batch loss with its graph; entries that cannot depend on θ are dropped."""
+    def _state_key(self) -> tuple:
+        """Changes whenever a parameter or buffer is written in place or replaced."""
+        tensors = list(self.params) + list(self.model.buffers())
+        return tuple((t._version, t.data_ptr()) for t in tensors)
+
+    def _grad_graph(self, i: int, inputs: Any, targets: Any, extra: tuple) -> list:
+        """First gradient of a batch's summed loss, with its graph; entries that cannot depend on θ: None."""
+        obj = self.objective
         with preserved(self.model):
             set_mode(self.model, self.mode)
             with torch.enable_grad():
-                loss = self._loss(x, y)
-                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                total = obj.loss.total(obj.output(i, inputs, double_backward=True), targets, extra)
+                grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
         return [g if (g is not None and g.requires_grad) else None for g in grads]
 
     def _hvps(self, grads: list, V: torch.Tensor) -> torch.Tensor:
@@ -152,12 +112,19 @@ class HessianOperator:
         if V.dim() != 2 or V.shape[0] != self.num_params:
             raise ValueError(f"expected shape ({self.num_params}, k), got {tuple(V.shape)}")
         self.n_hvps += V.shape[1]
-        if self._graph is not None:
-            return self._hvps(self._graph, V).detach()
-        out = torch.zeros_like(V)
-        for x, y in self.batches:
-            out += (len(y) / self.num_samples) * self._hvps(self._grad_graph(x, y), V)
-        return out.detach()
+        if self.objective.data.single:
+            key = self._state_key()
+            if self._graph is None or self._graph[0] != key:
+                self._graph = None  # free the old graph before building the new one
+                (i, inputs, targets, extra, n), = self.objective.batches()
+                self._graph = (key, self._grad_graph(i, inputs, targets, extra), n)
+            _, graph, n = self._graph
+            return (self._hvps(graph, V) / n).detach()
+        out, n_all = torch.zeros_like(V), 0
+        for i, inputs, targets, extra, n in self.objective.batches():
+            out += self._hvps(self._grad_graph(i, inputs, targets, extra), V)
+            n_all += n
+        return (out / n_all).detach()
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector v of length num_params."""
@@ -167,16 +134,7 @@ class HessianOperator:
 
     def gradient(self) -> torch.Tensor:
         """The flat gradient of the mean loss (one pass over the data)."""
-        g = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
-        with preserved(self.model):
-            set_mode(self.model, self.mode)
-            for x, y in self.batches:
-                with torch.enable_grad():
-                    grads = torch.autograd.grad(self._loss(x, y), self.params, allow_unused=True)
-                g += (len(y) / self.num_samples) * torch.cat(
-                    [(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                     for gi, p in zip(grads, self.params)])
-        return g
+        return self.objective.gradient()
 
     def to_dense(self, max_params: int = 20_000) -> torch.Tensor:
         """The full P × P Hessian (P products); for small models only."""

@@ -15,15 +15,12 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from ..objective import flat_params
+
 __all__ = ["Directions", "random_directions", "between", "eigenvector_directions", "pca_directions",
            "flat_params", "cosine"]
 
 _NORM_LAYERS = (_NormBase, nn.LayerNorm, nn.GroupNorm)
-
-
-def flat_params(model: nn.Module) -> torch.Tensor:
-    """The model's parameters as one flat (detached, copied) tensor on its device."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -93,8 +90,11 @@ def random_directions(model: nn.Module, n: int = 2, *, normalization: str = "fil
             if is_biasbn:
                 d = torch.zeros_like(w) if ignore == "biasbn" else w.clone()
             elif normalization == "filter":
+                # One norm per filter (slice along dim 0), for weights of any rank: Linear (2-D),
+                # Conv1d/2d/3d (3- to 5-D), embeddings. Tensor.norm takes at most two dims.
                 dims = tuple(range(1, w.dim()))
-                d = d * (w.norm(dim=dims, keepdim=True) / d.norm(dim=dims, keepdim=True).clamp_min(1e-30))
+                norm = lambda t: torch.linalg.vector_norm(t, dim=dims, keepdim=True)  # noqa: E731
+                d = d * (norm(w) / norm(d).clamp_min(1e-30))
             elif normalization == "layer":
                 d = d * (w.norm() / d.norm().clamp_min(1e-30))
             pieces.append(d.reshape(-1))

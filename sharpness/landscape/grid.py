@@ -27,15 +27,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..curvature.operator import batches_on_device
-from ..functional import FlatModel
+from ..errors import SharpnessError
 from ..io import write_npz
 from ..model_state import preserved
+from ..objective import Objective, as_objective, flat_params
 from ..progress import progress_bar
-from .directions import Directions, as_directions, flat_params
+from .directions import Directions, as_directions
 
 __all__ = ["Surface", "Interpolation", "surface", "interpolate", "recompute_bn_buffers"]
 
@@ -46,13 +46,13 @@ def _has_bn(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def recompute_bn_buffers(fm: FlatModel, theta: torch.Tensor, batches: list) -> dict[str, torch.Tensor]:
+def recompute_bn_buffers(obj: Objective, theta: torch.Tensor, bn_data: Objective) -> dict[str, torch.Tensor]:
     """BN running statistics re-estimated at θ: reset, then one train-mode pass averaging all batches.
 
     Works on copies of the buffers (the caller's model keeps its own), batches weighted equally as in
     ``torch.optim.swa_utils.update_bn`` (momentum None: a cumulative average).
     """
-    model = fm.model
+    model = obj.model
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     for n, _ in bns:
@@ -66,8 +66,8 @@ def recompute_bn_buffers(fm: FlatModel, theta: torch.Tensor, batches: list) -> d
             for _, m in bns:
                 m.momentum = None
             model.train()
-            for x, _ in batches:
-                functional_call(model, {**fm.params(theta), **buffers}, (x,))
+            for i, inputs, _, _, _ in bn_data.batches():
+                obj.output(i, inputs, {**obj.state(theta), **buffers})
         finally:
             for m, mom in momenta:
                 m.momentum = mom
@@ -75,48 +75,53 @@ def recompute_bn_buffers(fm: FlatModel, theta: torch.Tensor, batches: list) -> d
 
 
 class _Evaluator:
-    """(loss, accuracy) at θ over one data set, with a BN mode; several points per forward via vmap."""
+    """(loss, accuracy) at θ over one objective, with a BN mode; several points per forward via vmap."""
 
-    def __init__(self, model, loss_fn, data, batch_size, bn, bn_data, points_per_forward):
-        self.fm = FlatModel(model, loss_fn, data, batch_size=batch_size)
-        self.bn = bn if _has_bn(model) else "frozen"
-        self.bn_batches = None
+    def __init__(self, obj: Objective, bn: str, bn_data: Any, points_per_forward: int | None):
+        self.obj = obj
+        self.bn = bn if _has_bn(obj.model) else "frozen"
+        self.bn_data = None
         if self.bn == "recompute":
-            source = data if bn_data is None else bn_data
-            self.bn_batches = batches_on_device(source, batch_size or 256, self.fm.device, self.fm.dtype)
+            self.bn_data = bn_data if isinstance(bn_data, Objective) else (
+                obj if bn_data is None else obj.with_data(bn_data, batch_size=256))
         if points_per_forward is None:  # GPUs: batch points until a forward sees ~1M examples (H100: 9× faster)
-            largest = max(len(y) for _, y in self.fm.batches)
-            points_per_forward = min(256, max(1, 2 ** 20 // largest)) if self.fm.device.type == "cuda" else 1
+            cuda = obj.device.type == "cuda"
+            points_per_forward = min(256, max(1, 2 ** 20 // max(1, obj.num_samples // len(obj.data)))) if cuda else 1
         self.k = max(1, int(points_per_forward)) if self.bn == "frozen" else 1
 
-    def evaluate(self, thetas: torch.Tensor, buffers: list | None = None) -> list[tuple[float, float]]:
+    def evaluate(self, thetas: torch.Tensor, buffers: list | None = None) -> list[tuple[float, float | None]]:
         """(loss, acc) for each row of ``thetas``."""
-        fm = self.fm
+        obj = self.obj
         if self.bn == "recompute":
-            buffers = [recompute_bn_buffers(fm, t, self.bn_batches) for t in thetas]
+            buffers = [recompute_bn_buffers(obj, t, self.bn_data) for t in thetas]
         if self.k == 1 or len(thetas) == 1 or buffers is not None:
-            return [fm.loss_and_accuracy(t, None if buffers is None else buffers[i]) for i, t in enumerate(thetas)]
+            return [obj.evaluate(t, None if buffers is None else buffers[i]) for i, t in enumerate(thetas)]
         return self._vmapped(thetas)
 
     @torch.no_grad()
-    def _vmapped(self, thetas: torch.Tensor) -> list[tuple[float, float]]:
-        fm = self.fm
-        model_buffers = dict(fm.model.named_buffers())
-        loss = torch.zeros(len(thetas), device=fm.device, dtype=torch.float64)
-        correct = torch.zeros(len(thetas), device=fm.device, dtype=torch.float64)
+    def _vmapped(self, thetas: torch.Tensor) -> list[tuple[float, float | None]]:
+        obj = self.obj
+        model_buffers = dict(obj.model.named_buffers())
+        loss = torch.zeros(len(thetas), device=obj.device, dtype=torch.float64)
+        correct = torch.zeros(len(thetas), device=obj.device, dtype=torch.float64)
+        defined, n_all = [True], 0
 
-        def one(theta, x, y):
-            out = functional_call(fm.model, {**fm.params(theta), **model_buffers}, (x,))
-            return fm.loss_fn(out, y), (out.argmax(1) == y).sum()
+        def one(theta, i, inputs, targets, extra):
+            out = obj.output(i, inputs, {**obj.state(theta), **model_buffers})
+            c = obj.loss.correct(out, targets)
+            defined[0] = defined[0] and c is not None  # runs once per vmap call: a plain flag is enough
+            return obj.loss.total(out, targets, extra), (c if c is not None else out.new_zeros(()))
 
-        with preserved(fm.model):
-            fm.model.eval()
-            for x, y in fm.batches:
-                l_, c = vmap(one, in_dims=(0, None, None))(thetas, x, y)
-                loss += len(y) / fm.num_samples * l_.double()
+        with preserved(obj.model):
+            obj.model.eval()
+            for i, inputs, targets, extra, n in obj.batches():
+                l_, c = vmap(lambda th: one(th, i, inputs, targets, extra))(thetas)
+                loss += l_.double()
                 correct += c.double()
-        fm.n_evals += len(thetas)
-        return list(zip(loss.tolist(), (correct / fm.num_samples).tolist()))
+                n_all += n
+        obj.n_evals += len(thetas)
+        acc = (correct / n_all).tolist() if defined[0] else [None] * len(thetas)
+        return list(zip((loss / n_all).tolist(), acc))
 
 
 @dataclass
@@ -150,17 +155,28 @@ def _axis(span: float | tuple[float, float], steps: int) -> np.ndarray:
     return ax
 
 
-def surface(model: nn.Module, loss_fn: Callable | None, data: Any, *, directions: Any = "filter",
+def _check_grid(dims: Any, steps: Any, span: Any) -> None:
+    if dims not in (1, 2):
+        raise SharpnessError(f"dims must be 1 or 2 (got {dims!r})")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise SharpnessError(f"steps must be an integer ≥ 2 (got {steps!r})")
+    lo, hi = (-span, span) if np.isscalar(span) else tuple(span)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise SharpnessError(f"span must be a finite number > 0 or a pair lo < hi (got {span!r})")
+
+
+def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
+            directions: Any = "filter",
             dims: int = 2, span: float | tuple[float, float] = 1.0, steps: int = 51, bn: str = "frozen",
             bn_data: Any = None, batch_size: int | None = None, points_per_forward: int | None = None,
             out: str | Path | None = None, save_every: float = 10.0, seed: int = 0,
-            progress: bool | None = None) -> Surface:
+            progress: bool | None = None, **objective_args: Any) -> Surface:
     """Loss and accuracy of ``model`` on a grid θ₀ + a·δ₁ (+ b·δ₂), a, b ∈ ``span``.
 
     Args:
-        model: the centre model θ₀ (never modified).
-        loss_fn: ``loss_fn(output, y)`` → mean loss (None: cross-entropy).
-        data: (X, y) tensors, a Dataset or a DataLoader: the loss is the mean over all of it.
+        model: the centre model θ₀ (never modified), or an :class:`~sharpness.objective.Objective`.
+        loss_fn: a loss name, ``"pkg.module:fn"`` or callable (None: cross-entropy).
+        data: (X, y) tensors, a list of batches, a Dataset or a DataLoader: the loss is the mean over all.
         directions: ``"filter"`` (default), ``"layer"`` or ``"none"`` random directions (seeded,
             biases/BN ignored), a :class:`Directions`, or a (k × P) tensor.
         dims: 1 (a line) or 2 (a plane) when directions are drawn here.
@@ -175,23 +191,27 @@ def surface(model: nn.Module, loss_fn: Callable | None, data: Any, *, directions
         save_every: seconds between saves of ``out`` while the grid runs.
         seed: seed of random directions.
         progress: show a progress bar (None: only on a terminal).
+        **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
     if bn not in ("frozen", "recompute"):
         raise ValueError(f"surface supports bn='frozen' or 'recompute' (got {bn!r}); "
                          "'interpolate' belongs to interpolate()")
+    _check_grid(dims, steps, span)
     start = time.perf_counter()
+    obj = as_objective(model, loss_fn, data, batch_size=batch_size, **objective_args)
+    model = obj.model
     D = as_directions(directions, model, dims, seed)
-    theta0 = flat_params(model)
+    theta0 = obj.flat()
     V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
     if V.shape[1] != theta0.numel() or len(V) not in (1, 2):
         raise ValueError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
-    ev = _Evaluator(model, loss_fn, data, batch_size, bn, bn_data, points_per_forward)
+    ev = _Evaluator(obj, bn, bn_data, points_per_forward)
     axes = [_axis(span, steps) for _ in range(len(V))]
     shape = tuple(len(a) for a in axes)
     loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
     done = np.zeros(shape, dtype=bool)
     meta = json.dumps({"axes": [a.tolist() for a in axes], "bn": ev.bn, "directions": D.describe(),
-                       "num_samples": ev.fm.num_samples})
+                       "num_samples": obj.num_samples})
     if out is not None and Path(out).exists():
         with np.load(out, allow_pickle=False) as z:
             if str(z["meta"]) == meta and np.array_equal(z["directions"], V.cpu().numpy()):
@@ -212,7 +232,7 @@ def surface(model: nn.Module, loss_fn: Callable | None, data: Any, *, directions
             chunk = coeffs[s:s + ev.k]
             thetas = theta0 + chunk @ V
             for idx, (l_, a_) in zip(todo[s:s + ev.k], ev.evaluate(thetas)):
-                loss[idx], acc[idx], done[idx] = l_, a_, True
+                loss[idx], acc[idx], done[idx] = l_, np.nan if a_ is None else a_, True
             bar.update(len(chunk))
             if time.perf_counter() - last_save > save_every:
                 save()
@@ -222,9 +242,9 @@ def surface(model: nn.Module, loss_fn: Callable | None, data: Any, *, directions
         save()
     zero = [np.flatnonzero(a == 0) for a in axes]
     centre = tuple(int(z[0]) for z in zero) if all(len(z) for z in zero) else None
-    c_loss, c_acc = (loss[centre], acc[centre]) if centre else ev.fm.loss_and_accuracy(theta0)
+    c_loss, c_acc = (loss[centre], acc[centre]) if centre else obj.evaluate(theta0)
     return Surface(coords=axes, loss=loss, acc=acc, directions=D, bn=ev.bn, center_loss=float(c_loss),
-                   center_acc=float(c_acc), n_evals=ev.fm.n_evals, seconds=time.perf_counter() - start,
+                   center_acc=float(np.nan if c_acc is None else c_acc), n_evals=obj.n_evals, seconds=time.perf_counter() - start,
                    path=None if out is None else str(out))
 
 
@@ -272,17 +292,18 @@ def _mix(name: str, a: torch.Tensor, b: torch.Tensor, ca: float, cb: float) -> t
     return mixed.clamp_min(0.0) if name.endswith("running_var") else mixed
 
 
-def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | None, datasets: dict[str, Any], *,
+def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | str | None, datasets: dict[str, Any], *,
                 alphas: Any = None, path: str = "linear", bn: str = "interpolate",
                 batch_size: int | None = None, points_per_forward: int | None = None,
-                progress: bool | None = None) -> Interpolation:
+                progress: bool | None = None, **objective_args: Any) -> Interpolation:
     """Loss and accuracy along θ(α) between two models on every named data set (Keskar et al. 2017, Fig. 3).
 
     Args:
         model_a: θ_a (α = 0), e.g. the small-batch solution. Never modified.
         model_b: θ_b (α = 1), e.g. the large-batch solution. Never modified.
-        loss_fn: ``loss_fn(output, y)`` → mean loss (None: cross-entropy).
-        datasets: name → data, e.g. ``{"train": train_set, "test": test_set}``; whole sets are used.
+        loss_fn: a loss name, ``"pkg.module:fn"`` or callable (None: cross-entropy).
+        datasets: name → data, e.g. ``{"train": train_set, "test": test_set}``; whole sets are used. A value
+            may be an :class:`~sharpness.objective.Objective` of ``model_a`` (its loss and batching are used).
         alphas: the α values (default: 25 points on [−1, 2], as in Keskar et al.'s code); 0 and 1 are
             always included, so each endpoint reproduces its model's own loss exactly.
         path: ``"linear"`` ((1−α)θ_a + αθ_b) or ``"sin"`` (cos(απ/2)θ_a + sin(απ/2)θ_b, Fig. 7).
@@ -291,12 +312,18 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | None
         batch_size: evaluate in batches of this size (memory only).
         points_per_forward: points per forward via vmap (frozen BN only; default as in :func:`surface`).
         progress: show a progress bar (None: only on a terminal).
+        **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES} (got {bn!r})")
     start = time.perf_counter()
     alphas = np.linspace(-1, 2, 25) if alphas is None else np.asarray(alphas, dtype=float)
     alphas = np.union1d(alphas, [0.0, 1.0])
+    if not isinstance(datasets, dict) or not datasets:
+        raise SharpnessError("datasets must be a non-empty dict: name → data, e.g. {'train': train_set}")
+    objs = {n: d if isinstance(d, Objective) else Objective(model_a, loss_fn, d, batch_size=batch_size, **objective_args)
+            for n, d in datasets.items()}
+    evs = {n: _Evaluator(o, bn, objs[next(iter(objs))], points_per_forward) for n, o in objs.items()}
     ta, tb = flat_params(model_a), flat_params(model_b)
     if ta.shape != tb.shape:
         raise ValueError(f"models differ in size ({ta.numel()} vs {tb.numel()} parameters)")
@@ -304,8 +331,6 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | None
     C = torch.tensor(coeff, device=ta.device, dtype=ta.dtype)
     thetas = C[:, :1] * ta + C[:, 1:] * tb
     names = list(datasets)
-    evs = {n: _Evaluator(model_a, loss_fn, datasets[n], batch_size, bn, datasets[names[0]], points_per_forward)
-           for n in names}
     buffers = None
     if evs[names[0]].bn == "interpolate":
         ba, bb = dict(model_a.named_buffers()), dict(model_b.named_buffers())
@@ -318,8 +343,8 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | None
         for s in range(0, len(alphas), k):
             res = ev.evaluate(thetas[s:s + k], None if buffers is None else buffers[s:s + k])
             for i, (l_, a_) in enumerate(res):
-                loss[n][s + i], acc[n][s + i] = l_, a_
+                loss[n][s + i], acc[n][s + i] = l_, np.nan if a_ is None else a_
             bar.update(len(res))
     bar.close()
     return Interpolation(alphas=alphas, loss=loss, acc=acc, path=path, bn=evs[names[0]].bn,
-                         n_evals=sum(ev.fm.n_evals for ev in evs.values()), seconds=time.perf_counter() - start)
+                         n_evals=sum(ev.obj.n_evals for ev in evs.values()), seconds=time.perf_counter() - start)

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..functional import FlatModel, subset
+from ..batches import split
+from ..errors import SharpnessError
+from ..objective import Objective, as_objective
 
 __all__ = ["AdaptiveSharpnessResult", "adaptive_sharpness"]
 
@@ -72,11 +74,11 @@ def _checkpoints(steps: int) -> set[int]:
     return {int(math.ceil(q * steps)) for q in p[1:] if q <= 1}
 
 
-def _apgd(fm: FlatModel, w: torch.Tensor, c: torch.Tensor, rho: float, norm: str, steps: int,
+def _apgd(fm: Objective, w: torch.Tensor, c: torch.Tensor, rho: float, norm: str, steps: int,
           u0: torch.Tensor) -> float:
     """max_{‖u‖ ≤ ρ} L(w + c ⊙ u) by APGD (Croce & Hein 2020, Alg. 1); returns the best loss found."""
     def f_grad(u):
-        f, g = fm.loss(w + c * u, grad=True)
+        f, g = fm.loss_at(w + c * u, grad=True)
         return f, c * g
 
     alpha, rho_check = 0.75, 0.75
@@ -105,16 +107,16 @@ def _apgd(fm: FlatModel, w: torch.Tensor, c: torch.Tensor, rho: float, norm: str
     return best_f
 
 
-def adaptive_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, rho: float, *,
-                       kind: str = "worst", norm: str = "linf", adaptive: bool = True,
+def adaptive_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None,
+                       rho: float = 0.05, *, kind: str = "worst", norm: str = "linf", adaptive: bool = True,
                        n_samples: int = 1024, batch_size: int = 128, steps: int = 20, seed: int = 0,
-                       mode: str = "eval") -> AdaptiveSharpnessResult:
+                       mode: str = "eval", **objective_args: Any) -> AdaptiveSharpnessResult:
     """Worst- or average-case (adaptive) sharpness, as defined by Andriushchenko et al. 2023.
 
     Args:
-        model: the network (never modified).
-        loss_fn: ``loss_fn(output, y)`` → mean loss (None: cross-entropy).
-        data: training data: (X, y) tensors or a TensorDataset.
+        model: the network (never modified), or an :class:`~sharpness.objective.Objective`.
+        loss_fn: a loss name, ``"pkg.module:fn"`` or callable (None: cross-entropy).
+        data: training data: (X, y) tensors, a list of batches, a Dataset or a DataLoader.
         rho: radius ρ of the perturbation ball in the c-scaled coordinates.
         kind: ``"worst"`` (APGD ascent per batch) or ``"average"`` (random perturbations).
         norm: ``"linf"`` or ``"l2"``.
@@ -124,20 +126,26 @@ def adaptive_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, rh
         steps: APGD steps (worst case) or random draws per batch (average case).
         seed: seeds the data subset and the random starts/draws.
         mode: BN/dropout behaviour, ``"eval"`` (default) or ``"train"``.
+        **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
     if kind not in ("worst", "average"):
-        raise ValueError(f"kind must be 'worst' or 'average' (got {kind!r})")
+        raise SharpnessError(f"kind must be 'worst' or 'average' (got {kind!r})")
     if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2' (got {norm!r})")
+        raise SharpnessError(f"norm must be 'linf' or 'l2' (got {norm!r})")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho <= 0:
+        raise SharpnessError(f"rho must be a finite number > 0 (got {rho!r})")
+    for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("steps", steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SharpnessError(f"{name} must be an integer ≥ 1 (got {v!r})")
     start = time.perf_counter()
-    full = FlatModel(model, loss_fn, subset(data, n_samples, seed), batch_size=batch_size, mode=mode)
-    w = full.x0
+    full = as_objective(model, loss_fn, data, mode=mode, **objective_args).subset(n_samples, seed)
+    w = full.flat()
     c = w.abs() if adaptive else torch.ones_like(w)
     gen = torch.Generator().manual_seed(seed)
     values, evals = [], 0
-    for xb, yb in full.batches:
-        fm = FlatModel(model, loss_fn, (xb, yb), mode=mode)
-        f0, _ = fm.loss(w)
+    for chunk in split(full.examples(), batch_size):
+        fm = full.with_data(chunk)
+        f0, _ = fm.loss_at(w)
         if kind == "worst":
             u0 = torch.randn(w.numel(), generator=gen, dtype=torch.float64).to(w) * (rho * 1e-3)
             values.append(_apgd(fm, w, c, rho, norm, steps, u0) - f0)
@@ -148,7 +156,7 @@ def adaptive_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, rh
                     u = torch.randn(w.numel(), generator=gen, dtype=torch.float64).to(w) * rho
                 else:
                     u = (torch.rand(w.numel(), generator=gen, dtype=torch.float64) * 2 - 1).to(w) * rho
-                draws.append(fm.loss(w + c * u)[0] - f0)
+                draws.append(fm.loss_at(w + c * u)[0] - f0)
             values.append(float(np.mean(draws)))
         evals += fm.n_evals
     v = np.array(values)

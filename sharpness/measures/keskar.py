@@ -21,7 +21,8 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import nn
 
-from ..functional import FlatModel, subset
+from ..errors import SharpnessError
+from ..objective import Objective, as_objective
 
 __all__ = ["EpsSharpnessResult", "eps_sharpness"]
 
@@ -49,10 +50,10 @@ class EpsSharpnessResult:
         return dict(self.__dict__)
 
 
-def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps: float = 1e-3,
-                  subspace_dim: int | None = None, max_iter: int = 10, seed: int = 0,
+def eps_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
+                  eps: float = 1e-3, subspace_dim: int | None = None, max_iter: int = 10, seed: int = 0,
                   max_samples: int | None = None, batch_size: int | None = None,
-                  mode: str = "eval") -> EpsSharpnessResult:
+                  mode: str = "eval", **objective_args: Any) -> EpsSharpnessResult:
     """Keskar et al. 2017's ε-sharpness φ_{x,f}(ε, A) (Metric 2.1, Eq. 3) of ``model`` at its weights.
 
     The box constraint is C_ε above; f is the mean loss over all of ``data`` (or over a fixed, seeded
@@ -69,9 +70,9 @@ def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps:
     Moore–Penrose pseudo-inverse.
 
     Args:
-        model: the network (never modified).
-        loss_fn: ``loss_fn(output, y)`` → mean loss (None: cross-entropy).
-        data: training data: (X, y) tensors, a Dataset or a DataLoader.
+        model: the network (never modified), or an :class:`~sharpness.objective.Objective`.
+        loss_fn: a loss name, ``"pkg.module:fn"`` or callable (None: cross-entropy).
+        data: training data: (X, y) tensors, a list of batches, a Dataset or a DataLoader.
         eps: ε (the paper uses 1e-3 and 5e-4).
         subspace_dim: p for a random subspace; None for the full space (A = I).
         max_iter: L-BFGS-B iterations.
@@ -79,10 +80,13 @@ def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps:
         max_samples: evaluate f on a fixed random subset of this many examples (None: all).
         batch_size: evaluate in batches of this size (memory only; the loss is the full mean).
         mode: BN/dropout behaviour, ``"eval"`` (default) or ``"train"``.
+        **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
+    _check(eps, subspace_dim, max_iter)
     start = time.perf_counter()
-    fm = FlatModel(model, loss_fn, subset(data, max_samples, seed), batch_size=batch_size, mode=mode)
-    x = fm.x0
+    obj = as_objective(model, loss_fn, data, batch_size=batch_size, mode=mode, **objective_args)
+    fm = obj.subset(max_samples, seed, batch_size=batch_size)
+    x = fm.flat()
     gen = torch.Generator().manual_seed(seed)
     if subspace_dim is None:
         A = None
@@ -96,7 +100,7 @@ def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps:
         half_width = eps * (Ax_coords.abs() + 1)
         A = A.to(fm.dtype)
     hw = half_width.double().cpu().numpy()
-    f0, _ = fm.loss(x)
+    f0, _ = fm.loss_at(x)
     best = {"f": f0, "y": np.zeros_like(hw)}
 
     def perturb(y: np.ndarray) -> torch.Tensor:
@@ -104,7 +108,7 @@ def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps:
         return t if A is None else A @ t
 
     def neg_f(y: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = fm.loss(x + perturb(y), grad=True)
+        f, g = fm.loss_at(x + perturb(y), grad=True)
         if A is not None:
             g = A.T @ g
         if f > best["f"]:
@@ -121,3 +125,13 @@ def eps_sharpness(model: nn.Module, loss_fn: Callable | None, data: Any, *, eps:
         perturbation_norm=float(perturb(best["y"]).norm()), eps=eps, subspace_dim=subspace_dim,
         max_iter=max_iter, n_evals=fm.n_evals, n_samples=fm.num_samples, max_samples=max_samples,
         seconds=time.perf_counter() - start, seed=seed)
+
+
+def _check(eps: Any, subspace_dim: Any, max_iter: Any) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise SharpnessError(f"eps must be a finite number > 0 (got {eps!r})")
+    if subspace_dim is not None and (isinstance(subspace_dim, bool) or not isinstance(subspace_dim, int)
+                                     or subspace_dim < 1):
+        raise SharpnessError(f"subspace_dim must be None or an integer ≥ 1 (got {subspace_dim!r})")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise SharpnessError(f"max_iter must be an integer ≥ 1 (got {max_iter!r})")

@@ -26,11 +26,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-from ..curvature.operator import batches_on_device
-from ..functional import FlatModel
+from ..batches import index, length, split, tree_map
+from ..errors import SharpnessError
 from ..model_state import preserved, set_mode
+from ..objective import Objective, as_objective
 
 __all__ = ["NoiseScaleResult", "gradient_noise_scale"]
 
@@ -55,76 +56,73 @@ class NoiseScaleResult:
         return dict(self.__dict__)
 
 
-def _per_example(model, loss_fn, data, chunk: int, mode: str) -> tuple[float, float, int]:
-    x_all, y_all = _stack(data, next(model.parameters()).device)
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    buffers = {n: b for n, b in model.named_buffers()}
+def _per_example(obj: Objective, chunk: int) -> tuple[float, float, int]:
+    """Tr Σ, |G|² and N from every example's gradient (vmap over examples, ``chunk`` at a time)."""
+    params = {n: p.detach() for n, p in zip(obj.names, obj.params)}
 
-    def loss_one(p, x, y):
-        out = functional_call(model, {**p, **buffers}, (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
+    def loss_one(p, inputs, targets, extra):
+        one = lambda t: t.unsqueeze(0)  # noqa: E731 - a batch of one example
+        out = obj.output(0, tree_map(one, inputs), p)
+        return obj.loss.total(out, tree_map(one, targets), tree_map(one, extra))
 
-    per_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
-    n = len(y_all)
-    g_sum = None
-    sq_sum = 0.0
-    with preserved(model):
-        set_mode(model, mode)
-        for xb, yb in zip(x_all.split(chunk), y_all.split(chunk)):
-            gs = per_grad(params, xb, yb)
-            flat = torch.cat([g.reshape(len(yb), -1) for g in gs.values()], dim=1)
-            sq_sum += float((flat.double() ** 2).sum())
-            s = flat.double().sum(0)
-            g_sum = s if g_sum is None else g_sum + s
+    per_grad = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))
+    g_sum, sq_sum, n = None, 0.0, 0
+    with preserved(obj.model):
+        set_mode(obj.model, obj.mode)
+        for _, inputs, targets, extra, _ in obj.batches():
+            for part in split((inputs, targets, extra), chunk):
+                gs = per_grad(params, *part)
+                m = length(part)
+                flat = torch.cat([g.reshape(m, -1) for g in gs.values()], dim=1).double()
+                sq_sum += float((flat ** 2).sum())
+                g_sum = flat.sum(0) if g_sum is None else g_sum + flat.sum(0)
+                n += m
     G = g_sum / n
     g2 = float(G @ G)
     return sq_sum / n - g2, g2, n
 
 
-def _stack(data, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """All of ``data`` as one (X, y) pair on ``device``, whatever form it came in."""
-    batches = batches_on_device(data, None, device)
-    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
-
-
-def gradient_noise_scale(model: nn.Module, loss_fn: Callable | None, data: Any, *,
+def gradient_noise_scale(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
                          batch_sizes: tuple[int, int] | str | None = None, n_batches: int = 32,
-                         chunk: int = 256, seed: int = 0, mode: str = "eval") -> NoiseScaleResult:
+                         chunk: int = 256, seed: int = 0, mode: str = "eval",
+                         **objective_args: Any) -> NoiseScaleResult:
     """McCandlish et al. 2018's simple noise scale B_simple = tr(Σ)/|G|² of the loss over ``data``.
 
     Args:
-        model: the network (never modified).
-        loss_fn: ``loss_fn(output, y)`` → mean loss (None: cross-entropy).
-        data: training data: (X, y) tensors, a Dataset or a DataLoader.
+        model: the network (never modified), or an :class:`~sharpness.objective.Objective`.
+        loss_fn: a loss name, ``"pkg.module:fn"`` or callable (None: cross-entropy).
+        data: training data: (X, y) tensors, a list of batches, a Dataset or a DataLoader.
         batch_sizes: ``"per-example"`` (exact) or (B_small, B_big) for the two-batch estimator.
             None: per-example for models up to 5 M parameters, else (32, min(N, 1024)).
         n_batches: random batches of each size for the two-batch estimator.
         chunk: examples per vmap call in the per-example estimator (memory).
         seed: seeds the random batches.
         mode: BN/dropout behaviour (eval by default; per-example gradients need eval-mode BN).
+        **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
     start = time.perf_counter()
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    n_params = sum(p.numel() for p in model.parameters())
+    obj = as_objective(model, loss_fn, data, mode=mode, **objective_args)
+    n_params = obj.num_params
     if batch_sizes is None:
         batch_sizes = "per-example" if n_params <= 5_000_000 else None
     if batch_sizes == "per-example":
-        tr, g2, n = _per_example(model, loss_fn, data, chunk, mode)
+        if obj.mode == "train":
+            raise SharpnessError("per-example gradients need mode='eval' (train-mode BN mixes examples)")
+        tr, g2, n = _per_example(obj, chunk)
         return NoiseScaleResult(b_simple=tr / g2, trace_sigma=tr, grad_norm_sq=g2, stderr=0.0,
                                 method="per-example", batch_sizes=[1], n_batches=n, n_samples=n,
                                 seconds=time.perf_counter() - start, seed=seed)
-    x_all, y_all = _stack(data, next(model.parameters()).device)
-    n = len(y_all)
+    examples = obj.examples()
+    n = length(examples)
     small, big = batch_sizes if batch_sizes is not None else (32, min(n, 1024))
     if not 0 < small < big:
-        raise ValueError(f"batch_sizes must be (small, big) with 0 < small < big (got {batch_sizes})")
+        raise SharpnessError(f"batch_sizes must be (small, big) with 0 < small < big (got {batch_sizes})")
     gen = torch.Generator().manual_seed(seed)
     norms = {small: [], big: []}
     for _ in range(n_batches):
         for b in (small, big):
-            idx = torch.randint(0, n, (b,), generator=gen).to(x_all.device)
-            fm = FlatModel(model, loss_fn, (x_all[idx], y_all[idx]), mode=mode)
-            g = fm.loss(fm.x0, grad=True)[1]
+            idx = torch.randint(0, n, (b,), generator=gen)
+            g = obj.with_data(index(examples, idx)).gradient()
             norms[b].append(float(g.double() @ g.double()))
     s, l_ = np.array(norms[small]), np.array(norms[big])
 

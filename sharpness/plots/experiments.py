@@ -1,20 +1,28 @@
 """Figures and tables of an experiment, drawn from its ``results.json`` only (never trains or computes).
 
-Runs that differ only in their seed form a group; tables and curves show the mean ± std over seeds.
+Runs that differ only in their seed form a group; tables and curves show the mean ± std over seeds. What
+is shown comes from :mod:`sharpness.reporting` (the long table, fits and selections) and the measures'
+registered keys; this module only draws.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from ..io import atomic_write
-from ..landscape.directions import Directions
-from ..landscape.grid import Interpolation, Surface
+from ..reporting import (
+    best_lr_per_batch,
+    final,
+    fit_critical_batch,
+    groups,
+    headline_columns,
+    long_table,
+    mean_std,
+)
 from .landscape import plot_parametric, plot_surface
 from .spectrum import plot_spectral_density
 from .style import new_axes, save
@@ -22,50 +30,19 @@ from .style import new_axes, save
 __all__ = ["draw", "FIGURES"]
 
 
-def _groups(runs: dict) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for label in runs:
-        out.setdefault(re.sub(r"-?seed\d+", "", label) or label, []).append(label)
-    return out
-
-
-def _mean_std(values: list[float]) -> str:
-    v = np.array([x for x in values if x is not None], dtype=float)
-    if len(v) == 0:
-        return "—"
-    return f"{v.mean():.4g}" if len(v) == 1 else f"{v.mean():.4g} ± {v.std(ddof=1):.2g}"
-
-
-TABLE_COLUMNS = [("train acc %", ("loss", "train_acc"), 100), ("test acc %", ("loss", "test_acc"), 100),
-                 ("train loss", ("loss", "train_loss"), 1), ("λ_max", ("eigenvalues", "lambda_max"), 1),
-                 ("φ ε=1e-3 full", ("eps_sharpness", "eps0.001_full"), 1),
-                 ("φ ε=5e-4 full", ("eps_sharpness", "eps0.0005_full"), 1),
-                 ("φ ε=1e-3 p=100", ("eps_sharpness", "eps0.001_p100"), 1),
-                 ("φ ε=5e-4 p=100", ("eps_sharpness", "eps0.0005_p100"), 1),
-                 ("B_simple", ("noise_scale", "b_simple"), 1)]
-
-
-def _final(run: dict, measure: str, key: str) -> float | None:
-    """A final-checkpoint summary value; accuracy and loss fall back to the last epoch of the history."""
-    v = run.get("final", {}).get(measure, {}).get(key)
-    if v is None and measure == "loss" and run.get("history"):
-        v = run["history"][-1].get(key)
-    return v
-
-
 def table(res: dict, out: Path) -> Path:
-    """Markdown table, one row per group (mean ± std over seeds), of every measure the runs have."""
-    runs, groups = res["runs"], _groups(res["runs"])
-    cols = [c for c in TABLE_COLUMNS if any(_final(r, *c[1]) is not None for r in runs.values())]
-    lines = ["| run | seeds | updates | " + " | ".join(c[0] for c in cols) + " |",
+    """Markdown table, one row per group (mean ± std over seeds), of every headline key the runs have."""
+    runs, grouped = res["runs"], groups(res["runs"])
+    cols = headline_columns(long_table(res))
+    lines = ["| run | seeds | updates | " + " | ".join(k.column() for _, k in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
-    for g, labels in groups.items():
+    for g, labels in grouped.items():
         cells = []
-        for _, (m, k), scale in cols:
-            vals = [_final(runs[lb], m, k) for lb in labels]
-            cells.append(_mean_std([v * scale for v in vals if v is not None]))
+        for m, k in cols:
+            vals = [final(runs[lb], m, k.name) for lb in labels]
+            cells.append(mean_std([v * (100 if k.percent else 1) for v in vals if v is not None]))
         counts = [runs[lb]["history"][-1]["step"] for lb in labels if runs[lb]["history"]]
-        steps = str(counts[0]) if len(set(counts)) == 1 else _mean_std(counts)  # differ with target_train_loss
+        steps = str(counts[0]) if len(set(counts)) == 1 else mean_std(counts)  # differ with target_train_loss
         lines.append(f"| {g} | {len(labels)} | {steps} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     return atomic_write(out / "table.md", lambda p: p.write_text(text))
@@ -81,17 +58,17 @@ DEFAULT_CURVES = {"file": "curves.png", "panels": [{"x": "epoch", "y": "test_los
 def _curve_figure(res: dict, out: Path, fig_spec: dict) -> Path:
     import matplotlib.pyplot as plt
 
-    groups = _groups(res["runs"])
-    wanted = fig_spec.get("groups", list(groups))
-    unknown = [g for g in wanted if g not in groups]
+    grouped = groups(res["runs"])
+    wanted = fig_spec.get("groups", list(grouped))
+    unknown = [g for g in wanted if g not in grouped]
     if unknown:
-        raise ValueError(f"figures.curves names unknown groups {unknown}; groups are {list(groups)}")
+        raise ValueError(f"figures.curves names unknown groups {unknown}; groups are {list(grouped)}")
     panels = fig_spec["panels"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), layout="constrained", squeeze=False)
     for ax, panel in zip(axes[0], panels):
         xk, yk, source = panel["x"], panel["y"], panel.get("source", "history")
         for i, g in enumerate(wanted):
-            hs = [res["runs"][lb].get(source, []) for lb in groups[g]]
+            hs = [res["runs"][lb].get(source, []) for lb in grouped[g]]
             if not all(hs):
                 continue  # e.g. source = "trace" for runs trained without trace_log_steps
             n = min(len(h) for h in hs)
@@ -112,7 +89,7 @@ def _curve_figure(res: dict, out: Path, fig_spec: dict) -> Path:
         ax.set_ylabel(AXIS_LABELS.get(yk, yk))
         ax.grid(alpha=0.3, which="both" if panel.get("xscale") == "log" else "major")
     axes[0][-1].legend(fontsize=8)
-    seeds = max(len(groups[g]) for g in wanted)
+    seeds = max(len(grouped[g]) for g in wanted)
     band = f"mean over {seeds} seeds, band ±1 std" if seeds > 1 else "one seed"
     fig.suptitle(f"{res['name']}: {fig_spec.get('title', 'curves')} ({band})")
     return save(fig, out / fig_spec["file"])
@@ -135,12 +112,8 @@ def parametric(res: dict, out: Path) -> list[Path]:
     paths = []
     for key, arr in res.get("pairs", {}).items():
         a, b = key.split("→")
-        interp = Interpolation(alphas=np.array(arr["alphas"]),
-                               loss={"train": np.array(arr["train_loss"]), "test": np.array(arr["test_loss"])},
-                               acc={"train": np.array(arr["train_acc"]), "test": np.array(arr["test_acc"])},
-                               path="linear", bn="interpolate", n_evals=0, seconds=0)
         p = out / f"parametric_{a}_{b}.png"
-        plot_parametric(interp, path=p, labels=(a, b), title=f"Parametric plot: {a} (α=0) → {b} (α=1)")
+        plot_parametric(arr, path=p, labels=(a, b), title=f"Parametric plot: {a} (α=0) → {b} (α=1)")
         paths.append(p)
     return paths
 
@@ -163,12 +136,9 @@ def surface(res: dict, out: Path) -> list[Path]:
     for label, r in res["runs"].items():
         arr = r.get("arrays", {})
         if "landscape2d/loss" in arr:
-            s = Surface(coords=[np.array(arr["landscape2d/axis0"]), np.array(arr["landscape2d/axis1"])],
-                        loss=np.array(arr["landscape2d/loss"]), acc=np.array(arr["landscape2d/acc"]),
-                        directions=Directions(np.zeros(1), "random", normalization="filter"), bn="frozen",
-                        center_loss=float("nan"), center_acc=float("nan"), n_evals=0, seconds=0)
+            grid = {k.split("/", 1)[1]: v for k, v in arr.items() if k.startswith("landscape2d/")}
             p = out / f"surface_{label}.png"
-            plot_surface(s, kind="contour", path=p, title=f"Loss surface (filter-normalized): {label}")
+            plot_surface(grid, kind="contour", path=p, title=f"Loss surface (filter-normalized): {label}")
             paths.append(p)
     return paths
 
@@ -176,13 +146,14 @@ def surface(res: dict, out: Path) -> list[Path]:
 def sharpness_vs_loss(res: dict, out: Path) -> Path:
     """Keskar Fig. 6: sharpness against training cross-entropy along training, per group."""
     fig, ax = new_axes(figsize=(5.6, 4))
-    for g, labels in _groups(res["runs"]).items():
+    grouped = groups(res["runs"])
+    for g, labels in grouped.items():
         for i, lb in enumerate(labels):
             along = res["runs"][lb].get("along", [])
             if along:
                 x = [e["train_loss"] for e in along]
                 y = [e.get("eps_sharpness", {}).get("eps0.001_full") for e in along]
-                ax.plot(x, y, "o-", ms=3, color=f"C{list(_groups(res['runs'])).index(g)}", alpha=0.8,
+                ax.plot(x, y, "o-", ms=3, color=f"C{list(grouped).index(g)}", alpha=0.8,
                         label=g if i == 0 else None)
     ax.set_xscale("log")
     ax.invert_xaxis()
@@ -219,7 +190,7 @@ def batch_sweep(res: dict, out: Path) -> Path:
     bs = list(by_b)
 
     def vals(measure, k, scale=1.0):
-        per_b = [[_final(res["runs"][lb], measure, k) for lb in by_b[b]] for b in bs]
+        per_b = [[final(res["runs"][lb], measure, k) for lb in by_b[b]] for b in bs]
         return [[v * scale for v in vs if v is not None] for vs in per_b]
 
     fig, (a1, a3) = plt.subplots(1, 2, figsize=(11.5, 3.9), layout="constrained")
@@ -247,26 +218,6 @@ def batch_sweep(res: dict, out: Path) -> Path:
     return save(fig, out / "batch_sweep.png")
 
 
-def time_to_target(history: list[dict], target: float) -> dict | None:
-    """Updates, examples and training wall-clock at the end of the first epoch with training loss ≤ target."""
-    for e in history:
-        if e["train_loss"] <= target:
-            return {"step": e["step"], "examples": e["examples"], "wall_time": e["wall_time"], "epoch": e["epoch"]}
-    return None
-
-
-def fit_critical_batch(b: np.ndarray, steps: np.ndarray) -> tuple[float, float] | None:
-    """(S_min, B_crit) of McCandlish et al. 2018's S = S_min (1 + B_crit / B), fitted in relative error.
-
-    S = a + c/B is linear in (a, c); dividing each row by S_i weighs every batch size equally.
-    None when the fit has no positive S_min or B_crit (the runs show no trade-off to fit).
-    """
-    rows = np.stack([1 / steps, 1 / (b * steps)], 1)
-    (a, c), *_ = np.linalg.lstsq(rows, np.ones_like(steps), rcond=None)
-    ok = a > 1e-6 * steps.min() and c > 0  # a ≈ 0 (within round-off) is perfect scaling: no S_min
-    return (float(a), float(c / a)) if ok else None
-
-
 def cost(res: dict, out: Path) -> list[Path]:
     """McCandlish et al. 2018: updates, examples and wall-clock to reach a training loss, against batch size.
 
@@ -279,25 +230,7 @@ def cost(res: dict, out: Path) -> list[Path]:
 
     opts = res["spec"].get("figures", {}).get("cost", {})
     target = opts.get("target") or next(r["config"].get("target_train_loss") for r in res["runs"].values())
-    cells: dict[tuple, list[str]] = {}
-    for label, r in res["runs"].items():
-        c = {k: v for k, v in r["config"].items() if k != "seed"}
-        cells.setdefault(json.dumps(c, sort_keys=True), []).append(label)
-    best: dict[int, dict] = {}
-    for key, labels in cells.items():
-        reach = [time_to_target(res["runs"][lb]["history"], target) for lb in labels]
-        if any(t is None for t in reach):
-            continue  # some seed never reached the target with this LR
-        c = json.loads(key)
-        row = {k: float(np.mean([t[k] for t in reach])) for k in ("step", "examples", "wall_time")}
-        row.update({f"{k}_std": float(np.std([t[k] for t in reach], ddof=1)) if len(reach) > 1 else 0.0
-                    for k in ("step", "examples", "wall_time")})
-        noise = [res["runs"][lb].get("final", {}).get("noise_scale", {}).get("b_simple") for lb in labels]
-        row.update(lr=c["lr"], labels=labels, b_simple=[v for v in noise if v is not None])
-        b = int(c["batch_size"])
-        if b not in best or row["step"] < best[b]["step"]:
-            best[b] = row
-    best = dict(sorted(best.items()))
+    best, missing = best_lr_per_batch(res, target)
     bs = np.array(list(best), dtype=float)
 
     def column(k: str) -> np.ndarray:
@@ -340,12 +273,10 @@ def cost(res: dict, out: Path) -> list[Path]:
              "|---|---|---|---|---|---|"]
     for b, r in best.items():
         lines.append(f"| {b} | {r['lr']:g} | {r['step']:.0f} | {r['examples']:.0f} | {r['wall_time']:.1f} | "
-                     f"{_mean_std(r['b_simple'])} |")
+                     f"{mean_std(r['b_simple'])} |")
     lines.append("")
     lines.append(f"Fit S = S_min(1 + B_crit/B): S_min = {fit[0]:.0f}, B_crit = {fit[1]:.0f}, E_min = "
                  f"{fit[0] * fit[1]:.0f}." if fit else "Fit S = S_min(1 + B_crit/B): no positive fit.")
-    missing = sorted({int(res["runs"][lb]["config"]["batch_size"]) for lbs in cells.values() for lb in lbs}
-                     - set(best))
     if missing:
         lines.append(f"Never reached the target at any LR: batch sizes {missing}.")
     text = "\n".join(lines) + "\n"

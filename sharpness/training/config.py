@@ -1,72 +1,129 @@
-"""TrainConfig: every knob of a training run, with the paper each one comes from."""
+"""TrainConfig: every knob of a training run, with the paper each one comes from.
+
+Each field's type is its annotation and its allowed values are declared beside it (``_opt(32, ge=1)``);
+:meth:`TrainConfig.validated` checks every field from these declarations alone, and the command line
+(:mod:`sharpness.cli`) generates one flag per field, with the field's comment as its help. So a new
+field needs nothing but its line here.
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import math
+import operator
 import sys
-from dataclasses import asdict, dataclass, field
+import textwrap
+import tokenize
+import typing
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import SharpnessError
+from ..specs import _short
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "Option"]
+
+
+def _opt(default: Any = MISSING, *, factory: Callable[[], Any] | Any = MISSING, **allowed: Any) -> Any:
+    """A dataclass field whose allowed values are declared beside it (read by :meth:`Option.check`).
+
+    ``allowed`` holds bounds ``ge``/``gt``/``le``/``lt``, ``choices`` (a tuple), or ``check`` (a
+    ``(predicate, description)`` pair). For a list field the bounds apply to each element.
+    """
+    return field(default=default, default_factory=factory, metadata=allowed)
+
+
+def _is_device(value: str) -> bool:
+    import torch  # lazily: reading a config should not need torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+_DEVICE = (_is_device, "a torch device (cpu, cuda, cuda:N, mps, ...)")
 
 
 @dataclass
 class TrainConfig:
     """A training run. Defaults: an MLP on MNIST-1D with Adam, the small-batch regime of Keskar 2017."""
 
-    # --- data and model (stored in the checkpoint as specs, so analysis rebuilds them) ---
+    # --- data, model and loss (stored in the checkpoint as specs, so analysis rebuilds them) ---
     dataset: str = "mnist1d"              # a name from sharpness.data (mnist1d, digits, gaussian, mnist, ...)
+                                          # or "pkg.module:fn"
     data_args: dict = field(default_factory=dict)   # e.g. {"num_samples": 10000}; {"root": ...} for mnist
-    model: str = "mlp"                    # a name from sharpness.models
+    model: str = "mlp"                    # a name from sharpness.models or "pkg.module:fn"
     model_args: dict = field(default_factory=dict)  # e.g. {"widths": [512, 512]}; shapes come from the data
+    loss: str = "cross_entropy"           # a loss name (cross_entropy, mse, nll, bce_with_logits) or
+                                          # "pkg.module:fn"
+    loss_args: dict = field(default_factory=dict)   # e.g. {"label_smoothing": 0.1} or {"reduction": "sum"}
 
     # --- optimisation ---
-    optimizer: str = "adam"               # adam | adamw | sgd
-    lr: float = 1e-3                      # learning rate at base_batch_size (before any scaling rule)
-    momentum: float = 0.9                 # SGD momentum
+    optimizer: str = _opt("adam", choices=("adam", "adamw", "sgd"))  # the update rule
+    lr: float = _opt(1e-3, gt=0)          # learning rate at base_batch_size (before any scaling rule)
+    momentum: float = _opt(0.9, ge=0, lt=1)  # SGD momentum
     nesterov: bool = False                # SGD Nesterov momentum
-    weight_decay: float = 0.0
+    weight_decay: float = _opt(0.0, ge=0)  # L2 penalty (decoupled for adamw)
     decay_bn_and_bias: bool = False       # Goyal 2017: weight decay not applied to BN γ/β (and biases)
-    grad_clip: float | None = None        # gradient-norm clipping (Hoffer 2017's code uses 5.0)
+    grad_clip: float | None = _opt(None, gt=0)  # gradient-norm clipping (Hoffer 2017's code uses 5.0)
 
     # --- batch size and the rules that adapt the learning rate to it ---
-    batch_size: int = 32
-    base_batch_size: int | None = None    # reference batch for lr_scaling; None = batch_size (no scaling)
-    lr_scaling: str = "none"              # none | linear (Goyal 2017: lr·k) | sqrt (Hoffer 2017: lr·√k), k=B/base
-    warmup_epochs: float = 0.0            # Goyal 2017: ramp the LR linearly from warmup_from to its peak
-    warmup_from: float | None = None      # LR at the start of warm-up; None = lr (Goyal: η → kη)
-    ghost_batch_size: int | None = None   # Hoffer 2017: BN statistics per ghost batch (models with BN)
+    batch_size: int = _opt(32, ge=1)      # examples per update (B)
+    base_batch_size: int | None = _opt(None, ge=1)  # reference batch for lr_scaling; None = batch_size
+    lr_scaling: str = _opt("none", choices=("none", "linear", "sqrt"))  # none | linear (Goyal 2017: lr·k)
+                                          # | sqrt (Hoffer 2017: lr·√k), k = batch_size / base_batch_size
+    warmup_epochs: float = _opt(0.0, ge=0)  # Goyal 2017: ramp the LR linearly from warmup_from to its peak
+    warmup_from: float | None = _opt(None, ge=0)  # LR at the start of warm-up; None = lr (Goyal: η → kη)
+    ghost_batch_size: int | None = _opt(None, ge=1)  # Hoffer 2017: BN statistics per ghost batch (BN models)
 
     # --- schedule ---
-    epochs: int = 10
-    milestones: list = field(default_factory=list)  # epochs after which the LR is multiplied by decay_factor
-    decay_factor: float = 0.1
+    epochs: int = _opt(10, ge=1)          # before regime_adaptation
+    milestones: list[int] = _opt(factory=list, ge=0)  # epochs after which the LR is multiplied by
+                                                      # decay_factor
+    decay_factor: float = _opt(0.1, gt=0, le=1)  # the LR's factor at each milestone
     batch_growth: bool = False            # Smith 2018: at milestones multiply B by 1/decay_factor instead
-    max_batch_size: int | None = None     # Smith 2018: once B would pass this cap, decay the LR instead
+    max_batch_size: int | None = _opt(None, ge=1)  # Smith 2018: once B would pass this cap, decay the LR
+                                                   # instead
     regime_adaptation: bool = False       # Hoffer 2017: epochs and milestones multiplied by B/base
-    target_train_loss: float | None = None  # stop after the first epoch whose training loss is ≤ this
-                                            # (time-to-target, McCandlish 2018; matched-loss comparisons)
+    target_train_loss: float | None = _opt(None, gt=0)  # stop after the first epoch whose training loss is
+                                          # ≤ this (time-to-target, McCandlish 2018; matched-loss comparisons)
 
     # --- bookkeeping ---
-    seed: int = 0
-    save_every: int = 1                   # write ckpt_epochN.pt every N epochs (0: only init and final)
-    save_steps: list = field(default_factory=list)  # also write ckpt_stepS.pt after these update counts
+    seed: int = 0                         # initialisation, data order and dropout
+    save_every: int = _opt(1, ge=0)       # write ckpt_epochN.pt every N epochs (0: only init and final)
+    save_steps: list[int] = _opt(factory=list, ge=1)  # also write ckpt_stepS.pt after these update counts
     trace_log_steps: bool = False         # Hoffer 2017 Fig. 2: ‖w − w₀‖ and the batch loss at ~10
                                           # log-spaced update counts per decade (history.json "trace")
-    eval_batch_size: int = 4096           # batch size of the per-epoch full-data evaluation (memory only)
-    device: str = "cpu"
+    eval_batch_size: int = _opt(4096, ge=1)  # batch size of the per-epoch full-data evaluation (memory only)
+    device: str = _opt("cpu", check=_DEVICE)  # where to train (CUDA's presence is checked when training
+                                              # starts)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Build from a dict, rejecting unknown keys with a clear message."""
+    def options(cls) -> tuple[Option, ...]:
+        """Every field with its type, allowed values, default and comment, in declaration order."""
+        return _options(cls)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, rejecting unknown keys and bad values with a clear message.
+
+        Raises:
+            SharpnessError: ``d`` is not a dict, names an unknown field, or holds a bad value.
+        """
+        if not isinstance(d, dict):
+            raise SharpnessError(f"a training config must be a table of options (got {_short(d)})")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -74,32 +131,168 @@ class TrainConfig:
         return cls(**d).validated()
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "TrainConfig":
-        """Read a TOML file; keys are the field names (a ``[train]`` table is also accepted)."""
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Read a UTF-8 TOML file; keys are the field names (a ``[train]`` table is also accepted).
+
+        Raises:
+            SharpnessError: the file is missing, unreadable, not UTF-8 or not TOML, or holds bad options.
+        """
         try:
-            d = tomllib.loads(Path(path).read_text())
+            d = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SharpnessError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise SharpnessError(f"{path}: is a folder, not a TOML file") from None
+        except UnicodeDecodeError:
+            raise SharpnessError(f"{path}: not a TOML file (not UTF-8 text)") from None
+        except OSError as e:
+            raise SharpnessError(f"{path}: cannot read ({e.strerror or e})") from None
         except tomllib.TOMLDecodeError as e:
             raise SharpnessError(f"{path}: not valid TOML: {e}") from None
-        return cls.from_dict(d.get("train", d))
+        try:
+            return cls.from_dict(d.get("train", d))
+        except SharpnessError as e:
+            raise SharpnessError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, stored in checkpoints."""
         return asdict(self)
 
-    def validated(self) -> "TrainConfig":
-        """Check values; return self."""
-        if self.batch_size < 1:
-            raise SharpnessError(f"batch_size must be ≥ 1 (got {self.batch_size})")
-        if self.lr_scaling not in ("none", "linear", "sqrt"):
-            raise SharpnessError(f"lr_scaling must be none, linear or sqrt (got '{self.lr_scaling}')")
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise SharpnessError(f"optimizer must be adam, adamw or sgd (got '{self.optimizer}')")
-        if not 0 < self.decay_factor <= 1:
-            raise SharpnessError(f"decay_factor must be in (0, 1] (got {self.decay_factor})")
-        if self.target_train_loss is not None and not self.target_train_loss > 0:
-            raise SharpnessError(f"target_train_loss must be > 0 (got {self.target_train_loss})")
-        if self.epochs < 1:
-            raise SharpnessError(f"epochs must be ≥ 1 (got {self.epochs})")
+    def validated(self) -> TrainConfig:
+        """Check every field against its type and allowed values; return self.
+
+        Raises:
+            SharpnessError: the first bad field, named with its value and what it allows.
+        """
+        for o in self.options():
+            o.check(getattr(self, o.name))
         return self
+
+
+# (singular, plural) nouns of the field types, for messages such as "an integer ≥ 1"
+_NOUNS = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
+          str: ("a string", "strings"), bool: ("true or false", "booleans"),
+          dict: ("a dict with string keys", "dicts"), list: ("a list", "lists")}
+_BOUNDS = {"ge": ("≥", operator.ge), "gt": (">", operator.gt), "le": ("≤", operator.le), "lt": ("<", operator.lt)}
+
+
+def _fits(value: Any, typ: type) -> bool:
+    """Whether ``value`` is a ``typ``: bool is not an int, an int is a float, and numbers are finite."""
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, typ)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One field of :class:`TrainConfig` as the validator and the command line see it.
+
+    Attributes:
+        name: the field name.
+        type: int, float, str, bool, list or dict (``X | None`` is X with ``optional``).
+        optional: None is allowed.
+        item: the element type of a list field (None: any).
+        default: the default value.
+        allowed: the declared bounds, choices or check (see ``_opt``).
+        doc: the field's comment in the source, continuation lines included ("" if none).
+    """
+
+    name: str
+    type: type
+    optional: bool
+    item: type | None
+    default: Any
+    allowed: dict
+    doc: str
+
+    def describe(self) -> str:
+        """What the field accepts, e.g. ``"None or an integer ≥ 1"``."""
+        a = self.allowed
+        if "choices" in a:
+            what = "one of " + ", ".join(map(str, a["choices"]))
+        elif "check" in a:
+            what = a["check"][1]
+        elif self.type is list:
+            what = "a list" + (f" of {_NOUNS[self.item][1]}" if self.item else "") + _bounds(a)
+        else:
+            what = _NOUNS[self.type][0] + _bounds(a)
+        return f"None or {what}" if self.optional else what
+
+    def check(self, value: Any) -> None:
+        """Raise a one-line :class:`SharpnessError` unless ``value`` is allowed for this field."""
+        if value is None and self.optional:
+            return
+        if self.type is list:
+            ok = isinstance(value, list) and all(self._allows(v, self.item or object) for v in value)
+        else:
+            ok = self._allows(value, self.type)
+        if not ok:
+            raise SharpnessError(f"{self.name} must be {self.describe()} (got {_short(value)})")
+
+    def _allows(self, value: Any, typ: type) -> bool:
+        a = self.allowed
+        return (_fits(value, typ) and ("choices" not in a or value in a["choices"])
+                and ("check" not in a or a["check"][0](value))
+                and all(op(value, a[k]) for k, (_, op) in _BOUNDS.items() if k in a))
+
+
+def _bounds(allowed: dict) -> str:
+    """The declared bounds as text: ``" in [0, 1)"``, ``" > 0"``, ``" ≥ 1"`` or ``""``."""
+    lo = next((k for k in ("ge", "gt") if k in allowed), None)
+    hi = next((k for k in ("le", "lt") if k in allowed), None)
+    if lo and hi:
+        return f" in {'[' if lo == 'ge' else '('}{allowed[lo]}, {allowed[hi]}{']' if hi == 'le' else ')'}"
+    return "".join(f" {_BOUNDS[k][0]} {allowed[k]}" for k in (lo, hi) if k)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """Each field's source comment, with the comment-only lines that continue it (indented deeper)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a frozen install): flags still work, without help
+        return {}
+    lines = source.splitlines()
+    notes = {t.start[0]: t.string.lstrip("#").strip()
+             for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    docs = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        parts = [notes[n] for n in range(node.lineno, node.end_lineno + 1) if n in notes]
+        field_indent = _indent(lines[node.lineno - 1])
+        n = node.end_lineno + 1
+        while n in notes and lines[n - 1].lstrip().startswith("#") and _indent(lines[n - 1]) > field_indent:
+            parts.append(notes[n])
+            n += 1
+        docs[node.target.id] = " ".join(parts)
+    return docs
+
+
+def _unpack(hint: Any) -> tuple[type, bool, type | None]:
+    """(type, optional, item) of an annotation, e.g. ``(int, True, None)`` for ``int | None``."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint) or hint
+    item = (typing.get_args(hint) or (None,))[0] if origin is list else None
+    return origin, optional, item
+
+
+@functools.lru_cache(maxsize=None)
+def _options(cls: type) -> tuple[Option, ...]:
+    hints, docs = typing.get_type_hints(cls), _comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        typ, optional, item = _unpack(hints[f.name])
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        out.append(Option(f.name, typ, optional, item, default, dict(f.metadata), docs.get(f.name, "")))
+    return tuple(out)

@@ -9,18 +9,25 @@ exactly: on CPU a killed and restarted run ends bit-identical to an uninterrupte
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from ..batches import tree_map
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..data import DataSpec, input_shape, load_data, num_classes
+from ..data import input_shape, load_data, num_classes
 from ..errors import SharpnessError
 from ..io import write_json
-from ..models import ModelSpec, build_model
+from ..losses import make_loss
+from ..models import build_model
+from ..objective import Objective, flat_params
+from ..specs import Spec
 from .config import TrainConfig
 from .schedules import Schedule
 
@@ -30,24 +37,37 @@ __all__ = ["train", "evaluate", "TRACE_STEPS"]
 TRACE_STEPS = frozenset(int(round(10 ** (k / 10))) for k in range(71))
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over (x, y) in eval mode (mode restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    try:
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            out = model(xb)
-            loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
-    finally:
-        model.train(was_training)
-    return loss_sum / len(y), correct / len(y)
+def evaluate(model: nn.Module, data: Any, y: torch.Tensor | None = None, batch_size: int = 4096, *,
+             loss: Any = None, **objective_args: Any) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None where undefined) of ``model`` over ``data`` in eval mode.
+
+    ``evaluate(model, x, y)`` with tensors, or ``evaluate(model, data)`` with any data the
+    :class:`~sharpness.objective.Objective` takes; ``loss`` defaults to cross-entropy.
+    """
+    data = data if y is None else (data, y)
+    return Objective(model, loss, data, batch_size=batch_size, **objective_args).evaluate()
 
 
-def _flat_params(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+class _TrainBatches:
+    """Training batches by index: tensor slices for in-memory data, else the Dataset's own items."""
+
+    def __init__(self, data: Any, device: torch.device):
+        self.device = device
+        if isinstance(data, DataLoader):  # its sampler is replaced by the run's seeded permutation
+            data, self.collate = data.dataset, data.collate_fn
+        else:
+            self.collate = torch.utils.data.default_collate
+        if isinstance(data, TensorDataset):
+            self.tensors = tuple(t.to(device) for t in data.tensors)
+        else:
+            self.tensors, self.dataset = None, data
+        self.n = len(self.tensors[0]) if self.tensors is not None else len(data)
+
+    def __call__(self, idx: torch.Tensor) -> Any:
+        if self.tensors is not None:
+            return tuple(t[idx] for t in self.tensors)
+        batch = self.collate([self.dataset[int(i)] for i in idx])
+        return tree_map(lambda t: t.to(self.device), batch)
 
 
 def _optimizer(model: nn.Module, c: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -64,13 +84,15 @@ def _optimizer(model: nn.Module, c: TrainConfig, lr: float) -> torch.optim.Optim
     return cls(groups, lr=lr)
 
 
-def _specs(c: TrainConfig, train_set, test_set) -> tuple[ModelSpec, DataSpec]:
+def _specs(c: TrainConfig, train_set, test_set) -> tuple[Spec, Spec]:
     args = dict(c.model_args)
     args.setdefault("input_shape", list(input_shape(train_set)))
-    args.setdefault("num_classes", num_classes(train_set, test_set))
+    classes = num_classes(train_set, test_set)
+    if classes is not None:  # regression targets have none
+        args.setdefault("num_classes", classes)
     if c.ghost_batch_size is not None:
         args["ghost_batch_size"] = c.ghost_batch_size
-    return ModelSpec(c.model, args), DataSpec(c.dataset, dict(c.data_args))
+    return Spec(c.model, args), Spec(c.dataset, dict(c.data_args))
 
 
 def _normalized(saved: dict) -> dict:
@@ -103,18 +125,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
     config = config.validated()
     out = Path(out_dir)
     if (out / "done").exists() and (out / "final.pt").exists():
-        final = load_checkpoint(out / "final.pt")
+        final = load_checkpoint(out / "final.pt", model=config.model)  # the config's name: the user's own
         if _normalized(final.config) != config.to_dict():
             raise SharpnessError(f"{out} holds a different finished run; choose another output folder")
         return final
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise SharpnessError(f"--out {out}: is a file, not a folder")
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SharpnessError("device 'cuda' requested but CUDA is not available")
-    train_set, test_set = load_data(DataSpec(config.dataset, dict(config.data_args)))
+    train_set, test_set = load_data(Spec(config.dataset, dict(config.data_args)))
     model_spec, data_spec = _specs(config, train_set, test_set)
-    x, y = (t.to(device) for t in train_set.tensors)
-    xt, yt = (t.to(device) for t in test_set.tensors)
+    loss_fn = make_loss(config.loss, config.loss_args)
+    batches = _TrainBatches(train_set, device)
     sched = Schedule.from_config(config)
     cfg = config.to_dict()
 
@@ -122,6 +145,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = build_model(model_spec).to(device)
+        # The one evaluator: full-data loss and accuracy in eval mode, data cached on the device once.
+        evals = [Objective(model, loss_fn, d, batch_size=config.eval_batch_size) for d in (train_set, test_set)]
+        split = evals[0].batch_fn
         opt = _optimizer(model, config, sched.lr(0.0))
         state = _resume_state(out, config)
         if state is None:
@@ -133,7 +159,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             opt.load_state_dict(state.optimizer)
             epoch0, step, history = state.epoch, state.step, list(state.history)
             trace = list(state.extra.get("trace", []))
-        w0 = _flat_params(load_checkpoint(out / "init.pt").model(device))
+        init = load_checkpoint(out / "init.pt").state_dict
+        w0 = torch.cat([init[n].reshape(-1) for n, _ in model.named_parameters()]).to(device)
         examples = history[-1]["examples"] if history else 0
         wall = history[-1]["wall_time"] if history else 0.0
         save_steps = set(int(s) for s in config.save_steps)
@@ -160,14 +187,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             bsz = sched.batch_size(epoch)
             torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout and friends, per epoch
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            batches = torch.randperm(len(y), generator=gen).to(device).split(bsz)
+            order = torch.randperm(batches.n, generator=gen).to(device).split(bsz)
             model.train()
-            for i, idx in enumerate(batches):
-                lr = sched.lr(epoch + i / len(batches))
+            for i, idx in enumerate(order):
+                lr = sched.lr(epoch + i / len(order))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                inputs, targets, *extra = split(batches(idx))
+                loss = loss_fn.mean(evals[0].forward_fn(model, inputs), targets, tuple(extra[0]) if extra else ())
                 if not torch.isfinite(loss):
                     raise SharpnessError(f"training diverged at epoch {epoch + 1}, update {step + 1} "
                                          f"(loss {loss.item()}); lower the learning rate")
@@ -179,19 +207,22 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 examples += len(idx)
                 if config.trace_log_steps and step in TRACE_STEPS:
                     trace.append({"step": step, "examples": examples, "batch_loss": loss.item(),
-                                  "dist_from_init": (_flat_params(model) - w0).norm().item()})
+                                  "dist_from_init": (flat_params(model) - w0).norm().item()})
                 if step in save_steps:
                     ckpt(out / f"ckpt_step{step}.pt", epoch, extra={"mid_epoch": True})
             wall += time.perf_counter() - t0
-            train_loss, train_acc = evaluate(model, x, y, config.eval_batch_size)
-            test_loss, test_acc = evaluate(model, xt, yt, config.eval_batch_size)
+            (train_loss, train_acc), (test_loss, test_acc) = (e.evaluate() for e in evals)
+            if not (math.isfinite(train_loss) and math.isfinite(test_loss)):  # diverged on the last updates
+                raise SharpnessError(f"training diverged in epoch {epoch + 1} (full-data training loss {train_loss}); "
+                                     "lower the learning rate")
             history.append({
                 "epoch": epoch + 1, "step": step, "examples": examples, "wall_time": wall, "lr": lr,
                 "batch_size": bsz, "train_loss": train_loss, "train_acc": train_acc,
                 "test_loss": test_loss, "test_acc": test_acc,
-                "dist_from_init": (_flat_params(model) - w0).norm().item(),
+                "dist_from_init": (flat_params(model) - w0).norm().item(),
             })
-            bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}")
+            bar.set_postfix(loss=f"{train_loss:.4f}", **({"acc": f"{train_acc:.3f}", "test_acc": f"{test_acc:.3f}"}
+                                                        if train_acc is not None else {}))
             # Epoch checkpoint before the resume state: a crash in between only replays this epoch.
             if config.save_every and (epoch + 1) % config.save_every == 0:
                 ckpt(out / f"ckpt_epoch{epoch + 1}.pt", epoch + 1)
@@ -202,4 +233,4 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         bar.close()
         ckpt(out / "final.pt", history[-1]["epoch"] if history else sched.epochs)
     (out / "done").write_text("done\n")
-    return load_checkpoint(out / "final.pt")
+    return load_checkpoint(out / "final.pt", model=config.model)

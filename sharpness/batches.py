@@ -1,0 +1,226 @@
+"""The one data loop: batches of any structure, cached on the device or streamed from the host.
+
+A *batch* is whatever a data set yields: a tuple ``(x, y)``, ``(x, y, w)``, ``((x1, x2), y)``, a dict
+``{"input_ids": ..., "labels": ...}`` — any nesting of tuples, lists and dicts whose tensor leaves share
+their first dimension (the examples). :class:`Batches` accepts
+
+- in-memory data: a tuple/list of tensors ``(X, y, ...)``, a ``TensorDataset``, a dict of tensors, or
+  any tuple/dict nesting of them — split into ``batch_size`` chunks (None: one batch);
+- a *list* of batches ``[(X1, y1), (X2, y2), ...]`` (curvlinops' usual input), kept as given;
+- a map-style ``Dataset``, read through a ``DataLoader`` of ``batch_size`` (None: one batch);
+- a ``DataLoader``, iterated once per pass with its own batching, workers and transforms.
+
+In-memory data and lists of batches are **cached** on the device when they fit ``cache_bytes`` (default:
+everything on CPU, a quarter of the free memory on CUDA); otherwise they stay on the host (pinned on
+CUDA) and each batch is copied when it is needed, the next one's copy issued before the current one is
+used, so the transfer overlaps the compute. A ``Dataset`` is read once and cached the same way when it
+fits. A ``DataLoader`` is never frozen: every pass iterates it again, so a shuffling loader gives the
+same examples in another order (the same mean, up to rounding), and random augmentation gives a
+*different* loss at every pass — pass the un-augmented data to measure one fixed loss.
+Floating-point leaves are cast to the model's dtype as they reach the device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+from .errors import SharpnessError
+
+__all__ = ["Batches", "tree_map", "leaves", "length", "cat", "index", "split"]
+
+
+def tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
+    """Apply ``fn`` to every tensor leaf of a nesting of tuples, lists and dicts."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return type(tree)((k, tree_map(fn, v)) for k, v in tree.items())
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # namedtuple
+        return type(tree)(*(tree_map(fn, v) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(tree_map(fn, v) for v in tree)
+    return tree
+
+
+def _zip_map(fn: Callable[[list], Any], trees: list) -> Any:
+    """Like :func:`tree_map` over several trees of one structure: ``fn`` gets the list of leaves."""
+    first = trees[0]
+    if isinstance(first, torch.Tensor):
+        return fn(trees)
+    if isinstance(first, dict):
+        return type(first)((k, _zip_map(fn, [t[k] for t in trees])) for k in first)
+    if isinstance(first, (tuple, list)):
+        items = [_zip_map(fn, [t[i] for t in trees]) for i in range(len(first))]
+        return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+    return first
+
+
+def leaves(tree: Any) -> list[torch.Tensor]:
+    """The tensor leaves, depth first."""
+    out: list[torch.Tensor] = []
+    tree_map(out.append, tree)
+    return out
+
+
+def length(tree: Any) -> int:
+    """Number of examples: the first dimension of the first tensor leaf."""
+    ts = leaves(tree)
+    if not ts or ts[0].dim() == 0:
+        raise SharpnessError("a batch has no tensor with a batch dimension")
+    return int(ts[0].shape[0])
+
+
+def cat(trees: list) -> Any:
+    """Concatenate batches of one structure along the example dimension."""
+    return _zip_map(lambda ts: torch.cat(ts), trees)
+
+
+def index(tree: Any, idx: torch.Tensor) -> Any:
+    """The examples ``idx`` of a batch."""
+    return tree_map(lambda t: t[idx.to(t.device)], tree)
+
+
+def split(tree: Any, size: int) -> list:
+    """Consecutive chunks of ``size`` examples (the last may be smaller)."""
+    n = length(tree)
+    return [tree_map(lambda t, s=s: t[s:s + size], tree) for s in range(0, n, size)]
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in leaves(tree))
+
+
+def _move(tree: Any, device: torch.device, dtype: torch.dtype | None, non_blocking: bool = False) -> Any:
+    def one(t: torch.Tensor) -> torch.Tensor:
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            t = t.to(dtype)
+        return t.to(device, non_blocking=non_blocking)
+    return tree_map(one, tree)
+
+
+def _in_memory(data: Any) -> Any | None:
+    """The data as one batch tree when they are tensors in memory (not a list of batches), else None."""
+    if isinstance(data, TensorDataset):
+        return tuple(data.tensors)
+    if isinstance(data, torch.Tensor):
+        raise SharpnessError("data is a single tensor: pass (inputs, targets), e.g. (X, y)")
+    if isinstance(data, list) and data and all(isinstance(b, (tuple, list, dict)) for b in data):
+        return None  # a list of batches
+    if isinstance(data, (tuple, list, dict)) and leaves(data):
+        sizes = {int(t.shape[0]) if t.dim() else -1 for t in leaves(data)}
+        if len(sizes) != 1 or -1 in sizes:
+            raise SharpnessError(f"data tensors disagree on the number of examples (first dimensions {sorted(sizes)})")
+        return data
+    return None
+
+
+def _default_budget(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 4
+    return math.inf  # on the host the data are in memory already: caching copies nothing
+
+
+class Batches:
+    """Re-iterable batches on ``device``: cached there when they fit ``cache_bytes``, else streamed.
+
+    Args:
+        data: see the module docstring for the accepted forms.
+        batch_size: batch size for in-memory data and Datasets (memory only; None: one batch).
+        device: where batches are delivered.
+        dtype: floating-point leaves are cast to it (None: kept).
+        cache_bytes: device-memory budget for caching (None: all on CPU, ¼ of free memory on CUDA).
+    """
+
+    def __init__(self, data: Any, *, batch_size: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, cache_bytes: float | None = None):
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise SharpnessError(f"batch_size must be an integer ≥ 1 or None (got {batch_size!r})")
+        self.device, self.dtype = torch.device(device), dtype
+        self.budget = _default_budget(self.device) if cache_bytes is None else float(cache_bytes)
+        self.loader: DataLoader | None = None
+        self.stored: list | None = None      # the batches, on the device (cached) or on the host
+        self.cached = False
+        self._cache_after_pass = False
+        self.num_samples: int | None = None  # known after the first pass for loaders
+        self.source = data
+        tree = _in_memory(data)
+        if tree is not None:
+            self._store(split(tree, batch_size) if batch_size else [tree])
+        elif isinstance(data, list) and data:
+            self._store(list(data))
+        elif isinstance(data, DataLoader):
+            self.loader = data
+            if data.drop_last:
+                warnings.warn("the DataLoader drops its last incomplete batch (drop_last=True): the loss is "
+                              "the mean over the examples it yields, not over the whole data set", stacklevel=3)
+        elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+            if len(data) == 0:
+                raise SharpnessError("data is empty")
+            self.loader = DataLoader(data, batch_size=batch_size or len(data), shuffle=False)
+            self._cache_after_pass = True
+        else:
+            raise SharpnessError("data must be (X, y) tensors, a TensorDataset, a list of batches, a Dataset or "
+                                 f"a DataLoader (got {type(data).__name__})")
+
+    def _store(self, batches: list) -> None:
+        if not batches or sum(length(b) for b in batches) == 0:
+            raise SharpnessError("data is empty")
+        self.num_samples = sum(length(b) for b in batches)
+        if sum(_nbytes(b) for b in batches) <= self.budget:
+            self.stored, self.cached = [_move(b, self.device, self.dtype) for b in batches], True
+        else:  # stream: keep on the host, pinned so copies can run asynchronously
+            pin = self.device.type == "cuda"
+            self.stored = [tree_map(lambda t: t.pin_memory() if pin else t, b) for b in batches]
+
+    @property
+    def single(self) -> bool:
+        """True when all the data are one batch already on the device (a gradient graph can be kept)."""
+        return self.cached and len(self.stored) == 1
+
+    def __len__(self) -> int:
+        return len(self.stored) if self.stored is not None else len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.cached:
+            yield from self.stored
+            return
+        async_copy = self.device.type == "cuda"
+        source = iter(self.stored if self.stored is not None else self.loader)
+        kept, n, nbytes = [], 0, 0
+        nxt = next(source, None)
+        nxt = None if nxt is None else _move(nxt, self.device, self.dtype, async_copy)
+        while nxt is not None:
+            cur = nxt
+            raw = next(source, None)  # issue the next copy before the current batch is used
+            nxt = None if raw is None else _move(raw, self.device, self.dtype, async_copy)
+            n += length(cur)
+            if self._cache_after_pass:
+                nbytes += _nbytes(cur)
+                kept.append(cur)
+                if nbytes > self.budget:
+                    self._cache_after_pass, kept = False, []
+            yield cur
+        if n == 0:
+            raise SharpnessError("data is empty")
+        self.num_samples = n
+        if self._cache_after_pass:  # a Dataset that fits: read once, like in-memory data
+            self.stored, self.cached, self._cache_after_pass = kept, True, False
+
+    def examples(self, idx: torch.Tensor) -> Any:
+        """The examples ``idx`` (positions in pass order) as one batch on the host or device."""
+        if isinstance(self.source, (TensorDataset, tuple, dict)) or (
+                isinstance(self.source, list) and _in_memory(self.source) is not None):
+            return index(_in_memory(self.source), idx)
+        loader = self.loader
+        if loader is not None and not isinstance(loader.dataset, IterableDataset):
+            # By data-set index, so a shuffling loader gives the same subset every time.
+            return loader.collate_fn([loader.dataset[int(i)] for i in idx])
+        return index(cat(list(self)), idx)
+

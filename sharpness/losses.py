@@ -1,0 +1,208 @@
+"""Losses by name or as any callable, summed exactly over a batch whatever their reduction.
+
+Every measure in the toolkit is a function of the **mean loss over the data set**,
+
+    L(θ) = (1/N) Σ_{i=1..N} ℓ_i(θ),
+
+with ℓ_i the loss of example i. A :class:`Loss` returns, for one batch, Σ_{i ∈ batch} ℓ_i (its
+:meth:`~Loss.total`); the data loop adds the totals of all batches and divides by N, so the result does
+not depend on how the data are batched (uneven last batch included). What ℓ_i is follows the loss's
+own reduction:
+
+- ``reduction="mean"`` (PyTorch's default): the callable returns the batch mean, so the total is
+  mean × batch size. For element-wise losses (MSE) the mean runs over outputs too: ℓ_i is the mean over
+  example i's outputs.
+- ``reduction="sum"``: the callable returns the batch sum, which is the total. For MSE, ℓ_i is then the
+  *sum* over example i's outputs — exactly the user's definition, for any batching.
+- ``reduction="none"`` or a callable returning one value per example: the per-example values (a mean
+  over any further dimensions) are summed.
+
+The reduction is read from a loss module's ``reduction`` attribute (``nn.MSELoss(reduction="sum")``),
+from ``reduction`` in the arguments of a named loss, or is ``"mean"`` for a plain function unless the
+caller says otherwise. Extra batch fields (sample weights) are passed on: named losses multiply each
+example's loss by its weight w_i (so L = (1/N) Σ w_i ℓ_i); a callable gets them as further positional
+arguments. Accuracy is defined only for classification (class-index targets with (N, C) outputs, and
+0/1 targets for ``bce_with_logits``); elsewhere it is None, never a wrong number.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import SharpnessError
+from .specs import Registry
+
+__all__ = ["Loss", "make_loss", "register_loss", "loss_names", "LOSSES"]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _same_shape(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # (N, 1) outputs against (N,) targets: PyTorch would broadcast to (N, N) and warn; align instead.
+    return y.reshape(out.shape) if y.shape != out.shape and y.numel() == out.numel() else y
+
+
+def _cross_entropy(out, y, **kw):
+    return F.cross_entropy(out, y, **kw)
+
+
+def _nll(out, y, **kw):
+    return F.nll_loss(out, y, **kw)
+
+
+def _mse(out, y, **kw):
+    return F.mse_loss(out, _same_shape(out, y).to(out.dtype), **kw)
+
+
+def _bce_with_logits(out, y, **kw):
+    return F.binary_cross_entropy_with_logits(out, _same_shape(out, y).to(out.dtype), **kw)
+
+
+# name → (function, the keyword arguments it takes besides reduction, axis label)
+_NAMED = {
+    "cross_entropy": (_cross_entropy, ("weight", "ignore_index", "label_smoothing"), "cross-entropy"),
+    "nll": (_nll, ("weight", "ignore_index"), "negative log-likelihood"),
+    "mse": (_mse, (), "mean squared error"),
+    "bce_with_logits": (_bce_with_logits, ("weight", "pos_weight"), "binary cross-entropy"),
+}
+LOSSES = Registry("loss")
+for _name, (_fn, _, _) in _NAMED.items():
+    LOSSES.register(_name, _fn)
+
+
+def register_loss(name: str, fn: Callable | None = None):
+    """Register ``fn(output, targets, *extra, **args)`` under ``name`` (usable as a decorator)."""
+    return LOSSES.register(name, fn)
+
+
+def loss_names() -> list[str]:
+    """Names accepted by :func:`make_loss`."""
+    return LOSSES.names()
+
+
+class Loss:
+    """A loss that sums exactly over a batch's examples (see the module docstring).
+
+    Args:
+        fn: ``fn(output, targets, *extra)`` → a scalar (``reduction`` says which) or per-example values.
+        name: recorded in reports and on figure axes.
+        reduction: ``"mean"`` or ``"sum"``: what a scalar returned by ``fn`` is over the batch.
+        per_example: ``fn`` accepts ``reduction="none"`` (named losses): sample weights are applied
+            per example and the reduction is done here.
+        label: human-readable name for axes (default: ``name``).
+    """
+
+    def __init__(self, fn: Callable, *, name: str, reduction: str = "mean", per_example: bool = False,
+                 label: str | None = None):
+        if reduction not in REDUCTIONS:
+            raise SharpnessError(f"loss reduction must be one of {', '.join(REDUCTIONS)} (got {reduction!r})")
+        self.fn, self.name, self.reduction, self.per_example = fn, name, reduction, per_example
+        self.label = label or name
+
+    def total(self, out: torch.Tensor, targets: Any, extra: tuple = ()) -> torch.Tensor:
+        """Σ over the batch's examples of ℓ_i (a 0-dim tensor, differentiable)."""
+        n = out.shape[0]
+        if self.per_example:
+            v = self.fn(out, targets, reduction="none")
+            scale = v[0].numel() if self.reduction == "sum" else 1  # ℓ_i sums, not averages, its outputs
+            v = v.reshape(n, -1).mean(1) * scale
+            if extra:
+                v = v * extra[0].reshape(n).to(v.dtype)
+            return v.sum()
+        v = self.fn(out, targets, *extra)
+        if not isinstance(v, torch.Tensor):
+            raise SharpnessError(f"loss '{self.name}' returned {type(v).__name__}, not a tensor")
+        if v.dim() > 0:
+            if v.shape[0] != n:
+                raise SharpnessError(f"loss '{self.name}' returned shape {tuple(v.shape)} for a batch of {n}: "
+                                     "expected a scalar or one value per example")
+            return v.reshape(n, -1).mean(1).sum()
+        return v if self.reduction == "sum" else v * n
+
+    def mean(self, out: torch.Tensor, targets: Any, extra: tuple = ()) -> torch.Tensor:
+        """(1/n) Σ_{i ∈ batch} ℓ_i: what a training step minimizes.
+
+        A named loss with its default mean reduction and no weights calls PyTorch's own mean, so a run
+        trains bit-identically to ``F.cross_entropy(out, y)``.
+        """
+        if self.per_example and self.reduction == "mean" and not extra:
+            return self.fn(out, targets, reduction="mean")
+        return self.total(out, targets, extra) / out.shape[0]
+
+    def correct(self, out: torch.Tensor, targets: Any) -> torch.Tensor | None:
+        """Number of correctly classified examples in the batch, or None where accuracy is undefined."""
+        if not isinstance(targets, torch.Tensor) or not isinstance(out, torch.Tensor):
+            return None
+        if self.name == "bce_with_logits":
+            y = _same_shape(out, targets)
+            if y.shape != out.shape:
+                return None
+            hit = (out > 0) == (y > 0.5)
+            return hit.reshape(len(hit), -1).all(1).sum()
+        if out.dim() == 2 and out.shape[1] > 1 and targets.dim() == 1 and not targets.is_floating_point() \
+                and targets.dtype != torch.bool and len(targets) == len(out):
+            return (out.argmax(1) == targets).sum()
+        return None
+
+    def to_dict(self) -> dict:
+        """Name and reduction, for reports."""
+        return {"name": self.name, "reduction": self.reduction}
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r}, reduction={self.reduction!r})"
+
+
+def make_loss(spec: Any = None, args: dict | None = None, *, reduction: str | None = None,
+              trusted: bool = True) -> Loss:
+    """A :class:`Loss` from a name, ``"pkg.module:fn"``, a loss module, a function, or a Loss.
+
+    Args:
+        spec: None (cross-entropy), a registered name (``cross_entropy``, ``mse``, ``nll``,
+            ``bce_with_logits``, or one added with :func:`register_loss`), ``"pkg.module:fn"`` (a
+            function, or an ``nn.Module`` class built with ``args``), an ``nn.Module`` instance, a callable.
+        args: keyword arguments: for named losses e.g. ``label_smoothing``, ``reduction``, ``weight``; for a
+            loss class, its constructor's; for a function, passed on every call.
+        reduction: what a plain function's scalar is over a batch (default ``"mean"``; a module's own
+            ``reduction`` attribute takes precedence, and a named loss reads ``args["reduction"]``).
+        trusted: False when the name comes from a checkpoint (see :mod:`sharpness.specs`).
+    """
+    if isinstance(spec, Loss):
+        return spec
+    args = dict(args or {})
+    if spec is None:
+        spec = "cross_entropy"
+    if isinstance(spec, str) and spec in _NAMED and LOSSES.resolve(spec, trusted=True) is _NAMED[spec][0]:
+        return _named(spec, args, args.pop("reduction", reduction or "mean"))
+    name = spec if isinstance(spec, str) else None
+    if isinstance(spec, str):
+        spec = LOSSES.resolve(spec, trusted=trusted)
+    if isinstance(spec, type) and issubclass(spec, nn.Module):
+        try:
+            spec = spec(**args)
+        except TypeError as e:
+            raise SharpnessError(f"bad arguments for loss '{name}': {e}") from None
+        args = {}
+    if not callable(spec):
+        raise SharpnessError(f"loss must be a name, 'pkg.module:fn' or a callable (got {type(spec).__name__})")
+    red = getattr(spec, "reduction", None) or args.get("reduction") or reduction or "mean"
+    name = name or getattr(spec, "__name__", None) or type(spec).__name__
+    fn = (lambda out, y, *extra, _f=spec, _a=args: _f(out, y, *extra, **_a)) if args else spec
+    return Loss(fn, name=name, reduction=red)
+
+
+def _named(name: str, args: dict, reduction: str) -> Loss:
+    fn, allowed, label = _NAMED[name]
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise SharpnessError(f"unknown argument(s) {', '.join(unknown)} for loss '{name}'; "
+                             f"it takes reduction{''.join(', ' + a for a in allowed)}")
+    args = {k: torch.as_tensor(v) if k in ("weight", "pos_weight") else v for k, v in args.items()}
+
+    def bound(out, y, **kw):  # class weights follow the output's device and dtype
+        return fn(out, y, **{k: v.to(out) if isinstance(v, torch.Tensor) else v for k, v in args.items()}, **kw)
+
+    return Loss(bound, name=name, reduction=reduction, per_example=True, label=label)

@@ -1,0 +1,209 @@
+"""The toolkit's own measures, registered in the order ``analyze`` runs and tables show them.
+
+Each entry says what it computes (the definitions are in the functions it calls), its settings (library
+defaults, and the ``--quick`` overrides), and the summary keys tables and figures show. Curvature and
+sharpness use ``ctx.work`` (the training data, or a seeded subset of ``max_samples``); the loss and
+accuracy use the whole training and test sets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..curvature import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
+from ..landscape import interpolate, surface
+from .adaptive import adaptive_sharpness
+from .keskar import eps_sharpness
+from .noise_scale import gradient_noise_scale
+from .registry import Context, Key, Record, register_measure
+
+__all__ = ["eps_key"]
+
+
+def _loss(ctx: Context, st: dict) -> Record:
+    s: dict = {}
+    for split, obj in (("train", ctx.train), ("test", ctx.test)):
+        if obj is not None:
+            s[f"{split}_loss"], s[f"{split}_acc"] = obj.evaluate()
+    if ctx.test is not None:
+        s["gap_loss"] = s["test_loss"] - s["train_loss"]
+        s["gap_acc"] = None if s["train_acc"] is None or s["test_acc"] is None else s["train_acc"] - s["test_acc"]
+    details = {"n_train": ctx.train.num_samples, "n_test": ctx.test.num_samples if ctx.test else None,
+               "loss": ctx.train.loss.to_dict()}
+    return Record(s, details)
+
+
+register_measure("loss", _loss, keys=[Key("train_acc", "train acc", "{:.1f}", percent=True),
+                                      Key("test_acc", "test acc", "{:.1f}", percent=True),
+                                      Key("train_loss", "train loss", "{:.4f}")],
+                 description="train/test loss and accuracy (accuracy for classification only), gaps")
+
+
+def _eigenvalues(ctx: Context, st: dict) -> Record:
+    op = HessianOperator(ctx.work)
+    top = hessian_eigenvalues(op, k=st["k"], tol=st["tol"], seed=ctx.seed, progress=ctx.progress)
+    low = hessian_eigenvalues(op, k=st["smallest_k"], which="smallest", tol=st["tol"], seed=ctx.seed,
+                              max_hvps=st["smallest_max_hvps"], progress=ctx.progress)
+    return Record({"lambda_max": float(top.values[0]), "lambda_min": float(low.values[-1]),
+                   "top": top.values.tolist(), "n_hvps": top.n_hvps + low.n_hvps},
+                  {"top": top.to_dict(), "smallest": low.to_dict()}, {"top": top.values, "smallest": low.values})
+
+
+register_measure("eigenvalues", _eigenvalues,
+                 settings={"k": 5, "tol": 1e-3, "smallest_k": 1, "smallest_max_hvps": 60},
+                 quick={"tol": 1e-2, "smallest_max_hvps": 20},
+                 keys=[Key("lambda_max", "λ_max")],
+                 description="top-k and smallest Hessian eigenvalues (thick-restart Lanczos)")
+
+
+def _trace(ctx: Context, st: dict) -> Record:
+    r = hessian_trace(HessianOperator(ctx.work), rtol=st["rtol"], max_hvps=st["max_hvps"], seed=ctx.seed,
+                      progress=ctx.progress)
+    return Record({"value": r.value, "stderr": r.stderr, "n_hvps": r.n_hvps}, r.to_dict())
+
+
+register_measure("trace", _trace, settings={"rtol": 1e-2, "max_hvps": 400}, quick={"rtol": 5e-2, "max_hvps": 100},
+                 keys=[Key("value", "trace")], description="Hessian trace (Krylov-aware Hutch++)")
+
+
+def _density(ctx: Context, st: dict) -> Record:
+    r = spectral_density(HessianOperator(ctx.work), n_runs=st["n_runs"], steps=st["steps"], seed=ctx.seed,
+                         progress=ctx.progress)
+    return Record({"min_node": float(np.nanmin(r.nodes)), "max_node": float(np.nanmax(r.nodes)), "n_hvps": r.n_hvps},
+                  r.to_dict(), {"grid": r.grid, "density": r.density, "nodes": r.nodes, "weights": r.weights})
+
+
+def _density_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
+    from ..plots import plot_spectral_density
+
+    path = out / f"density_{labels[0]}.png"
+    plot_spectral_density(rec.arrays, path=path, title=f"Hessian eigenvalue density: {labels[0]}")
+    return [path]
+
+
+register_measure("density", _density, settings={"n_runs": 3, "steps": 50}, quick={"n_runs": 2, "steps": 30},
+                 figures=_density_figures, description="Hessian spectral density (stochastic Lanczos quadrature)")
+
+
+def eps_key(eps: float, p: int | None) -> str:
+    """The summary key of φ at ε and subspace dimension p (None: full space), e.g. ``eps0.001_full``."""
+    return f"eps{eps:g}_{'full' if p is None else f'p{p}'}"
+
+
+def _eps_label(eps: float, p: int | None) -> str:
+    return f"φ ε={eps:.0e} {'full' if p is None else f'p={p}'}".replace("e-0", "e-")
+
+
+def _eps(ctx: Context, st: dict) -> Record:
+    summary, details = {}, {}
+    for eps in st["eps"]:
+        for p in st["subspace_dims"]:
+            r = eps_sharpness(ctx.work, eps=eps, subspace_dim=p, max_iter=st["max_iter"], seed=ctx.seed)
+            summary[eps_key(eps, p)] = r.value
+            details[eps_key(eps, p)] = r.to_dict()
+    summary["n_evals"] = sum(d["n_evals"] for d in details.values())
+    return Record(summary, details)
+
+
+_EPS = {"eps": [1e-3, 5e-4], "subspace_dims": [None, 100], "max_iter": 10}
+register_measure("eps_sharpness", _eps, settings=_EPS, quick={"eps": [1e-3]},
+                 keys=[Key(eps_key(e, p), _eps_label(e, p), "{:.3f}") for p in _EPS["subspace_dims"]
+                       for e in _EPS["eps"]],
+                 description="Keskar's ε-sharpness φ (full space and a random subspace)")
+
+
+def _adaptive(ctx: Context, st: dict) -> Record:
+    kw = dict(norm=st["norm"], n_samples=st["n_samples"], batch_size=st["batch_size"], steps=st["steps"],
+              seed=ctx.seed)
+    w = adaptive_sharpness(ctx.train, rho=st["rho_worst"], kind="worst", **kw)
+    a = adaptive_sharpness(ctx.train, rho=st["rho_average"], kind="average", **kw)
+    return Record({"worst": w.value, "worst_stderr": w.stderr, "average": a.value, "average_stderr": a.stderr,
+                   "n_evals": w.n_evals + a.n_evals}, {"worst": w.to_dict(), "average": a.to_dict()})
+
+
+register_measure("adaptive", _adaptive,
+                 settings={"rho_worst": 0.05, "rho_average": 0.1, "norm": "l2", "n_samples": 1024,
+                           "batch_size": 128, "steps": 20},
+                 quick={"n_samples": 256, "steps": 10},
+                 keys=[Key("worst", "adaptive worst", "{:.4f}"), Key("average", "adaptive avg", "{:.4f}")],
+                 description="adaptive sharpness, worst and average case (Andriushchenko et al. 2023)")
+
+
+def _noise(ctx: Context, st: dict) -> Record:
+    # Exact per-example gradients cost N × P memory traffic: a fixed subset estimates B_simple well.
+    sizes = st["batch_sizes"] if isinstance(st["batch_sizes"], str) else tuple(st["batch_sizes"])
+    r = gradient_noise_scale(ctx.work.subset(st["max_samples"], ctx.seed), batch_sizes=sizes,
+                             n_batches=st["n_batches"] or 32, seed=ctx.seed)
+    return Record({"b_simple": r.b_simple, "b_simple_stderr": r.stderr, "trace_sigma": r.trace_sigma,
+                   "grad_norm_sq": r.grad_norm_sq}, r.to_dict())
+
+
+register_measure("noise_scale", _noise,
+                 settings={"batch_sizes": "per-example", "n_batches": None, "max_samples": 2000},
+                 quick={"batch_sizes": [32, 256], "n_batches": 16, "max_samples": None},
+                 keys=[Key("b_simple", "B_simple", "{:.1f}")],
+                 description="McCandlish's gradient noise scale B_simple")
+
+
+def _landscape(dims: int):
+    def run(ctx: Context, st: dict) -> Record:
+        s = surface(ctx.work, directions=st["normalization"], dims=dims, span=st["span"], steps=st["steps"],
+                    seed=ctx.seed, progress=ctx.progress)
+        d = s.to_dict()
+        return Record({"center_loss": s.center_loss, "max_loss": d["max_loss"], "n_evals": s.n_evals}, d,
+                      {"loss": s.loss, "acc": s.acc, **{f"axis{i}": a for i, a in enumerate(s.coords)}})
+    return run
+
+
+def _line_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
+    from ..plots import plot_line
+
+    path = out / f"landscape1d_{labels[0]}.png"
+    norm = rec.details["directions"]["normalization"]
+    plot_line(rec.arrays, path=path, loss_label=loss_label, title=f"1D landscape ({norm}-normalized): {labels[0]}")
+    return [path]
+
+
+def _surface_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
+    from ..plots import plot_surface
+
+    norm = rec.details["directions"]["normalization"]
+    paths = []
+    for kind, stem in (("contour", "landscape2d"), ("3d", "landscape3d")):
+        paths.append(out / f"{stem}_{labels[0]}.png")
+        plot_surface(rec.arrays, kind=kind, path=paths[-1], loss_label=loss_label,
+                     title=f"Loss surface ({norm}-normalized): {labels[0]}")
+    return paths
+
+
+register_measure("landscape1d", _landscape(1), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
+                 quick={"steps": 21}, figures=_line_figures,
+                 description="1D loss landscape along a filter-normalized direction (Li et al. 2018)")
+register_measure("landscape2d", _landscape(2), settings={"steps": 25, "span": 1.0, "normalization": "filter"},
+                 quick={"steps": 11}, figures=_surface_figures,
+                 description="2D loss surface on a filter-normalized plane (Li et al. 2018)")
+
+
+def _interpolation(a: Context, b: Context, st: dict) -> Record:
+    sets = {"train": a.train, **({"test": a.test} if a.test is not None else {})}
+    r = interpolate(a.model, b.model, None, sets, alphas=np.linspace(*st["range"], st["n_alphas"]), path=st["path"],
+                    progress=a.progress)
+    arrays = {"alphas": r.alphas, **{f"{n}_loss": v for n, v in r.loss.items()},
+              **{f"{n}_acc": v for n, v in r.acc.items()}}
+    return Record(r.to_dict(), {}, arrays)
+
+
+def _parametric_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
+    from ..plots import plot_parametric
+
+    path = out / f"parametric_{labels[0]}_{labels[1]}.png"
+    plot_parametric(rec.arrays, path=path, labels=labels, loss_label=loss_label)
+    return [path]
+
+
+register_measure("interpolation", _interpolation,
+                 settings={"n_alphas": 25, "range": [-1.0, 2.0], "path": "linear"}, quick={"n_alphas": 13},
+                 pair=True, figures=_parametric_figures,
+                 description="loss along the line between two checkpoints (Keskar's parametric plot)")

@@ -1,0 +1,149 @@
+"""Measures as registered records: what ``analyze``, its CLI, the tables and the figures know of a measure.
+
+A :class:`Measure` declares, in one place, its name, its settings (defaults and the ``--quick``
+overrides), the summary keys that tables and figures show (:class:`Key`: the key, a label and a format)
+and the function that computes it on a :class:`Context` — the checkpoint's model and its
+objectives (:class:`~sharpness.objective.Objective`) — returning a :class:`Record` (summary scalars, details,
+arrays). Everything else reads these definitions: ``report.json``, ``Report.table()``, the experiment
+tables, ``--measures``. Register your own with :func:`register_measure`::
+
+    @sh.register_measure("grad_norm", keys=[sh.Key("grad_norm", "‖∇L‖")])
+    def grad_norm(ctx, settings):
+        g = ctx.work.gradient()
+        return sh.Record(summary={"grad_norm": float(g.norm())})
+
+It then shows up in ``report.json``, in the table and in ``python -m sharpness.analyze --measures``
+(for the CLI, the module that registers it must be imported: ``--plugin pkg.module``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import SharpnessError
+from ..objective import Objective
+
+__all__ = ["Key", "Record", "Context", "Measure", "MEASURES", "register_measure", "measure_names",
+           "headline_keys"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """A summary key a measure defines, with how tables and figures show it."""
+
+    name: str                    # the key in the record's summary (and in report.json)
+    label: str                   # column / axis label
+    fmt: str = "{:.4g}"          # number format in text tables
+    percent: bool = False        # a fraction shown ×100 with "%" (accuracies)
+
+    def column(self) -> str:
+        """The label with its unit."""
+        return f"{self.label} %" if self.percent else self.label
+
+    def show(self, value: Any) -> str:
+        """The value formatted for a table ("—" when missing)."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return "—"
+        return self.fmt.format(100 * value if self.percent else value)
+
+
+@dataclass
+class Record:
+    """What a measure returns: scalars for tables, a details dict for the report, arrays for NPZ."""
+
+    summary: dict
+    details: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """A checkpoint as measures see it.
+
+    ``work`` is the objective over the training data used for curvature and sharpness (a fixed seeded
+    subset when ``max_samples`` is set); ``train`` and ``test`` cover the whole training and test sets.
+    """
+
+    label: str
+    model: nn.Module
+    work: Objective
+    train: Objective
+    test: Objective | None
+    seed: int = 0
+    batch_size: int | None = None
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A registered measure (see the module docstring)."""
+
+    name: str
+    fn: Callable[..., Record]    # fn(ctx, settings), or fn(ctx_a, ctx_b, settings) for a pair measure
+    settings: dict = field(default_factory=dict)
+    quick: dict = field(default_factory=dict)
+    keys: tuple = ()
+    pair: bool = False           # computed on pairs of checkpoints (interpolation)
+    figures: Callable[..., list] | None = None   # figures(record, out, labels, loss_label) → written paths
+    description: str = ""
+
+    def settings_for(self, quick: bool) -> dict:
+        """The settings a run uses: the defaults, with the quick overrides when ``quick``."""
+        return {**self.settings, **(self.quick if quick else {})}
+
+    def run(self, *contexts: Context, settings: dict) -> Record:
+        """Compute the measure; the result must be a :class:`Record`."""
+        rec = self.fn(*contexts, settings)
+        if not isinstance(rec, Record):
+            raise SharpnessError(f"measure '{self.name}' returned {type(rec).__name__}, not a Record")
+        return rec
+
+    def draw(self, rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
+        """Write the measure's figures into ``out`` (none if it declares no figure function).
+
+        ``labels``: the checkpoint's label, or the two labels of a pair; ``loss_label`` names the y axis.
+        """
+        return list(self.figures(rec, out, labels, loss_label)) if self.figures else []
+
+
+MEASURES: dict[str, Measure] = {}
+
+
+def register_measure(name: str, fn: Callable | None = None, *, settings: dict | None = None,
+                     quick: dict | None = None, keys: list | tuple = (), pair: bool = False,
+                     figures: Callable | None = None, description: str = ""):
+    """Register a measure (usable as a decorator); a later registration of the same name replaces it.
+
+    Args:
+        name: the measure's name in ``report.json``, ``--measures`` and the figures.
+        fn: ``fn(ctx, settings) → Record`` (``fn(ctx_a, ctx_b, settings)`` when ``pair``).
+        settings: default settings (JSON-serializable; a change of settings invalidates cached results).
+        quick: overrides for ``quick=True`` / ``--quick``.
+        keys: the summary keys (:class:`Key`) that tables and figures show.
+        pair: a measure of two checkpoints (like interpolation).
+        figures: ``figures(record, out, labels, loss_label) → [paths]``: writes the measure's figures into
+            the folder ``out``; the file names are the measure's own (e.g. ``density_<label>.png``).
+        description: one line for ``--help``.
+    """
+    def add(f: Callable) -> Callable:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise SharpnessError(f"a measure name must be a non-empty string without '/' (got {name!r})")
+        MEASURES[name] = Measure(name, f, dict(settings or {}), dict(quick or {}), tuple(keys), pair, figures,
+                                 description)
+        return f
+
+    return add(fn) if fn is not None else add
+
+
+def measure_names() -> list[str]:
+    """Registered measures, in registration order."""
+    return list(MEASURES)
+
+
+def headline_keys() -> list[tuple[str, Key]]:
+    """(measure, key) of every key the registered measures show in tables, in registration order."""
+    return [(m.name, k) for m in MEASURES.values() for k in m.keys]

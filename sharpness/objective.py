@@ -1,0 +1,293 @@
+"""The objective every measure works on: a model's mean loss over a data set, as a function of θ.
+
+    L(θ) = (1/N) Σ_{i=1..N} ℓ(f_θ(x_i), y_i)        (the reduction rules: :mod:`sharpness.losses`)
+
+An :class:`Objective` holds the model, the :class:`~sharpness.losses.Loss`, the data
+(:class:`~sharpness.batches.Batches`, the one data loop) and two small functions that adapt the toolkit
+to the user's batches and model:
+
+- ``batch_fn(batch) → (inputs, targets)`` or ``(inputs, targets, extra)``. Default: a tuple/list batch
+  ``(x, y, *extra)``; a dict batch takes its ``"labels"`` (or ``"label"``, ``"targets"``, ``"target"``,
+  ``"y"``) entry as targets and the rest as inputs. ``extra`` (e.g. sample weights) goes to the loss.
+- ``forward_fn(model, inputs) → output``. Default: ``model(inputs)``, ``model(*inputs)`` for a
+  tuple/list, ``model(**inputs)`` for a dict; an output with a ``logits`` attribute (Hugging Face
+  models) gives its logits.
+
+Every analyzer — Hessian products, ε-sharpness, adaptive sharpness, the noise scale, landscapes,
+interpolation — and the trainer's evaluation go through it: one data loop, one flat-parameter view
+(:meth:`Objective.params`), one evaluator (:meth:`Objective.evaluate`).
+
+Parameters at a point θ are passed with :func:`torch.func.functional_call` as views into one flat tensor
+(ordered as ``model.named_parameters()``), so the caller's module is never written to.
+
+Modes: ``"eval"`` (default: BN running statistics, no dropout) or ``"train"`` (batch statistics;
+running statistics are never written — the forward runs on clones). In train mode every random draw
+of a forward (dropout) is seeded with (``seed``, batch index), so two passes at the same θ see the same
+masks and the objective is a deterministic function of θ: the Hessian of the loss with those masks
+fixed. Without it, two products with one vector differ, and Lanczos would be meaningless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .batches import Batches, cat, length
+from .errors import SharpnessError
+from .losses import make_loss
+from .model_state import preserved, set_mode
+
+__all__ = ["Objective", "as_objective", "flat_params", "default_batch_fn", "default_forward"]
+
+_TARGET_KEYS = ("labels", "label", "targets", "target", "y")
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """The model's parameters as one flat (detached, copied) tensor on its device."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def default_batch_fn(batch: Any) -> tuple[Any, Any, tuple]:
+    """``(x, y, *extra)`` or a dict with a labels/targets key → (inputs, targets, extra)."""
+    if isinstance(batch, dict):
+        for key in _TARGET_KEYS:
+            if key in batch:
+                return {k: v for k, v in batch.items() if k != key}, batch[key], ()
+        raise SharpnessError(f"a dict batch needs one of the keys {', '.join(_TARGET_KEYS)} for the targets "
+                             f"(keys: {', '.join(map(str, batch))}); or pass batch_fn=")
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1], tuple(batch[2:])
+    raise SharpnessError(f"cannot split a batch of type {type(batch).__name__} into inputs and targets; "
+                         "pass batch_fn=")
+
+
+def default_forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """``model(x)``, ``model(*inputs)`` or ``model(**inputs)``; a Hugging Face output gives its logits."""
+    if isinstance(inputs, dict):
+        out = model(**inputs)
+    elif isinstance(inputs, (tuple, list)):
+        out = model(*inputs)
+    else:
+        out = model(inputs)
+    return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
+
+
+class _Forward(nn.Module):
+    """``forward_fn(model, inputs)`` as a module, so functional_call can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, forward_fn: Callable):
+        super().__init__()
+        self.m = model
+        self.forward_fn = forward_fn
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.forward_fn(self.m, inputs)
+
+
+def select_params(model: nn.Module, params: str | Iterable[str] | None,
+                  trainable_only: bool = False) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) pairs: all (or those requiring grad), or those matching glob patterns."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only]
+    if not named:
+        raise SharpnessError("the model has no parameters" + (" that require grad" if trainable_only else ""))
+    if params is None:
+        return named
+    patterns = [params] if isinstance(params, str) else list(params)
+    chosen = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not chosen:
+        raise SharpnessError(f"no parameter matches {patterns}; names are e.g. {[n for n, _ in named[:5]]}")
+    return chosen
+
+
+class Objective:
+    """The mean loss of ``model`` over all of ``data``, as a function of the (selected) parameters.
+
+    Args:
+        model: any ``nn.Module``; never modified (parameters, buffers and modes are as they were).
+        loss: a name (``"cross_entropy"``, ``"mse"``, …), ``"pkg.module:fn"``, a loss module or any
+            callable ``loss(output, targets, *extra)``; None: cross-entropy (see :mod:`sharpness.losses`).
+        data: tensors, a list of batches, a Dataset or a DataLoader (see :mod:`sharpness.batches`).
+        loss_args: keyword arguments of a named loss (e.g. ``{"label_smoothing": 0.1}``).
+        batch_fn: batch → ``(inputs, targets[, extra])`` (default: see the module docstring).
+        forward_fn: ``(model, inputs)`` → output (default: see the module docstring).
+        batch_size: split in-memory data into batches of this size (memory only).
+        mode: ``"eval"`` or ``"train"`` (see the module docstring).
+        seed: seeds the per-batch random draws of train-mode forwards.
+        params: parameter names or glob patterns to take as θ (None: all parameters).
+        trainable_only: take only parameters that require grad.
+        cache_bytes: device-memory budget for caching the data (see :class:`Batches`).
+        reduction: for a plain-function loss: what its scalar is over a batch, ``"mean"`` or ``"sum"``.
+    """
+
+    def __init__(self, model: nn.Module, loss: Any = None, data: Any = None, *, loss_args: dict | None = None,
+                 batch_fn: Callable | None = None, forward_fn: Callable | None = None,
+                 batch_size: int | None = None, mode: str = "eval", seed: int = 0,
+                 params: str | Iterable[str] | None = None, trainable_only: bool = False,
+                 cache_bytes: float | None = None, reduction: str | None = None):
+        if not isinstance(model, nn.Module):
+            raise SharpnessError(f"model must be an nn.Module (got {type(model).__name__})")
+        if mode not in ("eval", "train"):
+            raise SharpnessError(f"mode must be 'eval' or 'train' (got {mode!r})")
+        if data is None:
+            raise SharpnessError("no data given")
+        self.model, self.mode, self.seed = model, mode, int(seed)
+        self.named_params = select_params(model, params, trainable_only)
+        self.names = [n for n, _ in self.named_params]
+        self.shapes = [p.shape for _, p in self.named_params]
+        self.sizes = [p.numel() for _, p in self.named_params]
+        first = self.named_params[0][1]
+        self.device, self.dtype = first.device, first.dtype
+        self.loss = make_loss(loss, loss_args, reduction=reduction)
+        self.data = data if isinstance(data, Batches) else Batches(
+            data, batch_size=batch_size, device=self.device, dtype=self.dtype, cache_bytes=cache_bytes)
+        self.batch_fn = batch_fn or default_batch_fn
+        self.forward_fn = forward_fn or default_forward
+        self._module = _Forward(model, self.forward_fn)
+        self._settings = dict(loss=self.loss, batch_fn=batch_fn, forward_fn=forward_fn, mode=mode, seed=seed,
+                              params=params, trainable_only=trainable_only, cache_bytes=cache_bytes)
+        self.n_evals = 0
+
+    # --- parameters -------------------------------------------------------------------------------
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The selected parameters of the model (θ), in order."""
+        return [p for _, p in self.named_params]
+
+    @property
+    def num_params(self) -> int:
+        """Length of θ."""
+        return sum(self.sizes)
+
+    def flat(self) -> torch.Tensor:
+        """θ at the model's current weights, as one flat detached copy."""
+        return torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
+
+    def state(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Name → view of ``theta`` shaped like the model's parameter."""
+        return {n: t.view(s) for n, t, s in zip(self.names, theta.split(self.sizes), self.shapes)}
+
+    # --- data -------------------------------------------------------------------------------------
+
+    @property
+    def num_samples(self) -> int:
+        """N, the number of examples (a DataLoader is counted on its first pass)."""
+        if self.data.num_samples is None:
+            for _ in self.data:
+                pass
+        return self.data.num_samples
+
+    def batches(self) -> Iterator[tuple[int, Any, Any, tuple, int]]:
+        """(index, inputs, targets, extra, n) per batch, on the device."""
+        for i, raw in enumerate(self.data):
+            parts = self.batch_fn(raw)
+            if not isinstance(parts, (tuple, list)) or len(parts) not in (2, 3):
+                raise SharpnessError("batch_fn must return (inputs, targets) or (inputs, targets, extra)")
+            inputs, targets = parts[0], parts[1]
+            extra = tuple(parts[2]) if len(parts) == 3 else ()
+            yield i, inputs, targets, extra, length(targets if targets is not None else inputs)
+
+    def with_data(self, data: Any, *, batch_size: int | None = None) -> "Objective":
+        """The same model, loss, functions and mode over other data."""
+        return Objective(self.model, data=data, batch_size=batch_size, **self._settings)
+
+    def subset(self, n: int | None, seed: int, *, batch_size: int | None = None) -> "Objective":
+        """The objective over a fixed, seeded random subset of ``n`` examples (None or ≥ N: all)."""
+        total = self.num_samples
+        if n is None or n >= total:
+            return self
+        if n < 1:
+            raise SharpnessError(f"max_samples must be ≥ 1 (got {n})")
+        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+        return self.with_data(self.data.examples(idx), batch_size=batch_size)
+
+    def examples(self) -> Any:
+        """All examples as one batch tree on the device."""
+        return cat(list(self.data)) if len(self.data) > 1 else next(iter(self.data))
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    def output(self, i: int, inputs: Any, state: dict | None = None, *, double_backward: bool = False) -> Any:
+        """The model's output on batch ``i`` with parameters/buffers ``state`` (None: the model's own)."""
+        state = dict(state or {})
+        with contextlib.ExitStack() as stack:
+            if self.mode == "train":
+                cuda = [self.device] if self.device.type == "cuda" else []
+                stack.enter_context(torch.random.fork_rng(devices=cuda))
+                torch.manual_seed(self.seed * 1_000_003 + i)
+                # Train-mode BN writes running statistics in the forward: give it clones.
+                state.update({n: b.clone() for n, b in self.model.named_buffers() if n not in state})
+            if double_backward:
+                # The fused attention kernels have no double backward; the math kernel does.
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            return functional_call(self._module, {f"m.{k}": v for k, v in state.items()}, (inputs,))
+
+    def evaluate(self, theta: torch.Tensor | None = None, buffers: dict | None = None) -> tuple[float, float | None]:
+        """(L(θ), accuracy) over all the data; accuracy None where it is undefined. One forward pass.
+
+        ``theta`` None: the model's weights. ``buffers``: BN statistics to use instead of the model's.
+        """
+        state = {} if theta is None else self.state(theta)
+        state.update(buffers or {})
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        defined, n_all = True, 0
+        with torch.no_grad(), preserved(self.model):
+            set_mode(self.model, self.mode)
+            for i, inputs, targets, extra, n in self.batches():
+                out = self.output(i, inputs, state)
+                total += self.loss.total(out, targets, extra).double()
+                c = self.loss.correct(out, targets)
+                defined = defined and c is not None
+                if defined:
+                    correct += c
+                n_all += n
+        self.n_evals += 1
+        return float(total) / n_all, (float(correct) / n_all if defined else None)
+
+    def loss_at(self, theta: torch.Tensor | None = None, *, grad: bool = False) -> tuple[float, torch.Tensor | None]:
+        """L(θ) and, if ``grad``, ∇L(θ) as a flat tensor. One pass over the data."""
+        if not grad:
+            return self.evaluate(theta)[0], None
+        t = (self.flat() if theta is None else theta).detach().requires_grad_(True)
+        total, g, n_all = 0.0, torch.zeros_like(t), 0
+        with preserved(self.model):
+            set_mode(self.model, self.mode)
+            for i, inputs, targets, extra, n in self.batches():
+                with torch.enable_grad():
+                    val = self.loss.total(self.output(i, inputs, self.state(t)), targets, extra)
+                    (gt,) = torch.autograd.grad(val, t)
+                g += gt
+                total += float(val.detach())
+                n_all += n
+        self.n_evals += 1
+        return total / n_all, g / n_all
+
+    def gradient(self) -> torch.Tensor:
+        """∇L at the model's weights, flat."""
+        return self.loss_at(None, grad=True)[1]
+
+
+def as_objective(model: Any, loss: Any = None, data: Any = None, **kwargs: Any) -> Objective:
+    """Pass an :class:`Objective` through (then ``loss`` and ``data`` must be None); else build one."""
+    if isinstance(model, Objective):
+        if loss is not None or data is not None:
+            raise SharpnessError("given an Objective, pass no separate loss or data (they are in the Objective)")
+        return model
+    return Objective(model, loss, data, **kwargs)
+
+
+def with_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """``model`` itself, or a copy converted to ``dtype`` (the caller's model is never converted)."""
+    first = next(model.parameters(), None)
+    if dtype is None or first is None or first.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype)
+

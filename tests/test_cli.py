@@ -1,0 +1,224 @@
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sharpness import SharpnessError, TrainConfig
+from sharpness.checkpoint import save_checkpoint
+from sharpness.cli import analyze_main, config_from_args, info_main, train_main, train_parser
+from sharpness.specs import Spec
+
+
+def _sample(o):
+    """A valid, non-default value of a field, and the flags that say it."""
+    flag = "--" + o.name.replace("_", "-")
+    if o.type is bool:
+        return True, [flag]
+    if o.type is list:
+        return [3, 7], [flag, "3,7"]
+    if o.type is dict:
+        return {"k": 1, "s": "x", "w": [4, 4]}, [flag[:-1], "k=1", flag[:-1], "s=x", flag[:-1], "w=[4,4]"]
+    if "choices" in o.allowed:
+        return o.allowed["choices"][-1], [flag, o.allowed["choices"][-1]]
+    if o.name == "device":  # a checked string; CUDA's presence is checked only when training starts
+        return "cuda:1", [flag, "cuda:1"]
+    value = {int: 7, float: 0.5, str: "my_pkg.things:make"}[o.type]
+    return value, [flag, str(value)]
+
+
+@pytest.mark.parametrize("o", TrainConfig.options(), ids=lambda o: o.name)
+def test_every_field_has_a_flag_that_round_trips(o):
+    value, argv = _sample(o)
+    assert value != o.default
+    cfg = config_from_args(argv + ["--out", "unused"])
+    got = getattr(cfg, o.name)
+    assert got == value and type(got) is type(value)
+    assert cfg.to_dict() == {**TrainConfig().to_dict(), o.name: value}  # nothing else changed
+
+
+def test_the_parser_covers_every_field_and_bools_turn_off():
+    dests = {a.dest for a in train_parser()._actions}
+    assert {o.name for o in TrainConfig.options()} <= dests
+    on = config_from_args(["--nesterov", "--trace-log-steps", "--out", "x"])
+    assert on.nesterov and on.trace_log_steps
+    assert config_from_args(["--nesterov", "--no-nesterov", "--out", "x"]).nesterov is False
+
+
+def test_help_lists_every_field_with_its_comment(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for flag in ("--trace-log-steps", "--warmup-from", "--decay-bn-and-bias", "--eval-batch-size", "--loss",
+                 "--loss-arg", "--data-arg", "--model-arg", "--milestones", "--no-nesterov", "--quiet", "--out"):
+        assert flag in text
+    for o in TrainConfig.options():
+        assert ("--" + o.name.replace("_", "-")).removesuffix("s" if o.type is dict else "") in text
+    # a comment's continuation line is part of the help, and the default is shown
+    assert "log-spaced update counts per decade" in text and "(default: 4096)" in text
+    assert "a finite number in [0, 1)" in text
+
+
+def test_python_m_sharpness_train_help():
+    r = subprocess.run([sys.executable, "-m", "sharpness.train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--target-train-loss" in r.stdout and "--warmup-from" in r.stdout
+
+
+def test_the_old_flags_and_a_toml_config(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "digits"\nepochs = 3\nbatch_size = 64\n[data_args]\nn = 1\n[model_args]\nwidths = [8]\n')
+    cfg = config_from_args([str(toml), "--dataset", "gaussian", "--model", "mlp", "--batch-size", "16",
+                            "--lr", "0.01", "--milestones", "30,60", "--save-steps", "10,100",
+                            "--data-arg", "n_train=128", "--model-arg", "bn=true", "--quiet", "--out", "o"])
+    assert (cfg.dataset, cfg.model, cfg.batch_size, cfg.lr, cfg.epochs) == ("gaussian", "mlp", 16, 0.01, 3)
+    assert cfg.milestones == [30, 60] and cfg.save_steps == [10, 100]
+    assert cfg.data_args == {"n": 1, "n_train": 128} and cfg.model_args == {"widths": [8], "bn": True}
+    assert cfg.loss == "cross_entropy" and cfg.loss_args == {}  # the default keeps the old behaviour
+    cfg = config_from_args(["--loss", "mse", "--loss-arg", "reduction=sum", "--lr", "1", "--out", "o"])
+    assert cfg.loss == "mse" and cfg.loss_args == {"reduction": "sum"} and cfg.lr == 1.0
+
+
+@pytest.mark.parametrize("field, value", [
+    ("batch_size", "32"), ("batch_size", 3.7), ("batch_size", -4), ("batch_size", True), ("lr", math.nan),
+    ("lr", -1), ("lr", math.inf), ("epochs", 1.5), ("epochs", 0), ("milestones", 5), ("milestones", [1, 2.5]),
+    ("milestones", ["x"]), ("model_args", "wide"), ("loss_args", [1]), ("data_args", None), ("device", "gpu"),
+    ("device", 0), ("momentum", 1.0), ("momentum", -0.1), ("weight_decay", -1e-4), ("warmup_epochs", -1),
+    ("decay_factor", 0), ("decay_factor", 1.5), ("base_batch_size", 0), ("max_batch_size", 2.0),
+    ("ghost_batch_size", -1), ("grad_clip", 0), ("target_train_loss", 0.0), ("save_every", -1),
+    ("save_steps", [0]), ("eval_batch_size", 0), ("optimizer", "lion"), ("lr_scaling", "cube"),
+    ("seed", 1.0), ("nesterov", 1), ("dataset", None), ("loss", 3),
+])
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(SharpnessError) as e:
+        TrainConfig.from_dict({field: value})
+    msg = str(e.value)
+    assert msg.startswith(f"{field} must be ") and f"(got {value!r})" in msg and "\n" not in msg
+
+
+def test_messages_say_what_is_allowed():
+    cases = {"batch_size": ("32", "batch_size must be an integer ≥ 1 (got '32')"),
+             "lr": (math.nan, "lr must be a finite number > 0 (got nan)"),
+             "momentum": (1, "momentum must be a finite number in [0, 1) (got 1)"),
+             "grad_clip": (-1, "grad_clip must be None or a finite number > 0 (got -1)"),
+             "optimizer": ("lion", "optimizer must be one of adam, adamw, sgd (got 'lion')")}
+    for field, (value, message) in cases.items():
+        with pytest.raises(SharpnessError) as e:
+            TrainConfig.from_dict({field: value})
+        assert str(e.value) == message
+    for ok in ({"lr": 1}, {"grad_clip": None}, {"device": "cuda"}, {"milestones": []}, {"momentum": 0}):
+        TrainConfig.from_dict(ok)  # an int is a float; None where allowed; CUDA is checked at train time
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--batch-size", "3.7"], "batch_size"), (["--batch-size", "-4"], "batch_size"),
+    (["--batch-size", "abc"], "batch_size"), (["--lr", "nan"], "lr"), (["--lr", "-1"], "lr"),
+    (["--epochs", "1.5"], "epochs"), (["--milestones", "5,x"], "milestones"), (["--device", "gpu"], "device"),
+    (["--optimizer", "lion"], "optimizer"), (["--momentum", "inf"], "momentum"),
+])
+def test_bad_flag_values_name_the_field(argv, field):
+    with pytest.raises(SharpnessError, match=f"^{field} must be "):
+        config_from_args(argv + ["--out", "o"])
+
+
+def test_bad_toml_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('batch_size = "32"\n')
+    with pytest.raises(SharpnessError, match=r"bad.toml: batch_size must be an integer ≥ 1 \(got '32'\)"):
+        TrainConfig.from_toml(bad)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('dataset = "café"\n'.encode("latin-1"))
+    with pytest.raises(SharpnessError, match="latin1.toml: not a TOML file [(]not UTF-8"):
+        TrainConfig.from_toml(latin1)
+    with pytest.raises(SharpnessError, match="is a folder"):
+        TrainConfig.from_toml(tmp_path)
+    with pytest.raises(SharpnessError, match="no such file"):
+        TrainConfig.from_toml(tmp_path / "missing.toml")
+    (tmp_path / "train.toml").write_text("train = 3\n")
+    with pytest.raises(SharpnessError, match="table of options"):
+        TrainConfig.from_toml(tmp_path / "train.toml")
+    with pytest.raises(SharpnessError, match="unknown training option"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+@pytest.mark.parametrize("bad", [["--batch-size", "3.7"], ["--lr", "nan"], ["--device", "gpu"],
+                                 ["--model-arg", "widths=[8]", "--epochs", "0"], ["TOML"], ["LATIN1"], ["DIR"]])
+def test_train_main_refuses_bad_input_in_one_line(bad, tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text('batch_size = "32"\n')
+    (tmp_path / "latin1.toml").write_bytes(b'dataset = "caf\xe9"\n')
+    bad = [{"TOML": str(tmp_path / "bad.toml"), "LATIN1": str(tmp_path / "latin1.toml"),
+            "DIR": str(tmp_path)}.get(b, b) for b in bad]
+    out = tmp_path / "run"
+    assert train_main(bad + ["--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_usage_errors_are_one_line(capsys):
+    for argv in (["--batch-size"], ["--out", "o", "--data-arg", "novalue"], ["--out", "o", "--batchsize", "3"]):
+        with pytest.raises(SystemExit) as e:
+            train_main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+class _FakeReport:
+    failed = {}
+
+    def table(self):
+        return ""
+
+
+def test_analyze_main_passes_model_data_and_loss(monkeypatch, tmp_path, capsys):
+    import sharpness.analysis
+
+    calls = []
+    monkeypatch.setattr(sharpness.analysis, "analyze", lambda *a, **kw: calls.append((a, kw)) or _FakeReport())
+    argv = ["a.pt", "b.pt", "--out", str(tmp_path), "--model", "my_models:make", "--model-arg", "width=8",
+            "--model-arg", "bn=true", "--data", "mnist", "--data-arg", f"root={tmp_path}", "--loss", "mse",
+            "--loss-arg", "reduction=sum", "--measures", "lambda_max, trace", "--quick", "--no-progress",
+            "--seed", "3", "--batch-size", "64", "--max-samples", "100", "--force"]
+    assert analyze_main(argv) == 0
+    (args, kw), = calls
+    assert args == (["a.pt", "b.pt"],)
+    assert kw == dict(out=str(tmp_path), measures=["lambda_max", "trace"], quick=True, device="cpu",
+                      batch_size=64, max_samples=100, seed=3, model="my_models:make",
+                      model_args={"width": 8, "bn": True}, data="mnist", data_args={"root": str(tmp_path)},
+                      loss="mse", loss_args={"reduction": "sum"}, force=True, progress=False)
+    calls.clear()
+    assert analyze_main([str(tmp_path / "c.pt")]) == 0
+    (_, kw), = calls
+    assert kw["out"] == str(tmp_path / "analysis") and kw["progress"] is None
+    assert all(kw[k] is None for k in ("model", "model_args", "data", "data_args", "loss", "loss_args"))
+
+
+def test_analyze_help_lists_the_measures(capsys):
+    from sharpness import analysis
+
+    names = analysis.measure_names() if hasattr(analysis, "measure_names") else list(analysis.MEASURES)
+    with pytest.raises(SystemExit) as e:
+        analyze_main(["--help"])
+    text = "".join(capsys.readouterr().out.split())
+    assert e.value.code == 0 and names and ",".join(names) in text
+
+
+def test_info_shows_data_root_and_loss(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "c.pt", model=torch.nn.Linear(3, 2),
+                           model_spec=Spec("mlp", {"input_shape": [3], "num_classes": 2, "widths": []}),
+                           data_spec=Spec("mnist", {"root": "data/../mnist"}),
+                           config={"loss": "mse", "loss_args": {"reduction": "sum"}}, epoch=1, step=5)
+    monkey_cwd = tmp_path / "cwd"
+    monkey_cwd.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(monkey_cwd)
+        assert info_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "data: {'name': 'mnist', 'args': {'root': 'data/../mnist'}}" in out
+    assert f"data would be read from: {monkey_cwd / 'mnist'}" in out
+    assert "loss: mse {'reduction': 'sum'}" in out and "epoch 1, step 5" in out
+    save_checkpoint(path, model=torch.nn.Linear(3, 2), model_spec=Spec("mlp", {}), data_spec=Spec("gaussian"))
+    assert info_main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "loss: cross_entropy" in out and "would be read from" not in out
