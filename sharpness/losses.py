@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from .errors import SharpnessError
 from .specs import Registry
 
-__all__ = ["Loss", "make_loss", "register_loss", "loss_names", "LOSSES"]
+__all__ = ["Loss", "make_loss", "register_loss", "loss_names", "loss_label", "LOSSES"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -77,6 +77,11 @@ for _name, (_fn, _, _) in _NAMED.items():
 def register_loss(name: str, fn: Callable | None = None):
     """Register ``fn(output, targets, *extra, **args)`` under ``name`` (usable as a decorator)."""
     return LOSSES.register(name, fn)
+
+
+def loss_label(name: str) -> str:
+    """The axis label of a named loss (``"cross-entropy"``), or the name itself."""
+    return _NAMED[name][2] if name in _NAMED else name
 
 
 def loss_names() -> list[str]:

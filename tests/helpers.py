@@ -23,3 +23,14 @@ def assert_unchanged(model, snap):
     assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
     assert modes == [m.training for m in model.modules()]
+
+
+def user_module(folder, monkeypatch, name, source):
+    """Write ``name``.py into ``folder`` and make it importable, as a user's module beside their script."""
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)  # a copy another test imported
+    return name

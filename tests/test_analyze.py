@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sharpness
-from helpers import tiny_config
+from helpers import tiny_config, user_module
 from sharpness import analyze, train_model
 from sharpness.analysis import MEASURES, SCHEMA, SCHEMA_VERSION
 from sharpness.cli import analyze_main
@@ -107,12 +107,10 @@ def test_library_call_on_a_model_subset_of_measures(runs):
 
 
 def _factory_module(tmp_path, monkeypatch, width):
-    (tmp_path / "my_models.py").write_text(
-        "import torch.nn as nn\n"
-        f"def make():\n    return nn.Sequential(nn.Linear(10, {width}), nn.ReLU(), nn.Linear({width}, 3))\n"
-        "def make_small():\n    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "my_models", raising=False)  # a previous test's copy
+    user_module(tmp_path, monkeypatch, "my_models",
+                "import torch.nn as nn\n"
+                f"def make():\n    return nn.Sequential(nn.Linear(10, {width}), nn.ReLU(), nn.Linear({width}, 3))\n"
+                "def make_small():\n    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))\n")
 
 
 def test_users_own_state_dict(tmp_path, monkeypatch, capsys):
@@ -181,7 +179,7 @@ def test_bad_inputs_exit_2_one_line_nothing_written(runs, tmp_path, monkeypatch,
 
 
 def _user_module(tmp_path, monkeypatch, name="user_reg"):
-    (tmp_path / f"{name}.py").write_text(
+    user_module(tmp_path, monkeypatch, name,
         "import torch\nimport torch.nn as nn\n"
         "def make_net(hidden=6):\n"
         "    torch.manual_seed(0)\n"
@@ -191,8 +189,6 @@ def _user_module(tmp_path, monkeypatch, name="user_reg"):
         "    x = torch.randn(n + 11, 4, generator=g)\n"
         "    y = torch.stack([x[:, 0] * x[:, 1], torch.sin(x[:, 2])], 1) + 0.1 * torch.randn(n + 11, 2, generator=g)\n"
         "    return (x[:n], y[:n]), (x[n:], y[n:])\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, name, raising=False)
     return __import__(name)
 
 
@@ -222,9 +218,8 @@ def test_regression_mse_sum_and_mean_through_the_cli_any_batching(tmp_path, monk
     assert "train loss" in table and "train acc" not in table
 
 
-def test_a_users_registered_measure_in_report_table_and_cli(runs, tmp_path, capsys, monkeypatch):
+def test_a_users_registered_measure_in_report_table_and_cli(runs, tmp_path, capsys, restore_measures):
     _, sb, _ = runs
-    monkeypatch.setitem(sharpness.measures.registry.MEASURES, "grad_norm", None)  # deleted after the test
 
     @sharpness.register_measure("grad_norm", keys=[sharpness.Key("grad_norm", "‖∇L‖", "{:.3e}")],
                                 settings={"ord": 2})
@@ -261,3 +256,40 @@ def test_a_second_analysis_of_the_same_folder_is_refused(runs, tmp_path):
         rep = analyze(sb, out=out, measures=["loss"], progress=False)
     assert "loss" in rep.data["checkpoints"]["final"]["measures"]
     assert list(out.glob("report.json.corrupt-*"))
+
+
+def test_a_users_model_and_data_trained_from_the_cli_and_a_toml_then_analyzed_without_flags(
+        tmp_path, monkeypatch, capsys):
+    from sharpness.cli import run_main, train_main
+
+    user_module(tmp_path, monkeypatch, "user_cls",
+        "import torch\nimport torch.nn as nn\n"
+        "def make_net(hidden=8):\n"
+        "    return nn.Sequential(nn.Linear(5, hidden), nn.ReLU(), nn.Linear(hidden, 3))\n"
+        "def data(n=90):\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(n, 5, generator=g)\n"
+        "    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()\n"
+        "    ds = torch.utils.data.TensorDataset(x[:60], y[:60])\n"
+        "    return ds, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[60:], y[60:]), batch_size=7)\n")
+    run = tmp_path / "run"
+    assert train_main(["--model", "user_cls:make_net", "--model-arg", "hidden=6", "--dataset", "user_cls:data",
+                       "--epochs", "2", "--batch-size", "16", "--loss-arg", "label_smoothing=0.1", "--out", str(run),
+                       "--quiet"]) == 0, capsys.readouterr().err
+    ckpt = sharpness.load_checkpoint(run / "final.pt")
+    assert ckpt.model_spec.name == "user_cls:make_net" and ckpt.model_spec.args["hidden"] == 6
+    assert ckpt.config["loss_args"] == {"label_smoothing": 0.1}
+    out = tmp_path / "an"
+    assert analyze_main([str(run / "final.pt"), "--quick", "--measures", "loss,eigenvalues,landscape1d", "--out",
+                         str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    r = json.loads((out / "report.json").read_text())["checkpoints"]["final"]
+    assert r["loss"]["name"] == "cross_entropy" and r["model"]["name"] == "user_cls:make_net"
+    # the report's training loss is the checkpoint's own (label-smoothed) loss, as the trainer evaluated it
+    assert r["measures"]["loss"]["summary"]["train_loss"] == pytest.approx(ckpt.history[-1]["train_loss"], rel=1e-5)
+    # the same model in an experiment TOML
+    (tmp_path / "exp.toml").write_text(
+        'name = "mine"\n[base]\nmodel = "user_cls:make_net"\ndataset = "user_cls:data"\nepochs = 1\n'
+        '[grid]\nbatch_size = [16, 30]\n[analysis]\nmeasures = ["loss"]\nquick = true\n[figures]\nkinds = ["table"]\n')
+    assert run_main([str(tmp_path / "exp.toml"), "--runs", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"),
+                     "--no-progress"]) == 0, capsys.readouterr().err
+    assert "B30" in (tmp_path / "fig" / "mine" / "table.md").read_text()

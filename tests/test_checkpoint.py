@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import tiny_config, user_module
 from sharpness import SharpnessError, load_checkpoint, train_model
 from sharpness.checkpoint import save_checkpoint
 from sharpness.cli import info_main
@@ -136,12 +136,7 @@ def data(n=10):
 
 @pytest.fixture
 def nets(tmp_path, monkeypatch):
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / "ckpt_usernets.py").write_text(USER_NETS)
-    monkeypatch.syspath_prepend(str(folder))
-    yield "ckpt_usernets"
-    sys.modules.pop("ckpt_usernets", None)
+    return user_module(tmp_path / "code", monkeypatch, "ckpt_usernets", USER_NETS)
 
 
 def _net(width=6):

@@ -1,12 +1,12 @@
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from helpers import user_module
 from sharpness import DataSpec, SharpnessError, load_data
 from sharpness.data import DATASETS, dataset_names, input_shape, num_classes, register_data
 
@@ -183,10 +183,7 @@ def misaligned():
 
 @pytest.fixture
 def user_data(tmp_path, monkeypatch):
-    (tmp_path / "data_userdata.py").write_text(USER_DATA)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "data_userdata"
-    sys.modules.pop("data_userdata", None)
+    return user_module(tmp_path, monkeypatch, "data_userdata", USER_DATA)
 
 
 def test_user_data_functions(user_data):

@@ -1,9 +1,9 @@
-import sys
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import user_module
 from sharpness import GhostBatchNorm, ModelSpec, SharpnessError, build_model
 from sharpness.models import MODELS, model_names, register_model
 
@@ -96,10 +96,7 @@ def not_a_module(width=4):
 
 @pytest.fixture
 def nets(tmp_path, monkeypatch):
-    (tmp_path / "models_usernets.py").write_text(USER_NETS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "models_usernets"
-    sys.modules.pop("models_usernets", None)
+    return user_module(tmp_path, monkeypatch, "models_usernets", USER_NETS)
 
 
 def test_user_factory_gets_the_data_args_only_if_it_takes_them(nets):

@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from ..io import atomic_write
+from ..losses import loss_label
+from ..measures.builtin import eps_key
 from ..reporting import (
     best_lr_per_batch,
     final,
@@ -28,6 +30,12 @@ from .spectrum import plot_spectral_density
 from .style import new_axes, save
 
 __all__ = ["draw", "FIGURES"]
+
+
+def _loss_label(res: dict) -> str:
+    """The axis name of the runs' training loss (their config's ``loss``; cross-entropy by default)."""
+    names = {r["config"].get("loss", "cross_entropy") for r in res["runs"].values()}
+    return loss_label(names.pop()) if len(names) == 1 else "loss"
 
 
 def table(res: dict, out: Path) -> Path:
@@ -152,12 +160,12 @@ def sharpness_vs_loss(res: dict, out: Path) -> Path:
             along = res["runs"][lb].get("along", [])
             if along:
                 x = [e["train_loss"] for e in along]
-                y = [e.get("eps_sharpness", {}).get("eps0.001_full") for e in along]
+                y = [e.get("eps_sharpness", {}).get(eps_key(1e-3, None)) for e in along]
                 ax.plot(x, y, "o-", ms=3, color=f"C{list(grouped).index(g)}", alpha=0.8,
                         label=g if i == 0 else None)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("training cross-entropy (log, decreasing →)")
+    ax.set_xlabel(f"training {_loss_label(res)} (log, decreasing →)")
     ax.set_ylabel("ε-sharpness φ (ε = 1e-3, full space)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -185,7 +193,7 @@ def batch_sweep(res: dict, out: Path) -> Path:
     """
     import matplotlib.pyplot as plt
 
-    key = res["spec"].get("figures", {}).get("batch_sweep", {}).get("sharpness", "eps0.001_full")
+    key = res["spec"].get("figures", {}).get("batch_sweep", {}).get("sharpness", eps_key(1e-3, None))
     by_b = _by_batch(res)
     bs = list(by_b)
 
