@@ -23,6 +23,7 @@ import fcntl
 import itertools
 import json
 import math
+import os
 import re
 import time
 import traceback
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .checks import require
 from .errors import SharpnessError
 from .io import to_jsonable, write_json, write_npz
 from .losses import make_loss
@@ -72,8 +74,8 @@ class Report:
             results = [self.data["checkpoints"][lb]["measures"].get(measure) for lb in labels]
             if all(r is None for r in results):
                 continue
-            cells = ["failed" if r and r.get("status") == "failed" else key.show((r or {}).get("summary", {})
-                                                                                  .get(key.name)) for r in results]
+            cells = [r["status"] if r and "status" in r else key.show((r or {}).get("summary", {}).get(key.name))
+                     for r in results]
             if any(c != "—" for c in cells):  # e.g. no accuracy rows for a regression loss
                 lines.append(f"{key.column():<16}" + "".join(f"{c:>{width + 2}}" for c in cells))
         for pair, res in self.data.get("pairs", {}).items():
@@ -81,7 +83,8 @@ class Report:
             if s:
                 lines.append(f"{pair}: max train loss on the segment {_num(s.get('train_max_loss_between'))} "
                              f"(ends {_num(s.get('train_loss_at_0'))} / {_num(s.get('train_loss_at_1'))})")
-        lines += [f"{name}: failed: {why}" for name, why in self.failed.items()]
+        lines += [f"{lb}/{m}: {r['status']}: {r['error']}" for lb, e in self.data["checkpoints"].items()
+                  for m, r in e["measures"].items() if "status" in r]
         return "\n".join(lines)
 
 
@@ -127,10 +130,8 @@ def _check(measures: list[str] | None, device: str, batch_size: Any, max_samples
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SharpnessError(f"device '{device}' requested but CUDA is not available on this machine")
     for name, v in (("batch_size", batch_size), ("max_samples", max_samples)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise SharpnessError(f"{name} must be an integer ≥ 1 (got {v!r})")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SharpnessError(f"seed must be an integer (got {seed!r})")
+        require(name, v, int, optional=True, ge=1)
+    require("seed", seed, int)
     return names
 
 
@@ -164,7 +165,12 @@ def _locked(out: Path | None) -> Iterator[None]:
     if out is None:
         yield
         return
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SharpnessError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(out, os.W_OK):
+        raise SharpnessError(f"--out {out}: the folder is not writable")
     with open(out / ".lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,7 +196,7 @@ def _previous(out: Path | None, force: bool) -> tuple[dict, dict]:
             with np.load(out / "arrays.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         return report, arrays
-    except (ValueError, OSError, EOFError, KeyError) as e:
+    except Exception as e:  # unreadable in any way (truncated zip, wrong shape): set aside, never fatal
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         for name in ("report.json", "arrays.npz"):
             if (out / name).exists():
@@ -221,6 +227,12 @@ class _Run:
         settings = _plain(measure.settings_for(self.quick))
         if self.cached(old, settings, tags):
             entry[measure.name] = old
+            return
+        loss = entry.get("loss", {}).get("summary", {}).get("train_loss", 0.0)
+        if measure.name != "loss" and not (isinstance(loss, float) and math.isfinite(loss)):
+            # a diverged model: curvature of a NaN loss is noise, and the solvers would fail obscurely
+            entry[measure.name] = {"status": "skipped", "error": f"the training loss is not finite ({loss})",
+                                   "settings": settings, "seed": self.seed}
             return
         t0 = time.perf_counter()
         try:
@@ -289,6 +301,9 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
     items = checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     if not items:
         raise SharpnessError("no checkpoint given")
+    if measures is not None and len(items) < 2 and any(MEASURES[n].pair for n in names):
+        warnings.warn(f"{', '.join(n for n in names if MEASURES[n].pair)} needs two checkpoints; "
+                      "with one it is skipped", stacklevel=2)
     ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c, model=model, model_args=model_args, data=data,
                                                                  data_args=data_args) for c in items]
     max_samples = max_samples if max_samples is not None else (1000 if quick else None)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from .checks import require
 from .errors import SharpnessError
 
 __all__ = ["Batches", "tree_map", "leaves", "length", "cat", "index", "split"]
@@ -139,9 +140,7 @@ class Batches:
 
     def __init__(self, data: Any, *, batch_size: int | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None, cache_bytes: float | None = None):
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise SharpnessError(f"batch_size must be an integer ≥ 1 or None (got {batch_size!r})")
+        require("batch_size", batch_size, int, optional=True, ge=1)
         self.device, self.dtype = torch.device(device), dtype
         self.budget = _default_budget(self.device) if cache_bytes is None else float(cache_bytes)
         self.loader: DataLoader | None = None

@@ -4,9 +4,16 @@ A toolkit checkpoint is a plain dict (tensors, numbers, strings, lists, dicts; n
 to code) holding::
 
     format="sharpness-checkpoint", version, model (Spec dict), data (Spec dict), config,
-    state_dict, epoch, step, history (list of per-epoch dicts), optimizer (state dict or None), torch
+    state_dict, epoch, step, history (list of per-epoch dicts), optimizer (state dict or None), torch,
+    extra, checksum
 
-so :func:`load_checkpoint` rebuilds the model and the exact data without the training code. The specs
+so :func:`load_checkpoint` rebuilds the model and the exact data without the training code.
+``checksum`` is ``{"algorithm": "sha256", "tensors": <hex>, "covers": ["state_dict", "optimizer"]}``:
+the SHA-256 of every tensor of the state_dict and of the optimizer state (see :func:`tensor_checksum`),
+verified on load, so a file whose tensor bytes were changed after it was written (a flipped bit on
+disk, an edit that kept the zip archive valid) is refused instead of analyzed. It detects corruption,
+not forgery: whoever can rewrite the file can rewrite the checksum. Checkpoints written before it
+existed (no ``checksum`` key) still load. The specs
 may name the user's own ``"pkg.module:fn"``; a name read from a file is imported only under the policy
 of :mod:`sharpness.specs` (the user's own code, never the standard library or an installed package),
 unless the caller passes it explicitly. Other weights load too when the caller supplies the model: a
@@ -18,8 +25,11 @@ such as ``model.`` (Lightning) or ``module.`` (DDP) are loaded stripped of it.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
+import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -33,21 +43,71 @@ from .io import atomic_write
 from .models import ModelSpec, build_model
 from .specs import Spec, as_spec
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "FORMAT", "VERSION"]
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "tensor_checksum", "FORMAT", "VERSION"]
 
 FORMAT = "sharpness-checkpoint"
 VERSION = 1
+CHECKSUM = "sha256"
+_COVERED = ("state_dict", "optimizer")  # the parts of the payload whose tensors the checksum covers
 
 # Model arguments that come from the data, not from the model's choice: they carry over to another
 # factory the caller names for a toolkit checkpoint.
 _DATA_ARGS = ("input_shape", "num_classes")
 
 
+def _tensors(obj: Any, path: tuple) -> Any:
+    """(path, tensor) for every tensor in nested dicts, lists and tuples; dict keys in sorted order."""
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            yield from _tensors(obj[k], path + (k,))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, path + (i,))
+
+
+def _tensor_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's elements as one flat uint8 tensor: its bytes in row-major order, on the CPU."""
+    t = t.detach()
+    if t.is_quantized:
+        t = t.int_repr()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    t = t.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    return t.view(torch.uint8) if t.dtype != torch.uint8 else t
+
+
+def tensor_checksum(payload: dict) -> str:
+    """SHA-256 (hex) of the tensors of a checkpoint's ``state_dict`` and ``optimizer`` state.
+
+    Each tensor contributes its path (``state_dict``, then its name; for the optimizer, the keys down to
+    it), dtype, shape and bytes, in sorted key order, so the digest depends on the values only, never on
+    the order of a dict or on the zip archive around them. The optimizer state (momentum buffers, step
+    counts) is covered too: a resumed run continues from it, so a corrupted buffer would silently change
+    the rest of the training. Config, history and specs are not (they are numbers and strings the
+    loader checks as it reads them).
+    """
+    h = hashlib.sha256()
+    for part in _COVERED:
+        for where, t in _tensors(payload.get(part), (part,)):
+            name = "/".join(str(k) if isinstance(k, str) else repr(k) for k in where).encode()
+            data = _tensor_bytes(t)
+            h.update(f"{len(name)}:".encode() + name + f"|{t.dtype}|{tuple(t.shape)}|{data.numel()}\n".encode())
+            h.update(data.numpy())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, *, model: nn.Module, model_spec: ModelSpec, data_spec: DataSpec,
                     config: dict | None = None, epoch: int = 0, step: int = 0,
                     history: list | None = None, optimizer: dict | None = None,
                     extra: dict | None = None) -> Path:
-    """Write a toolkit checkpoint atomically (temporary file, then rename)."""
+    """Write a toolkit checkpoint atomically (temporary file, then rename), with its tensors' checksum.
+
+    Raises:
+        SharpnessError: the file cannot be written (``"<path>: cannot write: <reason>"``, e.g. a full
+            disk); no partial or temporary file is left.
+    """
     payload = {
         "format": FORMAT, "version": VERSION,
         "model": model_spec.to_dict(), "data": data_spec.to_dict(), "config": config or {},
@@ -55,7 +115,13 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, model_spec: ModelSpec
         "epoch": int(epoch), "step": int(step), "history": list(history or []),
         "optimizer": optimizer, "torch": str(torch.__version__), "extra": extra or {},
     }
-    return atomic_write(path, lambda p: torch.save(payload, p))
+    payload["checksum"] = {"algorithm": CHECKSUM, "tensors": tensor_checksum(payload), "covers": list(_COVERED)}
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: a failed write surfaces as the OSError it is
+            torch.save(payload, f)
+
+    return atomic_write(path, write)
 
 
 def _fitted(state_dict: dict, expected: set) -> dict:
@@ -77,14 +143,17 @@ class Checkpoint:
     """A loaded checkpoint: specs, config, history and weights; rebuilds the model and its data.
 
     ``model_trusted`` / ``data_trusted`` say whether the specs came from the caller (True) or from the
-    file (False: a ``"pkg.module:fn"`` must then be the user's own code, see :mod:`sharpness.specs`).
+    file (False: a ``"pkg.module:fn"`` must then be the user's own code, see :mod:`sharpness.specs`, and a
+    data ``root`` must lie inside ``$SHARPNESS_DATA``, see :mod:`sharpness.data`). ``data_caller_args``,
+    when not None, names the only data arguments that came from the caller (the others came from the
+    file: a ``root`` among them is held to ``$SHARPNESS_DATA`` even when the caller named the data set).
     """
 
     def __init__(self, path: Path, state_dict: dict, *, model_spec: ModelSpec | None = None,
                  data_spec: DataSpec | None = None, config: dict | None = None, epoch: int | None = None,
                  step: int | None = None, history: list | None = None, optimizer: dict | None = None,
                  extra: dict | None = None, model_factory: Callable[[], nn.Module] | None = None,
-                 model_trusted: bool = False, data_trusted: bool = False):
+                 model_trusted: bool = False, data_trusted: bool = False, data_caller_args: tuple | None = None):
         self.path = path
         self.state_dict = state_dict
         self.model_spec = model_spec
@@ -98,6 +167,7 @@ class Checkpoint:
         self._model_factory = model_factory
         self._model_trusted = model_trusted
         self._data_trusted = data_trusted
+        self._data_caller_args = None if data_caller_args is None else tuple(data_caller_args)
         self._sha256: str | None = None
 
     @property
@@ -151,12 +221,17 @@ class Checkpoint:
         return model.to(device or "cpu").eval()
 
     def datasets(self) -> tuple:
-        """The (train, test) data the run used, rebuilt from the data spec (see :func:`load_data`)."""
+        """The (train, test) data the run used, rebuilt from the data spec (see :func:`load_data`).
+
+        Raises:
+            SharpnessError: no data spec; the data cannot be loaded; or the file's data spec names a
+                ``root`` outside ``$SHARPNESS_DATA`` (pass ``data_args={"root": ...}`` to read it).
+        """
         if self.data_spec is None:
             raise SharpnessError(f"{self.path}: the checkpoint names no data set; pass data=... "
                                  "to load_checkpoint")
         try:
-            return load_data(self.data_spec, trusted=self._data_trusted)
+            return load_data(self.data_spec, trusted=self._data_trusted, trusted_args=self._data_caller_args)
         except SharpnessError as e:
             raise SharpnessError(f"{self.path}: {e}") from e.__cause__  # a user function's own error stays chained
 
@@ -185,27 +260,70 @@ def _read_safetensors(path: Path) -> dict:
         raise SharpnessError(f"{path}: truncated or corrupt safetensors file ({reason})") from None
 
 
+def _os_reason(path: Path, e: OSError) -> str:
+    """Why ``path`` cannot be opened, in words that name the actual problem."""
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if e.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return f"no such file (a symbolic link to '{os.readlink(path)}', which does not exist)"
+        return "no such file"
+    if e.errno == errno.ENOTDIR:
+        return "no such file (a part of its path is a file, not a folder)"
+    return f"cannot read: {e.strerror or type(e).__name__}"
+
+
+def _torch_zip_problem(path: Path) -> str | None:
+    """What keeps a zip archive from being a torch checkpoint (None when it looks like one)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):  # no central directory: cut short
+        return "truncated or corrupt checkpoint (an incomplete zip archive)"
+    if not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return f"not a PyTorch checkpoint (a zip archive without a data.pkl record; it holds: {shown or 'nothing'})"
+    return None
+
+
 def _read(path: Path) -> Any:
-    if not path.exists():
-        raise SharpnessError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SharpnessError(f"{path}: {_os_reason(path, e)}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise SharpnessError(f"{path}: is a folder, not a checkpoint file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise SharpnessError(f"{path}: not a regular file (a pipe, socket or device)")
+    if st.st_size == 0:
         raise SharpnessError(f"{path}: empty file")
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise SharpnessError(f"{path}: {_os_reason(path, e)}") from None
     if _is_safetensors(path, head):
         return _read_safetensors(path)
     # torch.save writes a zip archive (or, in the legacy format, a pickle starting with PROTO 0x80).
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
         raise SharpnessError(f"{path}: not a PyTorch checkpoint")
+    if head[:4] == b"PK\x03\x04":
+        problem = _torch_zip_problem(path)
+        if problem:
+            raise SharpnessError(f"{path}: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e) or "global" in str(e):  # a class or function the pickle would import and call
             raise SharpnessError(f"{path}: refused: it holds Python objects that could run code "
                                  "(checkpoints are loaded with weights_only=True)") from None
+        if "truncated" in str(e):
+            raise SharpnessError(f"{path}: truncated or corrupt checkpoint (the pickle ends early)") from None
         raise SharpnessError(f"{path}: not a PyTorch checkpoint (unreadable pickle)") from None
+    except PermissionError:
+        raise SharpnessError(f"{path}: permission denied") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as e:
         if zipfile.is_zipfile(path) or "zip" in str(e).lower() or isinstance(e, EOFError):
             raise SharpnessError(f"{path}: truncated or corrupt checkpoint") from None
@@ -257,17 +375,23 @@ def _model_choice(model: Any, model_args: dict | None, stored: Spec | None
     return (lambda: build_model(model, **args)), stored, True
 
 
-def _data_choice(data: Any, data_args: dict | None, stored: Spec | None) -> tuple[Spec | None, bool]:
-    """(spec, trusted) of the data to load: the caller's, else the stored spec's."""
+def _data_choice(data: Any, data_args: dict | None, stored: Spec | None
+                 ) -> tuple[Spec | None, bool, tuple | None]:
+    """(spec, trusted, caller's argument names) of the data to load: the caller's, else the stored spec's.
+
+    The third item is None when every argument is as trusted as the spec; else the names of the
+    arguments the caller gave, laid over the stored ones (a ``root`` given there may be read anywhere;
+    one from the file must lie inside ``$SHARPNESS_DATA``).
+    """
     if data_args is not None and not isinstance(data_args, dict):
         raise SharpnessError(f"data_args must be a dict (got {type(data_args).__name__})")
     if data is None:
         if stored is None or not data_args:
-            return stored, False
-        return Spec(stored.name, {**stored.args, **data_args}), False  # the name is still the file's
-    if isinstance(data, str) and stored is not None and data == stored.name:
-        return Spec(data, {**stored.args, **(data_args or {})}), True
-    return as_spec(data, data_args, "data"), True
+            return stored, False, None
+        return Spec(stored.name, {**stored.args, **data_args}), False, tuple(data_args)
+    if isinstance(data, str) and stored is not None and data == stored.name:  # the name is the caller's
+        return Spec(data, {**stored.args, **(data_args or {})}), True, tuple(data_args or ())
+    return as_spec(data, data_args, "data"), True, None
 
 
 def _stored_spec(path: Path, obj: dict, key: str) -> Spec:
@@ -275,6 +399,41 @@ def _stored_spec(path: Path, obj: dict, key: str) -> Spec:
         return Spec.from_dict(obj[key])
     except SharpnessError as e:
         raise SharpnessError(f"{path}: malformed '{key}' spec in the checkpoint: {e}") from None
+
+
+def _check_version(path: Path, obj: dict) -> None:
+    if "version" not in obj:
+        raise SharpnessError(f"{path}: malformed sharpness checkpoint (no format version); "
+                             f"this toolkit reads version {VERSION}")
+    v = obj["version"]
+    if type(v) is not int:  # "1" or True would compare equal or look equal to 1: not a version we wrote
+        raise SharpnessError(f"{path}: unsupported checkpoint format version {_short(v)} (a {type(v).__name__}, "
+                             f"not an integer); this toolkit reads the integer version {VERSION}")
+    if v != VERSION:
+        raise SharpnessError(f"{path}: unsupported checkpoint format version {v}; this toolkit reads version {VERSION}")
+
+
+def _verify_checksum(path: Path, obj: dict) -> None:
+    """Compare the stored checksum of the tensors with theirs (a checkpoint without one is older: accepted)."""
+    if "checksum" not in obj:
+        return
+    c = obj["checksum"]
+    if not isinstance(c, dict) or not isinstance(c.get("tensors"), str):
+        raise SharpnessError(f"{path}: malformed sharpness checkpoint (checksum is {_short(c)}, expected "
+                             "{'algorithm': 'sha256', 'tensors': <hex>})")
+    if c.get("algorithm") != CHECKSUM:
+        raise SharpnessError(f"{path}: unsupported checksum algorithm {_short(c.get('algorithm'))}; "
+                             f"this toolkit reads '{CHECKSUM}'")
+    actual = tensor_checksum(obj)
+    if actual != c["tensors"].lower():
+        recorded = "".join(ch for ch in c["tensors"][:16] if ch.isalnum())  # printable, whatever was stored
+        raise SharpnessError(f"{path}: checksum mismatch: the file was modified or corrupted (its tensors hash "
+                             f"to sha256 {actual[:16]}..., the file records {recorded}...)")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Module] | str | None = None,
@@ -297,24 +456,25 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Mod
             stored name (e.g. ``data_args={"root": ...}`` for a CIFAR-10 folder elsewhere).
 
     Raises:
-        SharpnessError: missing, empty, truncated or foreign file; a pickle that would run code;
-            an unknown format version; a malformed spec; NaN/Inf weights; other weights without ``model``.
+        SharpnessError: missing, unreadable (permission, symbolic link loop), empty, truncated or foreign
+            file; a pickle that would run code; an unknown format version; tensors that do not match the
+            stored checksum (``"<path>: checksum mismatch: the file was modified or corrupted (...)"``);
+            a malformed spec; NaN/Inf weights; other weights without ``model``.
     """
     path = Path(path)
     obj = _read(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj.get("version") != VERSION:
-            raise SharpnessError(f"{path}: checkpoint format version {obj.get('version')} is not "
-                                 f"supported (this toolkit reads version {VERSION})")
+        _check_version(path, obj)
+        _verify_checksum(path, obj)
         try:
             stored_model, stored_data = _stored_spec(path, obj, "model"), _stored_spec(path, obj, "data")
             factory, model_spec, model_trusted = _model_choice(model, model_args, stored_model)
-            data_spec, data_trusted = _data_choice(data, data_args, stored_data)
+            data_spec, data_trusted, caller_args = _data_choice(data, data_args, stored_data)
             ckpt = Checkpoint(path, obj["state_dict"], model_spec=model_spec, data_spec=data_spec,
                               config=obj.get("config"), epoch=obj.get("epoch"), step=obj.get("step"),
                               history=obj.get("history"), optimizer=obj.get("optimizer"),
                               extra=obj.get("extra"), model_factory=factory, model_trusted=model_trusted,
-                              data_trusted=data_trusted)
+                              data_trusted=data_trusted, data_caller_args=caller_args)
         except KeyError as e:
             raise SharpnessError(f"{path}: malformed sharpness checkpoint (missing {e})") from None
         if not isinstance(ckpt.state_dict, dict):
@@ -327,7 +487,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Mod
             raise SharpnessError(f"{path}: a bare state_dict; pass the model it belongs to "
                                  "(model=... here, --model pkg.module:factory on the command line)")
         factory, model_spec, _ = _model_choice(model, model_args, None)
-        data_spec, _ = _data_choice(data, data_args, None)
+        data_spec, _, _ = _data_choice(data, data_args, None)
         ckpt = Checkpoint(path, state_dict, model_spec=model_spec, data_spec=data_spec, model_factory=factory,
                           model_trusted=True, data_trusted=True)
     _check_finite(path, ckpt.state_dict)

@@ -288,7 +288,7 @@ def figures_main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", default="figures")
     a = p.parse_args(argv)
     root = Path(a.figures)
-    names = a.names or sorted(d.name for d in root.iterdir() if (d / "results.json").exists()) if root.exists() else []
+    names = a.names or sorted(d.name for d in root.iterdir() if (d / "results.json").exists()) if root.is_dir() else []
     if not names:
         raise SharpnessError(f"no results.json under '{root}'; run an experiment first")
     for n in names:

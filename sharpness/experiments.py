@@ -22,12 +22,14 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import re
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .checks import require
 from .errors import SharpnessError
 from .io import write_json
 from .training import TrainConfig
@@ -51,11 +53,17 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dic
     """Read an experiment TOML; ``overrides`` are ``section.key=value`` strings (value parsed as JSON)."""
     path = Path(path)
     try:
-        spec = tomllib.loads(path.read_text())
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SharpnessError(f"{path}: no such experiment file") from None
+    except IsADirectoryError:
+        raise SharpnessError(f"{path}: is a folder, not an experiment TOML file") from None
+    except UnicodeDecodeError:
+        raise SharpnessError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    except OSError as e:
+        raise SharpnessError(f"{path}: cannot read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
-        raise SharpnessError(f"{path}: not valid TOML: {e}") from None
+        raise SharpnessError(f"{path}: not valid TOML: {' '.join(str(e).split())}") from None
     for item in overrides or []:
         if "=" not in item:
             raise SharpnessError(f"--set expects section.key=value (got '{item}')")
@@ -66,7 +74,56 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dic
             pass
         _set(spec, key if "." in key else f"base.{key}", value)
     spec.setdefault("name", path.stem)
+    try:
+        _validate(spec)
+    except SharpnessError as e:
+        raise SharpnessError(f"{path}: {e}") from None
     return spec
+
+
+# [analysis] keys and their allowed values (read by _validate; the runner reads the same keys)
+_ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_samples": (int, {"optional": True, "ge": 1}),
+             "seed": (int, {}), "pairs": (list, {"item": list}), "along_training": (list, {"item": str}),
+             "along_quick": (bool, {})}
+_FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep")
+
+
+def _validate(spec: dict) -> None:
+    """Check an experiment's shape before any training: a bad key found after hours of work is lost time."""
+    from .measures.registry import MEASURES
+    from .plots.experiments import FIGURES
+
+    unknown = sorted(set(spec) - {"name", "base", "grid", "variants", "analysis", "figures"})
+    if unknown:
+        raise SharpnessError(f"unknown section(s) {', '.join(unknown)}; an experiment has name, base, grid, "
+                             "variants, analysis, figures")
+    require("name", spec["name"], str, check=(lambda s: re.fullmatch(r"[A-Za-z0-9_.-]+", s) is not None,
+                                              "a folder name of letters, digits, '_', '.', '-'"))
+    for section in ("base", "grid", "analysis", "figures"):
+        require(section, spec.get(section, {}), dict)
+    for key, values in spec.get("grid", {}).items():
+        if not isinstance(values, list) or not values:
+            raise SharpnessError(f"grid.{key} must be a non-empty list of values (got {values!r})")
+    for v in require("variants", spec.get("variants", []), list, item=dict):
+        require("variants[].name", v.get("name", ""), str)
+    an = spec.get("analysis", {})
+    extra = sorted(set(an) - set(_ANALYSIS))
+    if extra:
+        raise SharpnessError(f"unknown analysis key(s) {', '.join(extra)}; known: {', '.join(_ANALYSIS)}")
+    for key, (typ, rules) in _ANALYSIS.items():
+        if key in an:
+            require(f"analysis.{key}", an[key], typ, **rules)
+    for m in an.get("measures", []) + an.get("along_training", []):
+        require("analysis measure", m, str, choices=tuple(MEASURES))
+    for pair in an.get("pairs", []):
+        if len(require("analysis.pairs[]", pair, list, item=str)) != 2:
+            raise SharpnessError(f"analysis.pairs[] must be a pair [run_a, run_b] (got {pair!r})")
+    figures = spec.get("figures", {})
+    extra = sorted(set(figures) - set(_FIGURE_OPTIONS))
+    if extra:
+        raise SharpnessError(f"unknown figures key(s) {', '.join(extra)}; known: {', '.join(_FIGURE_OPTIONS)}")
+    for kind in require("figures.kinds", figures.get("kinds", ["table"]), list, item=str):
+        require("figures.kinds[]", kind, str, choices=tuple(FIGURES))
 
 
 def _label(values: dict) -> str:
@@ -130,6 +187,9 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     name = spec["name"]
     runs = expand(spec)
     dirs = {label: run_dir(Path(runs_root), name, label, cfg) for label, cfg in runs}
+    for a, b in spec.get("analysis", {}).get("pairs", []):  # before training, not after
+        if a not in dirs or b not in dirs:
+            raise SharpnessError(f"analysis.pairs names unknown runs {a!r}, {b!r}; runs are {list(dirs)}")
     todo = [(cfg.to_dict(), str(dirs[label]), progress if jobs == 1 else False) for label, cfg in runs
             if not (dirs[label] / "done").exists()]
     if jobs > 1 and len(todo) > 1:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import SharpnessError
-from .specs import Registry, Spec, as_spec
+from .specs import Registry, Spec, as_spec, check_args, check_int, check_number
 
 __all__ = ["ModelSpec", "build_model", "model_names", "register_model", "MODELS", "GhostBatchNorm"]
 
@@ -169,15 +169,60 @@ def _flat_size(body: nn.Module, input_shape) -> int:
         return int(body.eval()(torch.zeros(1, *input_shape)).shape[1])
 
 
-MODELS = Registry("model")
-for _name, _fn in {
+def resnet20(input_shape, num_classes, width: int = 16, ghost_batch_size=None) -> ResNetCifar:
+    """ResNet-20 for CIFAR (He et al. 2016): :class:`ResNetCifar` with ``n=3``."""
+    return ResNetCifar(input_shape, num_classes, n=3, width=width, ghost_batch_size=ghost_batch_size)
+
+
+_ZOO: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "keskar-f1": keskar_f1,
     "keskar-c1": keskar_c1,
-    "resnet20": lambda input_shape, num_classes, **kw: ResNetCifar(input_shape, num_classes, n=3, **kw),
+    "resnet20": resnet20,
     "mnist1d-cnn": mnist1d_cnn,
-}.items():
+}
+MODELS = Registry("model")
+for _name, _fn in _ZOO.items():
     MODELS.register(_name, _fn)
+
+
+def _ints(what: str, key: str, value: Any, *, lengths: tuple[int, ...] | None = None, empty: bool = True) -> None:
+    """``value`` is a list (or tuple) of integers ≥ 1, of one of ``lengths`` entries if given."""
+    ok = isinstance(value, (list, tuple)) and (empty or len(value) > 0) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    if ok and lengths is not None and len(value) not in lengths:
+        shape = " or ".join(str(n) for n in lengths)
+        raise SharpnessError(f"{what}: {key} must have {shape} entries (got {value!r})")
+    if not ok:
+        raise SharpnessError(f"{what}: {key} must be a {'' if empty else 'non-empty '}list of integers ≥ 1 "
+                             f"(got {value!r})")
+
+
+# The input dimensions each zoo model works on: an MLP flattens anything; the conv nets need (C, H, W),
+# MNIST-1D's (L,) or (C, L).
+_INPUT_DIMS = {"keskar-c1": (3,), "resnet20": (3,), "mnist1d-cnn": (1, 2)}
+
+
+def _check_zoo_args(name: str, kwargs: dict) -> None:
+    """Check the arguments of a zoo model before it is built: one line naming the argument and value."""
+    what = f"model '{name}'"
+    if "input_shape" in kwargs:
+        _ints(what, "input_shape", kwargs["input_shape"], lengths=_INPUT_DIMS.get(name), empty=False)
+    if "num_classes" in kwargs:
+        check_int(what, "num_classes", kwargs["num_classes"], 1)
+    if kwargs.get("ghost_batch_size") is not None:
+        check_int(what, "ghost_batch_size", kwargs["ghost_batch_size"], 1, why=" or None")
+    if "widths" in kwargs:
+        _ints(what, "widths", kwargs["widths"])
+    for key in ("width", "channels"):
+        if key in kwargs:
+            check_int(what, key, kwargs[key], 1)
+    if "dropout" in kwargs:
+        check_number(what, "dropout", kwargs["dropout"], 0, 1)
+    if "bn" in kwargs and not isinstance(kwargs["bn"], bool):
+        raise SharpnessError(f"{what}: bn must be true or false (got {kwargs['bn']!r})")
+    if "activation" in kwargs and kwargs["activation"] not in _ACTIVATIONS:
+        raise SharpnessError(f"{what}: unknown activation {kwargs['activation']!r}; known: {', '.join(_ACTIVATIONS)}")
 
 # Arguments the trainer fills in from the data; a factory gets them only if it takes them.
 _DATA_ARGS = ("input_shape", "num_classes")
@@ -224,20 +269,25 @@ def build_model(spec: ModelSpec | dict | str | Callable[..., nn.Module], *, trus
             its signature takes them (a named parameter or ``**kwargs``).
 
     Raises:
-        SharpnessError: unknown or refused name, arguments the model does not take, a factory that
-            fails (the cause chained) or does not return an ``nn.Module``.
+        SharpnessError: unknown or refused name, arguments the model does not take (the accepted ones
+            listed), a bad value for a zoo model (``widths``, ``input_shape``: lists of integers ≥ 1;
+            ``num_classes``: an integer ≥ 1; checked before anything is built), a factory that fails
+            (the cause chained) or does not return an ``nn.Module``.
     """
     if callable(spec) and not isinstance(spec, (str, dict, Spec)):
         fn, name, kwargs = spec, getattr(spec, "__name__", type(spec).__name__), dict(args)
     else:
         spec = as_spec(spec, args, "model")
         fn, name, kwargs = MODELS.resolve(spec.name, trusted=trusted), spec.name, dict(spec.args)
-    for key in ("input_shape", "widths"):  # stored as JSON lists; the zoo wants tuples
-        if isinstance(kwargs.get(key), list):
-            kwargs[key] = tuple(kwargs[key])
     for key in _DATA_ARGS:
         if key in kwargs and not _takes(fn, key):
             del kwargs[key]
+    check_args(fn, kwargs, f"model '{name}'")
+    if _ZOO.get(name) is fn:  # the toolkit's own model (not one registered over its name)
+        _check_zoo_args(name, kwargs)
+    for key in ("input_shape", "widths"):  # stored as JSON lists; the zoo wants tuples
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
     try:
         model = fn(**kwargs)
     except TypeError as e:

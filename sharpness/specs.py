@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from .errors import SharpnessError
 
-__all__ = ["Spec", "Registry", "as_spec"]
+__all__ = ["Spec", "Registry", "as_spec", "check_args", "check_int", "check_number"]
 
 # Dotted Python identifiers only: a name that looks like a file path is never imported.
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -238,3 +238,48 @@ class Registry:
         return SharpnessError(f"refused: {self.kind} '{name}' named by a checkpoint may only be your own code, "
                               f"and {why}; if you trust it, pass it explicitly "
                               f"(--{self.option} {name} / {self.option}='{name}')")
+
+
+def check_args(fn: Callable, args: dict, what: str) -> None:
+    """Refuse arguments ``fn`` does not take, before it is called, with the list of those it does.
+
+    A function with ``**kwargs`` or without a readable signature takes anything (it judges for itself).
+
+    Raises:
+        SharpnessError: ``"bad arguments for <what>: unknown argument 'x'; accepted: a, b"``.
+    """
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in args if k not in accepted]
+    if unknown:
+        raise SharpnessError(f"bad arguments for {what}: unknown argument{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(repr(k) for k in unknown)}; accepted: {', '.join(accepted) or 'none'}")
+
+
+def check_int(what: str, key: str, value: Any, minimum: int, maximum: int | None = None, why: str = "") -> int:
+    """``value`` if it is an integer (not a bool) in [minimum, maximum], else a one-line SharpnessError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
+            (maximum is not None and value > maximum):
+        bound = f"≥ {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise SharpnessError(f"{what}: {key} must be an integer {bound}{why} (got {_short(value)})")
+    return value
+
+
+def check_number(what: str, key: str, value: Any, low: float, high: float | None = None, *,
+                 open_low: bool = False, open_high: bool = True) -> float:
+    """``value`` if it is a finite int or float (not a bool) within the bounds, else a SharpnessError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
+    if ok:
+        ok = (value > low if open_low else value >= low) and \
+            (high is None or (value < high if open_high else value <= high))
+    if not ok:
+        left, right = "(" if open_low else "[", ")" if open_high or high is None else "]"
+        bound = f"in {left}{low}, {'inf' if high is None else high}{right}"
+        raise SharpnessError(f"{what}: {key} must be a number {bound} (got {_short(value)})")
+    return float(value)

@@ -1,13 +1,16 @@
+import errno
 import os
+import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
 
 from helpers import tiny_config, user_module
 from sharpness import SharpnessError, load_checkpoint, train_model
-from sharpness.checkpoint import save_checkpoint
+from sharpness.checkpoint import save_checkpoint, tensor_checksum
 from sharpness.cli import info_main
 from sharpness.specs import Spec
 
@@ -59,18 +62,58 @@ def _bad_files(tmp_path, run_dir):
     empty.write_bytes(b"")
     foreign = tmp_path / "foreign.pt"
     torch.save({"a": 1, "b": [1, 2]}, foreign)
+    a_zip = tmp_path / "notes.zip.pt"
+    with zipfile.ZipFile(a_zip, "w") as z:
+        z.writestr("notes.txt", "hello")
+    loop = tmp_path / "loop.pt"
+    os.symlink(tmp_path / "loop2.pt", loop)
+    os.symlink(loop, tmp_path / "loop2.pt")
+    dangling = tmp_path / "dangling.pt"
+    os.symlink(tmp_path / "gone.pt", dangling)
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    obj = torch.load(run_dir / "final.pt", weights_only=True)
+    versions = {}
+    for name, v in (("str", "1"), ("bool", True), ("two", 2)):
+        versions[name] = tmp_path / f"version_{name}.pt"
+        torch.save({**obj, "version": v}, versions[name])
+    flipped = tmp_path / "flipped.pt"
+    _flip_tensor_bytes(run_dir / "final.pt", flipped)
     return evil_target, {"evil": (evil, "could run code"), "truncated": (truncated, "truncated or corrupt"),
                          "text": (text, "not a PyTorch checkpoint"), "empty": (empty, "empty file"),
                          "missing": (tmp_path / "nope.pt", "no such file"),
-                         "foreign": (foreign, "not a model checkpoint")}
+                         "foreign": (foreign, "not a model checkpoint"),
+                         "zip": (a_zip, "not a PyTorch checkpoint (a zip archive without a data.pkl record"),
+                         "loop": (loop, "symbolic link loop"),
+                         "dangling": (dangling, "no such file (a symbolic link to"),
+                         "folder": (tmp_path, "is a folder, not a checkpoint file"),
+                         "fifo": (fifo, "not a regular file"),
+                         "version_str": (versions["str"], "unsupported checkpoint format version '1' (a str, "
+                                         "not an integer); this toolkit reads the integer version 1"),
+                         "version_bool": (versions["bool"], "unsupported checkpoint format version True (a bool"),
+                         "version_2": (versions["two"], "unsupported checkpoint format version 2; this toolkit "
+                                       "reads version 1"),
+                         "flipped": (flipped, "checksum mismatch: the file was modified or corrupted (")}
+
+
+def _flip_tensor_bytes(src, dst, entry="data/0"):
+    """Copy a torch zip checkpoint, inverting the first bytes of a tensor's storage: a valid zip still."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        names = [n for n in z.namelist() if n.endswith("/" + entry)]
+        assert len(names) == 1, z.namelist()
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename == names[0]:
+                data = bytes(b ^ 0xFF for b in data[:4]) + data[4:]
+            out.writestr(info, data)
 
 
 def test_bad_files_raise_one_clear_error(tmp_path, run_dir):
     evil_target, cases = _bad_files(tmp_path, run_dir)
     for name, (path, message) in cases.items():
-        with pytest.raises(SharpnessError, match=message) as info:
+        with pytest.raises(SharpnessError, match=re.escape(message)) as info:
             load_checkpoint(path)
-        assert str(path) in str(info.value) and "\n" not in str(info.value), name
+        assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value), name
     assert not evil_target.exists()
 
 
@@ -103,15 +146,118 @@ def test_spec_and_weight_problems(tmp_path, run_dir):
 
     obj = torch.load(run_dir / "final.pt", weights_only=True)
     obj["state_dict"]["1.weight"][0, 0] = float("nan")
+    del obj["checksum"]  # as written before checkpoints had one
     torch.save(obj, tmp_path / "nan.pt")
     with pytest.raises(SharpnessError, match="'1.weight' contains NaN"):
         load_checkpoint(tmp_path / "nan.pt")
+    net = _net()
+    with torch.no_grad():
+        net[0].weight[1, 2] = float("inf")
+    with pytest.raises(SharpnessError, match="'0.weight' contains NaN or Inf"):  # a valid checksum, bad weights
+        load_checkpoint(_save(tmp_path / "inf.pt", net, Spec("mlp", {}), Spec("gaussian", {})))
 
     obj = torch.load(run_dir / "final.pt", weights_only=True)
     obj["version"] = 99
     torch.save(obj, tmp_path / "future.pt")
     with pytest.raises(SharpnessError, match="version 99"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+def test_checksum_covers_every_tensor_of_the_weights_and_the_optimizer(tmp_path, run_dir):
+    obj = torch.load(run_dir / "final.pt", weights_only=True)
+    c = obj["checksum"]
+    assert c["algorithm"] == "sha256" and len(c["tensors"]) == 64 and c["tensors"] == tensor_checksum(obj)
+    assert c["covers"] == ["state_dict", "optimizer"]
+    # The digest depends on the tensors, not on the order of the dicts that hold them.
+    shuffled = {**obj, "state_dict": dict(reversed(list(obj["state_dict"].items())))}
+    assert tensor_checksum(shuffled) == c["tensors"]
+    # Names, dtypes and shapes count, not only the bytes.
+    sd = obj["state_dict"]
+    first = sorted(sd)[0]
+    for changed in ({first + "x": sd[first]}, {first: sd[first].view(torch.int32)},
+                    {first: sd[first].reshape(-1)} if sd[first].dim() > 1 else {first: sd[first][None]}):
+        other = {**obj, "state_dict": {**{k: v for k, v in sd.items() if k != first}, **changed}}
+        assert tensor_checksum(other) != c["tensors"]
+
+    # A run's resume state holds the optimizer's tensors (momentum): a change there is caught too.
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    path = _save(tmp_path / "last.pt", net, Spec("mlp", {}), Spec("gaussian", {}), optimizer=opt.state_dict())
+    ckpt = load_checkpoint(path)
+    assert torch.equal(ckpt.optimizer["state"][0]["momentum_buffer"], opt.state[net[0].weight]["momentum_buffer"])
+    obj = torch.load(path, weights_only=True)
+    obj["optimizer"]["state"][0]["momentum_buffer"][0, 0] += 1.0
+    torch.save(obj, tmp_path / "edited.pt")
+    with pytest.raises(SharpnessError, match=r"edited.pt: checksum mismatch: the file was modified or corrupted "
+                                             r"\(its tensors hash to sha256 [0-9a-f]{16}\.\.\., the file records "
+                                             r"[0-9a-f]{16}\.\.\.\)$"):
+        load_checkpoint(tmp_path / "edited.pt")
+
+
+def test_flipped_tensor_bytes_are_refused_in_one_line(tmp_path, run_dir):
+    flipped = tmp_path / "flipped.pt"
+    _flip_tensor_bytes(run_dir / "final.pt", flipped)
+    torch.load(flipped, weights_only=True)  # torch itself reads it without complaint
+    with pytest.raises(SharpnessError) as info:
+        load_checkpoint(flipped)
+    message = str(info.value)
+    assert message.startswith(f"{flipped}: checksum mismatch: the file was modified or corrupted (")
+    assert "\n" not in message
+    r = subprocess.run([sys.executable, "-m", "sharpness.info", str(flipped)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "checksum mismatch" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_checkpoints_without_a_checksum_still_load_and_a_bad_one_is_named(tmp_path, run_dir):
+    obj = torch.load(run_dir / "final.pt", weights_only=True)
+    del obj["checksum"]
+    torch.save(obj, tmp_path / "old.pt")
+    ckpt = load_checkpoint(tmp_path / "old.pt")
+    assert ckpt.epoch == 3 and set(ckpt.state_dict) == set(obj["state_dict"])
+    obj = torch.load(run_dir / "final.pt", weights_only=True)
+    for bad, message in [({"algorithm": "md5", "tensors": "00"}, "unsupported checksum algorithm 'md5'; "
+                                                                  "this toolkit reads 'sha256'"),
+                         ("abc", "malformed sharpness checkpoint .checksum is 'abc'"),
+                         ({"algorithm": "sha256"}, "malformed sharpness checkpoint .checksum is"),
+                         ({"algorithm": "sha256", "tensors": "\n" + "0" * 63}, "checksum mismatch")]:
+        torch.save({**obj, "checksum": bad}, tmp_path / "bad.pt")
+        with pytest.raises(SharpnessError, match=message) as info:
+            load_checkpoint(tmp_path / "bad.pt")
+        assert "\n" not in str(info.value)
+    del obj["version"]
+    torch.save(obj, tmp_path / "noversion.pt")
+    with pytest.raises(SharpnessError, match="noversion.pt: malformed sharpness checkpoint .no format version."):
+        load_checkpoint(tmp_path / "noversion.pt")
+
+
+def test_truncated_checkpoints_at_any_length(tmp_path, run_dir):
+    data = (run_dir / "final.pt").read_bytes()
+    for cut in (10, 100, len(data) // 3, len(data) - 30, len(data) - 1):
+        (tmp_path / "cut.pt").write_bytes(data[:cut])
+        with pytest.raises(SharpnessError, match="cut.pt: truncated or corrupt checkpoint"):
+            load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_unreadable_file_says_permission_denied(tmp_path, run_dir, monkeypatch):
+    import sharpness.checkpoint as module
+
+    path = tmp_path / "locked.pt"
+    path.write_bytes((run_dir / "final.pt").read_bytes())
+    if os.geteuid() != 0:  # root reads any file: only a real user sees the real thing
+        path.chmod(0)
+        with pytest.raises(SharpnessError, match="locked.pt: permission denied$"):
+            load_checkpoint(path)
+        path.chmod(0o644)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(module, "open", refuse, raising=False)
+    with pytest.raises(SharpnessError, match="locked.pt: permission denied$"):
+        load_checkpoint(path)
 
 
 USER_NETS = """

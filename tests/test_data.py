@@ -272,3 +272,140 @@ def test_input_shape_and_num_classes_on_any_dataset():
                        TensorDataset(torch.randn(2, 3), torch.tensor([2, 0]))) == 3
     with pytest.raises(SharpnessError, match="is empty"):
         input_shape(Pairs(0))
+
+
+# --- The data root a checkpoint may read ($SHARPNESS_DATA) -------------------------------------------------
+
+
+def _mnist_folder(root):
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        _idx(raw / f"{split}-images-idx3-ubyte", np.zeros((4, 28, 28)))
+        _idx(raw / f"{split}-labels-idx1-ubyte", np.arange(4))
+    return root
+
+
+def _checkpoint(path, name, root):
+    from sharpness.checkpoint import save_checkpoint
+
+    net = torch.nn.Linear(3, 2)
+    return save_checkpoint(path, model=net, model_spec=DataSpec("mlp", {}), data_spec=DataSpec(name, {"root": root}))
+
+
+@pytest.mark.parametrize("name,make", [("mnist", _mnist_folder), ("cifar10", _cifar_folder)])
+def test_a_checkpoints_data_root_must_lie_in_sharpness_data(tmp_path, monkeypatch, name, make):
+    from sharpness import load_checkpoint
+
+    data = tmp_path / "data"
+    folder = data / "sets"
+    make(folder)
+    path = _checkpoint(tmp_path / "c.pt", name, str(folder))
+    monkeypatch.delenv("SHARPNESS_DATA", raising=False)
+    with pytest.raises(SharpnessError) as info:
+        load_checkpoint(path).datasets()
+    assert str(info.value) == (f"{path}: data set '{name}': the checkpoint's data root '{folder}' is outside "
+                               "$SHARPNESS_DATA (unset); pass --data-arg root=PATH (or data_args={'root': ...}) "
+                               "to read it")
+    # The same spec given by the user, or its root, is read wherever it is.
+    assert len(load_data(DataSpec(name, {"root": str(folder)}))[1]) > 0
+    assert len(load_data(DataSpec(name, {"root": str(folder)}), trusted=False, root=str(folder))[1]) > 0
+    assert len(load_checkpoint(path, data_args={"root": str(folder)}).datasets()[1]) > 0
+    assert len(load_checkpoint(path, data=name, data_args={"root": str(folder)}).datasets()[1]) > 0
+    with pytest.raises(SharpnessError, match="outside"):  # the name is the user's; the root still the file's
+        load_checkpoint(path, data=name).datasets()
+    with pytest.raises(SharpnessError, match=f"^data set '{name}': the checkpoint's data root"):
+        load_data(DataSpec(name, {"root": str(folder)}), trusted=False)
+
+    # Inside $SHARPNESS_DATA (the folder itself or above it): read.
+    for allowed in (data, folder):
+        monkeypatch.setenv("SHARPNESS_DATA", str(allowed))
+        assert len(load_checkpoint(path).datasets()[1]) > 0
+    # Elsewhere, by way of '..' or of a symbolic link: refused, the resolved folder named.
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("SHARPNESS_DATA", str(other))
+    with pytest.raises(SharpnessError, match=f"outside \\$SHARPNESS_DATA \\('{other}'\\)"):
+        load_checkpoint(path).datasets()
+    escape = f"{other}/../data/sets"
+    with pytest.raises(SharpnessError, match=f"data root '{escape}' \\(resolves to '{folder}'\\) is outside"):
+        load_checkpoint(_checkpoint(tmp_path / "d.pt", name, escape)).datasets()
+    os.symlink(folder, other / "link")
+    with pytest.raises(SharpnessError, match=f"data root '{other / 'link'}' \\(resolves to '{folder}'\\) is outside"):
+        load_checkpoint(_checkpoint(tmp_path / "e.pt", name, str(other / "link"))).datasets()
+    monkeypatch.setenv("SHARPNESS_DATA", str(data))
+    os.symlink("/etc", data / "etc")
+    with pytest.raises(SharpnessError, match="resolves to '/etc'"):
+        load_checkpoint(_checkpoint(tmp_path / "f.pt", name, str(data / "etc"))).datasets()
+    with pytest.raises(SharpnessError, match="data root 5 is not a path"):
+        load_checkpoint(_checkpoint(tmp_path / "g.pt", name, 5)).datasets()
+
+
+def test_a_user_data_function_with_a_root_follows_the_same_policy(user_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(DATASETS, "_fns", dict(DATASETS._fns))
+    register_data("rooted", lambda root=None: ((torch.zeros(2, 1), torch.zeros(2).long()), None))
+    monkeypatch.delenv("SHARPNESS_DATA", raising=False)
+    with pytest.raises(SharpnessError, match="data set 'rooted': the checkpoint's data root"):
+        load_data(DataSpec("rooted", {"root": str(tmp_path)}), trusted=False)
+    assert len(load_data(DataSpec("rooted", {"root": None}), trusted=False)[0]) == 2  # no folder named
+    assert len(load_data(DataSpec("rooted", {"root": str(tmp_path)}))[0]) == 2
+
+
+# --- Arguments checked before anything is generated or read ----------------------------------------------
+
+
+@pytest.mark.parametrize("args,message", [
+    ({"num_samples": -5}, r"data set 'mnist1d': num_samples must be an integer ≥ 10 .* \(got -5\)$"),
+    ({"num_samples": 1000.0}, r"num_samples must be an integer ≥ 10 .*\(got 1000.0\)"),
+    ({"num_samples": True}, r"num_samples must be an integer"),
+    ({"train_split": 0}, r"train_split must be a number in \(0, 1\) \(got 0\)"),
+    ({"train_split": 1.0}, r"train_split must be a number in \(0, 1\)"),
+    ({"train_split": float("nan")}, r"train_split must be a number in \(0, 1\) \(got nan\)"),
+    ({"num_samples": 10, "train_split": 0.05}, r"num_samples=10 with train_split=0.05 leaves the train set empty"),
+    ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+    ({"foo": 1}, r"bad arguments for data set 'mnist1d': unknown argument 'foo'; accepted: num_samples, "
+                 r"train_split, seed, template_len, padding, .*final_seq_length, url$"),
+    ({"padding": [1, 2, 3]}, r"padding must be like its default \[36, 60\] \(got \[1, 2, 3\]\)"),
+    ({"shuffle_seq": 1}, r"shuffle_seq must be like its default False"),
+    ({"scale_coeff": "big"}, r"scale_coeff must be like its default 0.4"),
+    ({"template_len": 12.5}, r"template_len must be like its default 12"),
+    ({"n_train": 5}, r"unknown argument 'n_train'"),
+])
+def test_mnist1d_arguments_are_checked(args, message):
+    with pytest.raises(SharpnessError, match=message) as info:
+        load_data("mnist1d", **args)
+    assert "\n" not in str(info.value)
+
+
+def test_mnist1d_generator_arguments_are_passed_on():
+    a, b = load_data("mnist1d", num_samples=100, shuffle_seq=True, iid_noise_scale=0.05)
+    assert (len(a), len(b)) == (80, 20) and input_shape(a) == (40,)
+
+
+@pytest.mark.parametrize("args,message", [
+    ({"n_train": 0}, "data set 'gaussian': n_train must be an integer ≥ 1 .got 0."),
+    ({"n_test": -3}, "n_test must be an integer ≥ 1 .got -3."),
+    ({"dim": 2.5}, "dim must be an integer ≥ 1 .got 2.5."),
+    ({"classes": True}, "classes must be an integer ≥ 1 .got True."),
+    ({"classes": "3"}, "classes must be an integer ≥ 1 .got '3'."),
+    ({"separation": -1.0}, r"separation must be a number in \[0, inf\)"),
+    ({"seed": -2}, "seed must be an integer ≥ 0"),
+    ({"wrong": 1}, "bad arguments for data set 'gaussian': unknown argument 'wrong'; accepted: n_train, n_test, "
+                   "dim, classes, separation, seed$"),
+    ({"wrong": 1, "typo": 2}, "unknown arguments 'wrong', 'typo'; accepted"),
+])
+def test_gaussian_arguments_are_checked(args, message):
+    with pytest.raises(SharpnessError, match=message):
+        load_data("gaussian", **args)
+
+
+def test_other_registered_sets_list_their_arguments(tmp_path):
+    with pytest.raises(SharpnessError, match=r"bad arguments for data set 'digits': unknown argument 'size'; "
+                                             r"accepted: test_fraction, seed$"):
+        load_data("digits", size=3)
+    with pytest.raises(SharpnessError, match=r"test_fraction must be a number in \(0, 1\)"):
+        load_data("digits", test_fraction=1.0)
+    with pytest.raises(SharpnessError, match=r"data set 'mnist': unknown argument 'path'; accepted: root$"):
+        load_data("mnist", path=str(tmp_path))
+    with pytest.raises(SharpnessError, match=r"data set 'cifar10': unknown argument 'roots'; accepted: root$"):
+        load_data("cifar10", roots=str(tmp_path))

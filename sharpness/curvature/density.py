@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.integrate import trapezoid
 
+from ..checks import require
 from ..progress import progress_bar
 from .lanczos import lanczos_tridiagonal
 from .operator import as_operator
@@ -69,6 +70,11 @@ def spectral_density(op, *, n_runs: int = 10, steps: int = 80, sigma: float | No
         progress: show a progress bar (None: only on a terminal).
     """
     op = as_operator(op)
+    require("n_runs", n_runs, int, ge=1)
+    require("steps", steps, int, ge=2)
+    require("sigma", sigma, float, optional=True, gt=0)
+    require("grid_size", grid_size, int, ge=2)
+    require("seed", seed, int)
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     gen = torch.Generator().manual_seed(seed)
     steps = min(steps, op.num_params)

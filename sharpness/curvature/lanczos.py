@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..checks import require
+from ..errors import SharpnessError
 from ..progress import progress_bar
 from .operator import as_operator
 
@@ -63,7 +65,7 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
         if 2 * k >= m:
             return np.arange(m)
         return np.concatenate([np.arange(m - 1, m - 1 - k, -1), np.arange(0, k)])
-    raise ValueError(f"which must be 'largest', 'smallest' or 'both' (got {which!r})")
+    raise SharpnessError(f"which must be 'largest', 'smallest' or 'both' (got {which!r})")
 
 
 def _orthogonalize(V: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,19 +101,24 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     """
     op = as_operator(op)
     n = op.num_params
+    require("which", which, str, choices=("largest", "smallest", "both"))
+    require("method", method, str, choices=("lanczos", "power"))
+    require("k", k, int, ge=1, le=n // (2 if which == "both" else 1))
+    require("tol", tol, float, gt=0)
+    require("max_hvps", max_hvps, int, optional=True, ge=1)
+    require("max_basis", max_basis, int, optional=True, ge=1)
+    require("seed", seed, int)
     kk = k * (2 if which == "both" else 1)
-    if not 1 <= kk <= n:
-        raise ValueError(f"need 1 ≤ k ≤ {n // (2 if which == 'both' else 1)} (got k={k})")
     max_hvps = max_hvps or 40 * kk + 200
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     if method == "lanczos":
         values, vectors, residuals, converged = _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress)
     elif method == "power":
         if which != "largest":
-            raise ValueError("method='power' finds the largest eigenvalues only")
+            raise SharpnessError("method='power' finds the largest eigenvalues only")
         values, vectors, residuals, converged = _power(op, k, tol, max_hvps, seed, progress)
     else:
-        raise ValueError(f"method must be 'lanczos' or 'power' (got {method!r})")
+        raise SharpnessError(f"method must be 'lanczos' or 'power' (got {method!r})")
     order = np.argsort(-values, kind="stable")
     return EigenResult(values=values[order], vectors=vectors[torch.as_tensor(order, device=vectors.device)],
                        residuals=residuals[order], converged=converged,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import SharpnessError
 from ..model_state import preserved, set_mode
 from ..objective import Objective, as_objective, with_dtype
 
@@ -50,7 +51,7 @@ class HessianOperator:
         if isinstance(model, Objective):
             obj = as_objective(model, loss_fn, data)
             if dtype is not None and dtype != obj.dtype:
-                raise ValueError("convert the model to the dtype before building the Objective")
+                raise SharpnessError("convert the model to the dtype before building the Objective")
             if params is not None or not all(p.requires_grad for p in obj.params):
                 obj = Objective(obj.model, data=obj.data, params=params or obj.names, trainable_only=True,
                                 **{k: v for k, v in obj._settings.items() if k not in ("params", "trainable_only")})
@@ -110,7 +111,7 @@ class HessianOperator:
         """H V for V of shape (num_params, k): k products, one pass over the data."""
         V = V.to(device=self.device, dtype=self.dtype)
         if V.dim() != 2 or V.shape[0] != self.num_params:
-            raise ValueError(f"expected shape ({self.num_params}, k), got {tuple(V.shape)}")
+            raise SharpnessError(f"expected shape ({self.num_params}, k), got {tuple(V.shape)}")
         self.n_hvps += V.shape[1]
         if self.objective.data.single:
             key = self._state_key()
@@ -139,7 +140,7 @@ class HessianOperator:
     def to_dense(self, max_params: int = 20_000) -> torch.Tensor:
         """The full P × P Hessian (P products); for small models only."""
         if self.num_params > max_params:
-            raise ValueError(f"{self.num_params} parameters: too many for a dense Hessian "
+            raise SharpnessError(f"{self.num_params} parameters: too many for a dense Hessian "
                              f"(max_params={max_params})")
         eye = torch.eye(self.num_params, device=self.device, dtype=self.dtype)
         return torch.cat([self.matmat(eye[:, i:i + 256]) for i in range(0, self.num_params, 256)], dim=1)
@@ -165,7 +166,7 @@ class DenseOperator:
     def __init__(self, matrix: torch.Tensor | np.ndarray):
         self.matrix = torch.as_tensor(matrix)
         if self.matrix.dim() != 2 or self.matrix.shape[0] != self.matrix.shape[1]:
-            raise ValueError("expected a square matrix")
+            raise SharpnessError("expected a square matrix")
         self.num_params = self.matrix.shape[0]
         self.device, self.dtype = self.matrix.device, self.matrix.dtype
         self.n_hvps = 0

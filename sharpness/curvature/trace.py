@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import require
+from ..errors import SharpnessError
 from ..progress import progress_bar
 from .lanczos import krylov_basis
 from .operator import as_operator
@@ -69,8 +71,13 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
         progress: show a progress bar (None: only on a terminal).
     """
     op = as_operator(op)
-    if method not in ("krylov-hutch++", "hutch++", "hutchinson"):
-        raise ValueError(f"method must be 'krylov-hutch++', 'hutch++' or 'hutchinson' (got {method!r})")
+    require("method", method, str, choices=("krylov-hutch++", "hutch++", "hutchinson"))
+    require("rtol", rtol, float, ge=0)
+    require("max_hvps", max_hvps, int, optional=True, ge=2)
+    require("sketch_size", sketch_size, int, optional=True, ge=1)
+    for name, v in (("block", block), ("min_samples", min_samples)):
+        require(name, v, int, ge=1)
+    require("seed", seed, int)
     n, start, hvps0 = op.num_params, time.perf_counter(), getattr(op, "n_hvps", 0)
     budget = max_hvps or 1000
     gen = torch.Generator().manual_seed(seed)
@@ -79,14 +86,14 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
     if method == "hutch++":
         s = min(n, sketch_size or (budget // 3 if not rtol else 16))
         if 2 * s > budget:
-            raise ValueError(f"sketch_size {s} needs {2 * s} products, more than max_hvps={budget}")
+            raise SharpnessError(f"sketch_size {s} needs {2 * s} products, more than max_hvps={budget}")
         Q, _ = torch.linalg.qr(op.matmat(_rademacher(n, s, gen, op.device, op.dtype)))
         exact = float((Q * op.matmat(Q)).sum())
         bar.update(2 * s)
     elif method == "krylov-hutch++":
         s = min(n, sketch_size or (budget // 2 if not rtol else 20))
         if s > budget:
-            raise ValueError(f"sketch_size {s} is more than max_hvps={budget}")
+            raise SharpnessError(f"sketch_size {s} is more than max_hvps={budget}")
         v0 = _rademacher(n, 1, gen, op.device, op.dtype)[:, 0]
         V, alphas, _ = krylov_basis(op, v0, s)
         Q, exact = V.T, float(alphas.sum())

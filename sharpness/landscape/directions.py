@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from ..errors import SharpnessError
 from ..objective import flat_params
 
 __all__ = ["Directions", "random_directions", "between", "eigenvector_directions", "pca_directions",
@@ -75,9 +76,9 @@ def random_directions(model: nn.Module, n: int = 2, *, normalization: str = "fil
         seed: the Gaussian draws (CPU generator, so the same on every device).
     """
     if normalization not in ("filter", "layer", "none"):
-        raise ValueError(f"normalization must be 'filter', 'layer' or 'none' (got {normalization!r})")
+        raise SharpnessError(f"normalization must be 'filter', 'layer' or 'none' (got {normalization!r})")
     if ignore not in ("biasbn", None):
-        raise ValueError(f"ignore must be 'biasbn' or None (got {ignore!r})")
+        raise SharpnessError(f"ignore must be 'biasbn' or None (got {ignore!r})")
     gen = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
     skip = _ignored(model)
@@ -106,7 +107,7 @@ def between(model_a: nn.Module, model_b: nn.Module) -> Directions:
     """The direction θ_b − θ_a (for the line from a to b, or one axis of a plane)."""
     a, b = flat_params(model_a), flat_params(model_b)
     if a.shape != b.shape:
-        raise ValueError(f"models differ in size ({a.numel()} vs {b.numel()} parameters)")
+        raise SharpnessError(f"models differ in size ({a.numel()} vs {b.numel()} parameters)")
     return Directions((b - a).unsqueeze(0), "between")
 
 
@@ -117,7 +118,7 @@ def eigenvector_directions(model: nn.Module, loss_fn: Callable | None, data: Any
 
     params = [p for p in model.parameters()]
     if not all(p.requires_grad for p in params):
-        raise ValueError("eigenvector directions need every parameter to require grad")
+        raise SharpnessError("eigenvector directions need every parameter to require grad")
     r = hessian_eigenvalues(HessianOperator(model, loss_fn, data), k=n, seed=seed, **eig_kwargs)
     return Directions(r.vectors, "eigenvectors", seed=seed,
                       info={"eigenvalues": r.values.tolist(), "converged": r.converged})

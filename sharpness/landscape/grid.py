@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..checks import require
 from ..errors import SharpnessError
 from ..io import write_npz
 from ..model_state import preserved
@@ -156,10 +157,8 @@ def _axis(span: float | tuple[float, float], steps: int) -> np.ndarray:
 
 
 def _check_grid(dims: Any, steps: Any, span: Any) -> None:
-    if dims not in (1, 2):
-        raise SharpnessError(f"dims must be 1 or 2 (got {dims!r})")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise SharpnessError(f"steps must be an integer ≥ 2 (got {steps!r})")
+    require("dims", dims, int, choices=(1, 2))
+    require("steps", steps, int, ge=2)
     lo, hi = (-span, span) if np.isscalar(span) else tuple(span)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise SharpnessError(f"span must be a finite number > 0 or a pair lo < hi (got {span!r})")
@@ -194,7 +193,7 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
     if bn not in ("frozen", "recompute"):
-        raise ValueError(f"surface supports bn='frozen' or 'recompute' (got {bn!r}); "
+        raise SharpnessError(f"surface supports bn='frozen' or 'recompute' (got {bn!r}); "
                          "'interpolate' belongs to interpolate()")
     _check_grid(dims, steps, span)
     start = time.perf_counter()
@@ -204,7 +203,7 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
     theta0 = obj.flat()
     V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
     if V.shape[1] != theta0.numel() or len(V) not in (1, 2):
-        raise ValueError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
+        raise SharpnessError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
     ev = _Evaluator(obj, bn, bn_data, points_per_forward)
     axes = [_axis(span, steps) for _ in range(len(V))]
     shape = tuple(len(a) for a in axes)
@@ -280,7 +279,7 @@ def _path_coefficients(alphas: np.ndarray, path: str) -> np.ndarray:
         c[np.abs(c) < 1e-12] = 0.0  # cos(π/2) is 6e-17 in floating point: make the endpoint exact
         c[np.abs(c - 1) < 1e-12] = 1.0
     else:
-        raise ValueError(f"path must be 'linear' or 'sin' (got {path!r})")
+        raise SharpnessError(f"path must be 'linear' or 'sin' (got {path!r})")
     return c
 
 
@@ -315,7 +314,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | str 
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
     if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES} (got {bn!r})")
+        raise SharpnessError(f"bn must be one of {BN_MODES} (got {bn!r})")
     start = time.perf_counter()
     alphas = np.linspace(-1, 2, 25) if alphas is None else np.asarray(alphas, dtype=float)
     alphas = np.union1d(alphas, [0.0, 1.0])
@@ -326,7 +325,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | str 
     evs = {n: _Evaluator(o, bn, objs[next(iter(objs))], points_per_forward) for n, o in objs.items()}
     ta, tb = flat_params(model_a), flat_params(model_b)
     if ta.shape != tb.shape:
-        raise ValueError(f"models differ in size ({ta.numel()} vs {tb.numel()} parameters)")
+        raise SharpnessError(f"models differ in size ({ta.numel()} vs {tb.numel()} parameters)")
     coeff = _path_coefficients(alphas, path)
     C = torch.tensor(coeff, device=ta.device, dtype=ta.dtype)
     thetas = C[:, :1] * ta + C[:, 1:] * tb

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..batches import split
-from ..errors import SharpnessError
+from ..checks import require
 from ..objective import Objective, as_objective
 
 __all__ = ["AdaptiveSharpnessResult", "adaptive_sharpness"]
@@ -128,15 +128,12 @@ def adaptive_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | N
         mode: BN/dropout behaviour, ``"eval"`` (default) or ``"train"``.
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
-    if kind not in ("worst", "average"):
-        raise SharpnessError(f"kind must be 'worst' or 'average' (got {kind!r})")
-    if norm not in ("linf", "l2"):
-        raise SharpnessError(f"norm must be 'linf' or 'l2' (got {norm!r})")
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho <= 0:
-        raise SharpnessError(f"rho must be a finite number > 0 (got {rho!r})")
+    require("kind", kind, str, choices=("worst", "average"))
+    require("norm", norm, str, choices=("linf", "l2"))
+    require("rho", rho, float, gt=0)
     for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("steps", steps)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SharpnessError(f"{name} must be an integer ≥ 1 (got {v!r})")
+        require(name, v, int, ge=1)
+    require("seed", seed, int)
     start = time.perf_counter()
     full = as_objective(model, loss_fn, data, mode=mode, **objective_args).subset(n_samples, seed)
     w = full.flat()

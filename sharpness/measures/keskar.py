@@ -21,7 +21,7 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import nn
 
-from ..errors import SharpnessError
+from ..checks import require
 from ..objective import Objective, as_objective
 
 __all__ = ["EpsSharpnessResult", "eps_sharpness"]
@@ -82,7 +82,11 @@ def eps_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None =
         mode: BN/dropout behaviour, ``"eval"`` (default) or ``"train"``.
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
-    _check(eps, subspace_dim, max_iter)
+    require("eps", eps, float, gt=0)
+    require("subspace_dim", subspace_dim, int, optional=True, ge=1)
+    require("max_iter", max_iter, int, ge=1)
+    require("max_samples", max_samples, int, optional=True, ge=1)
+    require("seed", seed, int)
     start = time.perf_counter()
     obj = as_objective(model, loss_fn, data, batch_size=batch_size, mode=mode, **objective_args)
     fm = obj.subset(max_samples, seed, batch_size=batch_size)
@@ -126,12 +130,3 @@ def eps_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None =
         max_iter=max_iter, n_evals=fm.n_evals, n_samples=fm.num_samples, max_samples=max_samples,
         seconds=time.perf_counter() - start, seed=seed)
 
-
-def _check(eps: Any, subspace_dim: Any, max_iter: Any) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise SharpnessError(f"eps must be a finite number > 0 (got {eps!r})")
-    if subspace_dim is not None and (isinstance(subspace_dim, bool) or not isinstance(subspace_dim, int)
-                                     or subspace_dim < 1):
-        raise SharpnessError(f"subspace_dim must be None or an integer ≥ 1 (got {subspace_dim!r})")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise SharpnessError(f"max_iter must be an integer ≥ 1 (got {max_iter!r})")

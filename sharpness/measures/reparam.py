@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import SharpnessError
+
 __all__ = ["rescale_relu_layers", "weight_layers"]
 
 _HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Unflatten, nn.Dropout,
@@ -23,7 +25,7 @@ _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 def _flat_modules(model: nn.Module) -> list[nn.Module]:
     """Leaf modules in forward order, for models built as (nested) ``nn.Sequential``."""
     if not isinstance(model, nn.Sequential):
-        raise ValueError("rescale_relu_layers needs an nn.Sequential model (the forward order must be "
+        raise SharpnessError("rescale_relu_layers needs an nn.Sequential model (the forward order must be "
                          f"known); got {type(model).__name__}")
     out = []
     for m in model:
@@ -49,16 +51,16 @@ def rescale_relu_layers(model: nn.Module, layer: int, alpha: float) -> nn.Module
             operation (e.g. tanh, batch norm) between them, which would change the function.
     """
     if alpha <= 0:
-        raise ValueError(f"alpha must be positive (got {alpha})")
+        raise SharpnessError(f"alpha must be positive (got {alpha})")
     new = copy.deepcopy(model)
     mods = _flat_modules(new)
     weighted = [i for i, m in enumerate(mods) if isinstance(m, _WEIGHTED)]
     if not 0 <= layer < len(weighted) - 1:
-        raise ValueError(f"layer must be in 0..{len(weighted) - 2} (the model has {len(weighted)} weight layers)")
+        raise SharpnessError(f"layer must be in 0..{len(weighted) - 2} (the model has {len(weighted)} weight layers)")
     a, b = weighted[layer], weighted[layer + 1]
     between = [m for m in mods[a + 1:b] if not isinstance(m, _HOMOGENEOUS)]
     if between:
-        raise ValueError(f"layers {layer} and {layer + 1} are separated by {type(between[0]).__name__}, "
+        raise SharpnessError(f"layers {layer} and {layer + 1} are separated by {type(between[0]).__name__}, "
                          "which is not positively homogeneous; rescaling would change the function")
     with torch.no_grad():
         mods[a].weight.mul_(alpha)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
+from ..errors import SharpnessError
 from ..io import atomic_write
 from ..losses import loss_label
 from ..measures.builtin import eps_key
@@ -299,11 +300,24 @@ FIGURES = {"table": table, "curves": curves, "parametric": parametric, "esd": es
 def draw(results_path: str | Path, out: str | Path | None = None) -> list[Path]:
     """Draw every figure the experiment's ``[figures] kinds`` lists, from ``results.json`` alone."""
     results_path = Path(results_path)
-    res = json.loads(results_path.read_text())
+    try:
+        res = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SharpnessError(f"{results_path}: not a readable results file ({' '.join(str(e).split())})") from None
+    if not (isinstance(res, dict) and isinstance(res.get("name"), str) and isinstance(res.get("spec"), dict)
+            and isinstance(res.get("runs"), dict) and all(isinstance(r, dict) for r in res["runs"].values())):
+        raise SharpnessError(f"{results_path}: not an experiment's results.json (needs name, spec and runs)")
     out = Path(out) if out is not None else results_path.parent
     kinds = res["spec"].get("figures", {}).get("kinds", ["table"])
     made: list[Path] = []
     for kind in kinds:
-        r = FIGURES[kind](res, out)
+        if kind not in FIGURES:
+            raise SharpnessError(f"{results_path}: unknown figure kind {kind!r}; known: {', '.join(FIGURES)}")
+        try:
+            r = FIGURES[kind](res, out)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            # a results file of the wrong shape: say which figure and what was missing, in one line
+            raise SharpnessError(f"{results_path}: cannot draw '{kind}' ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]})") from None
         made.extend(r if isinstance(r, list) else [r])
     return made

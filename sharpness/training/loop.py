@@ -25,6 +25,7 @@ from ..data import input_shape, load_data, num_classes
 from ..errors import SharpnessError
 from ..io import write_json
 from ..losses import make_loss
+from ..model_state import preserved
 from ..models import build_model
 from ..objective import Objective, flat_params
 from ..specs import Spec
@@ -82,6 +83,27 @@ def _optimizer(model: nn.Module, c: TrainConfig, lr: float) -> torch.optim.Optim
         return torch.optim.SGD(groups, lr=lr, momentum=c.momentum, nesterov=c.nesterov)
     cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=lr)
+
+
+def _try_model(model: nn.Module, loss_fn: Any, obj: Objective, batches: _TrainBatches, c: TrainConfig) -> None:
+    """Try the model and loss on two examples, in eval mode, before any file is written.
+
+    A model or loss that cannot take the data is bad input, said in one line. Eval mode draws no random
+    numbers, so the run stays bit-identical to one without this check.
+    """
+    if c.batch_size > batches.n:
+        raise SharpnessError(f"batch_size {c.batch_size} is larger than the training set ({batches.n} examples)")
+    try:
+        with torch.no_grad(), preserved(model):
+            model.eval()
+            inputs, targets, *extra = obj.batch_fn(batches(torch.arange(min(2, batches.n))))
+            loss_fn.mean(obj.forward_fn(model, inputs), targets, tuple(extra[0]) if extra else ())
+    except (SharpnessError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        text = " ".join(str(e).split())[:300]
+        raise SharpnessError(f"model '{c.model}' (with loss '{c.loss}') does not accept data set "
+                             f"'{c.dataset}': {type(e).__name__}: {text}") from None
 
 
 def _specs(c: TrainConfig, train_set, test_set) -> tuple[Spec, Spec]:
@@ -148,6 +170,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         # The one evaluator: full-data loss and accuracy in eval mode, data cached on the device once.
         evals = [Objective(model, loss_fn, d, batch_size=config.eval_batch_size) for d in (train_set, test_set)]
         split = evals[0].batch_fn
+        _try_model(model, loss_fn, evals[0], batches, config)  # before anything is written
         opt = _optimizer(model, config, sched.lr(0.0))
         state = _resume_state(out, config)
         if state is None:
