@@ -293,3 +293,19 @@ def test_a_users_model_and_data_trained_from_the_cli_and_a_toml_then_analyzed_wi
     assert run_main([str(tmp_path / "exp.toml"), "--runs", str(tmp_path / "runs"), "--figures", str(tmp_path / "fig"),
                      "--no-progress"]) == 0, capsys.readouterr().err
     assert "B30" in (tmp_path / "fig" / "mine" / "table.md").read_text()
+
+
+def test_a_checkpoint_whose_loss_is_not_finite_reports_it_and_skips_curvature(tmp_path, monkeypatch):
+    _factory_module(tmp_path, monkeypatch, 5)
+    import my_models
+
+    net = my_models.make()
+    with torch.no_grad():
+        net[2].weight.fill_(3e38)  # finite weights, overflowing logits: the loss is not finite
+    torch.save(net.state_dict(), tmp_path / "huge.pt")
+    rep = analyze(tmp_path / "huge.pt", model="my_models:make", data="gaussian", out=tmp_path / "an",
+                  measures=["loss", "eigenvalues", "landscape1d"], quick=True, progress=False)
+    m = rep.data["checkpoints"]["huge"]["measures"]
+    assert m["loss"]["summary"]["train_loss"] is None  # NaN/inf: null in strict JSON
+    assert m["eigenvalues"]["status"] == "skipped" and "not finite" in m["eigenvalues"]["error"]
+    assert not rep.failed and "skipped" in rep.table()

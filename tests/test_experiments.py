@@ -1,14 +1,17 @@
 """The experiment runner end to end on a tiny grid, and the figure/table step on committed results."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+import pytest
 
+from sharpness import SharpnessError
 from sharpness.cli import figures_main, run_main
-from sharpness.experiments import expand, load_experiment
+from sharpness.experiments import expand, load_experiment, run_experiment
 from sharpness.plots.experiments import draw
 from sharpness.reporting import fit_critical_batch, time_to_target
 
@@ -62,3 +65,35 @@ def test_time_to_target_is_the_first_epoch_at_or_below_it():
              "train_loss": loss} for i, loss in enumerate([1.0, 0.4, 0.2, 0.25, 0.1])]
     assert time_to_target(hist, 0.2) == {"step": 30, "examples": 480, "wall_time": 1.5, "epoch": 3}
     assert time_to_target(hist, 0.05) is None
+
+
+def test_a_bad_experiment_fails_before_any_training(tmp_path):
+    good = (GOLDEN / "tiny.toml").read_text()
+    cases = {
+        "kind": (good.replace('kinds = ["table"', 'kinds = ["tabel"'), "figures.kinds[] must be one of"),
+        "scalar grid": (good.replace("batch_size = [16, 96]", "batch_size = 16"), "grid.batch_size must be"),
+        "name": (good.replace('name = "tiny"', "name = 3"), "name must be"),
+        "analysis key": (good.replace("quick = true", "quick = true\nmeasurez = []"), "unknown analysis key"),
+        "measure": (good.replace('"noise_scale"]', '"noise"]'), "analysis measure must be one of"),
+        "pair": (good.replace('pairs = [["B16-seed0", "B96-seed0"]]', 'pairs = [["B16-seed0", "B32"]]'),
+                 "unknown runs"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.toml"
+        path.write_text(text)
+        with pytest.raises(SharpnessError, match=re.escape(message)):
+            run_experiment(path, runs_root=tmp_path / "runs", figures_root=tmp_path / "fig")
+        assert not (tmp_path / "runs").exists(), name
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe name")
+    assert run_main([str(tmp_path / "bin.toml")]) == 2
+    assert run_main([str(tmp_path)]) == 2
+
+
+def test_figures_refuse_a_results_file_of_the_wrong_shape(tmp_path, capsys):
+    for name, text in {"empty": "", "truncated": '{"name": "x", "runs": {', "list": "[]",
+                       "runs": '{"name": "x", "spec": {}, "runs": 3}'}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+        assert figures_main([name, "--figures", str(tmp_path)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "results" in err, (name, err)
