@@ -13,11 +13,13 @@ the SHA-256 of every tensor of the state_dict and of the optimizer state (see :f
 verified on load, so a file whose tensor bytes were changed after it was written (a flipped bit on
 disk, an edit that kept the zip archive valid) is refused instead of analyzed. It detects corruption,
 not forgery: whoever can rewrite the file can rewrite the checksum. Checkpoints written before it
-existed (no ``checksum`` key) still load. The specs
-may name the user's own ``"pkg.module:fn"``; a name read from a file is imported only under the policy
-of :mod:`sharpness.specs` (the user's own code, never the standard library or an installed package),
-unless the caller passes it explicitly. Other weights load too when the caller supplies the model: a
-bare ``state_dict`` ``.pt`` file, one wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``
+existed (no ``checksum`` key) still load.
+
+The specs may name the user's own ``"pkg.module:fn"``; a name read from a file is imported only under
+the policy of :mod:`sharpness.specs` (the user's own code, never the standard library or an installed
+package), unless the caller passes it explicitly; a data ``root`` read from a file must lie inside
+``$SHARPNESS_DATA`` (:mod:`sharpness.data`). Other weights load too when the caller supplies the model:
+a bare ``state_dict`` ``.pt`` file, one wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``
 (Lightning, common scripts), or a Hugging Face ``.safetensors`` file; keys carrying one common prefix
 such as ``model.`` (Lightning) or ``module.`` (DDP) are loaded stripped of it.
 """

@@ -27,6 +27,7 @@ import functools
 import gzip
 import hashlib
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -74,7 +75,7 @@ def _check_like(what: str, key: str, value: Any, default: Any) -> None:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+        ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
         ok = ok and (not isinstance(default, int) or isinstance(value, int))
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(

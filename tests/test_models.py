@@ -117,7 +117,7 @@ def test_user_factory_errors(nets):
         build_model(f"{nets}:make_net2", input_shape=(3,))
     with pytest.raises(SharpnessError, match=f"model factory '{nets}:not_a_module' returned int, not a torch"):
         build_model(f"{nets}:not_a_module")
-    with pytest.raises(SharpnessError, match="model factory 'mlp' failed: RuntimeError: .*negative dimension"):
+    with pytest.raises(SharpnessError, match=r"^model 'mlp': widths must be a list of integers ≥ 1 \(got \[-1\]\)$"):
         build_model("mlp", input_shape=[3], num_classes=2, widths=[-1])
     with pytest.raises(SharpnessError, match="refused: model 'torch.nn:Linear'"):
         build_model("torch.nn:Linear", trusted=False, in_features=3, out_features=2)
@@ -139,3 +139,56 @@ def test_register_model_and_callable_specs(monkeypatch):
     assert build_model("tiny2", input_shape=[4], num_classes=2).weight.shape == (2, 4)
     assert build_model(tiny, input_shape=(1,), num_classes=2).weight.shape == (2, 1)
     assert build_model(ModelSpec("mlp", {"widths": [3]}), input_shape=[2], num_classes=2)[1].weight.shape == (3, 2)
+
+
+@pytest.mark.parametrize("args,message", [
+    ({"widths": [0]}, r"model 'mlp': widths must be a list of integers ≥ 1 \(got \[0\]\)$"),
+    ({"widths": [-3]}, r"widths must be a list of integers ≥ 1 \(got \[-3\]\)$"),
+    ({"widths": [16, 2.5]}, r"widths must be a list of integers ≥ 1 \(got \[16, 2.5\]\)$"),
+    ({"widths": [True]}, r"widths must be a list of integers ≥ 1"),
+    ({"widths": 16}, r"widths must be a list of integers ≥ 1 \(got 16\)$"),
+    ({"widths": "16,16"}, r"widths must be a list of integers ≥ 1 \(got '16,16'\)$"),
+    ({"input_shape": [0]}, r"model 'mlp': input_shape must be a non-empty list of integers ≥ 1 \(got \[0\]\)$"),
+    ({"input_shape": []}, r"input_shape must be a non-empty list of integers ≥ 1 \(got \[\]\)$"),
+    ({"input_shape": [-1, 4]}, r"input_shape must be a non-empty list of integers ≥ 1"),
+    ({"input_shape": 40}, r"input_shape must be a non-empty list of integers ≥ 1 \(got 40\)$"),
+    ({"num_classes": 0}, r"model 'mlp': num_classes must be an integer ≥ 1 \(got 0\)$"),
+    ({"num_classes": None}, r"num_classes must be an integer ≥ 1 \(got None\)$"),
+    ({"num_classes": 2.0}, r"num_classes must be an integer ≥ 1 \(got 2.0\)$"),
+    ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\) \(got 1.0\)$"),
+    ({"bn": "yes"}, r"bn must be true or false \(got 'yes'\)$"),
+    ({"activation": "swish"}, r"unknown activation 'swish'; known: relu"),
+    ({"ghost_batch_size": 0}, r"ghost_batch_size must be an integer ≥ 1 or None \(got 0\)$"),
+    ({"depth": 3}, r"bad arguments for model 'mlp': unknown argument 'depth'; accepted: input_shape, num_classes, "
+                   r"widths, bn, activation, ghost_batch_size, dropout$"),
+])
+def test_mlp_arguments_are_checked_before_it_is_built(args, message, monkeypatch):
+    def never(*a, **kw):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(nn.Linear, "__init__", never)
+    with pytest.raises(SharpnessError, match=message) as info:
+        build_model("mlp", **{"input_shape": [3], "num_classes": 2, "widths": [4], **args})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name,args,message", [
+    ("resnet20", {"input_shape": [40]}, r"model 'resnet20': input_shape must have 3 entries \(got \[40\]\)$"),
+    ("resnet20", {"width": 0}, r"model 'resnet20': width must be an integer ≥ 1 \(got 0\)$"),
+    ("resnet20", {"n": 5}, r"model 'resnet20': unknown argument 'n'; accepted: input_shape, num_classes, width, "
+                           r"ghost_batch_size$"),
+    ("keskar-c1", {"input_shape": [1, 28]}, r"model 'keskar-c1': input_shape must have 3 entries"),
+    ("keskar-c1", {"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
+    ("keskar-f1", {"num_classes": -1}, r"model 'keskar-f1': num_classes must be an integer ≥ 1 \(got -1\)$"),
+    ("mnist1d-cnn", {"input_shape": [1, 2, 40]}, r"model 'mnist1d-cnn': input_shape must have 1 or 2 entries"),
+    ("mnist1d-cnn", {"input_shape": [40], "channels": 0}, r"model 'mnist1d-cnn': channels must be an integer ≥ 1 \(got 0\)$"),
+])
+def test_zoo_arguments_are_checked(name, args, message):
+    with pytest.raises(SharpnessError, match=message):
+        build_model(name, **{"input_shape": [3, 8, 8], "num_classes": 2, **args})
+
+
+def test_a_model_registered_over_a_zoo_name_judges_its_own_arguments(monkeypatch):
+    monkeypatch.setattr(MODELS, "_fns", dict(MODELS._fns))
+    register_model("mlp", lambda input_shape, num_classes, widths=(): nn.Linear(2, 2))
+    assert isinstance(build_model("mlp", input_shape=[3], num_classes=None, widths=[0]), nn.Linear)
