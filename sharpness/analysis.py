@@ -143,9 +143,9 @@ def _context(label: str, ckpt: Checkpoint, *, device: str, loss: Any, loss_args:
     if loss is not None:
         fn = make_loss(loss, loss_args)
     elif ckpt.loss_spec is not None:  # named by the checkpoint: never imported from site-packages
-        fn = make_loss(ckpt.loss_spec.name, ckpt.loss_spec.args, trusted=False)
+        fn = make_loss(ckpt.loss_spec.name, {**ckpt.loss_spec.args, **(loss_args or {})}, trusted=False)
     else:
-        fn = make_loss("cross_entropy")
+        fn = make_loss("cross_entropy", loss_args)
     tr = Objective(model, fn, train, batch_size=batch_size)
     te = Objective(model, fn, test, batch_size=batch_size) if test is not None else None
     try:

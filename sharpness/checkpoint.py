@@ -32,6 +32,7 @@ import hashlib
 import os
 import pickle
 import stat
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -316,7 +317,9 @@ def _read(path: Path) -> Any:
         if problem:
             raise SharpnessError(f"{path}: {problem}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on legacy pickles would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "GLOBAL" in str(e) or "global" in str(e):  # a class or function the pickle would import and call
             raise SharpnessError(f"{path}: refused: it holds Python objects that could run code "

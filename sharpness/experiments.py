@@ -183,6 +183,7 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     from .checkpoint import load_checkpoint
     from .plots.experiments import draw
 
+    require("jobs", jobs, int, ge=1)
     spec = load_experiment(path, overrides)
     name = spec["name"]
     runs = expand(spec)

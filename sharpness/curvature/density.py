@@ -70,7 +70,7 @@ def spectral_density(op, *, n_runs: int = 10, steps: int = 80, sigma: float | No
         progress: show a progress bar (None: only on a terminal).
     """
     op = as_operator(op)
-    require("n_runs", n_runs, int, ge=1)
+    require("n_runs", n_runs, int, ge=1, le=100_000)
     require("steps", steps, int, ge=2)
     require("sigma", sigma, float, optional=True, gt=0)
     require("grid_size", grid_size, int, ge=2)

@@ -114,8 +114,8 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
         if rtol and len(samples) >= min_samples and stderr <= rtol * abs(mean):
             break
     bar.close()
-    if not samples:  # the sketch spans the whole space: the trace is exact
-        mean, stderr = exact, 0.0
+    if not samples:  # no residual sample: exact if the sketch spans the whole space, else error unknown
+        mean, stderr = exact, 0.0 if Q is not None and Q.shape[1] >= n else math.inf
     return TraceResult(value=mean, stderr=stderr, n_hvps=getattr(op, "n_hvps", 0) - hvps0,
                        n_samples=len(samples), sketch_size=s, method=method, rtol=rtol,
                        seconds=time.perf_counter() - start, seed=seed)

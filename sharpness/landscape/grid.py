@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,7 @@ class Surface:
 
 def _axis(span: float | tuple[float, float], steps: int) -> np.ndarray:
     lo, hi = (-span, span) if np.isscalar(span) else span
+    lo, hi = float(lo), float(hi)
     ax = np.linspace(lo, hi, steps)
     ax[np.abs(ax) < 1e-9 * (hi - lo)] = 0.0  # a grid point at the centre is the model itself, exactly
     return ax
@@ -158,10 +160,12 @@ def _axis(span: float | tuple[float, float], steps: int) -> np.ndarray:
 
 def _check_grid(dims: Any, steps: Any, span: Any) -> None:
     require("dims", dims, int, choices=(1, 2))
-    require("steps", steps, int, ge=2)
-    lo, hi = (-span, span) if np.isscalar(span) else tuple(span)
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise SharpnessError(f"span must be a finite number > 0 or a pair lo < hi (got {span!r})")
+    require("steps", steps, int, ge=2, le=100_001)
+    pair = isinstance(span, (tuple, list)) and len(span) == 2
+    lo, hi = (span if pair else (None, None)) if not isinstance(span, numbers.Real) else (-span, span)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and abs(v) <= 1e6 for v in (lo, hi)) \
+            or not lo < hi:  # 1e6 directions away is no landscape of this model: a typo, say so
+        raise SharpnessError(f"span must be a number in (0, 1e6] or a pair lo < hi within ±1e6 (got {span!r})")
 
 
 def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,

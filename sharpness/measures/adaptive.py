@@ -130,7 +130,7 @@ def adaptive_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | N
     """
     require("kind", kind, str, choices=("worst", "average"))
     require("norm", norm, str, choices=("linf", "l2"))
-    require("rho", rho, float, gt=0)
+    require("rho", rho, float, gt=0, le=1e3)  # in units of |w|: beyond, not a neighbourhood of w
     for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("steps", steps)):
         require(name, v, int, ge=1)
     require("seed", seed, int)

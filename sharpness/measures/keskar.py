@@ -82,14 +82,15 @@ def eps_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None =
         mode: BN/dropout behaviour, ``"eval"`` (default) or ``"train"``.
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
-    require("eps", eps, float, gt=0)
-    require("subspace_dim", subspace_dim, int, optional=True, ge=1)
+    require("eps", eps, float, gt=0, le=1e3)  # beyond, the "neighbourhood" is 1000× the weights themselves
+    require("subspace_dim", subspace_dim, int, optional=True, ge=1, le=10**6)
     require("max_iter", max_iter, int, ge=1)
     require("max_samples", max_samples, int, optional=True, ge=1)
     require("seed", seed, int)
     start = time.perf_counter()
     obj = as_objective(model, loss_fn, data, batch_size=batch_size, mode=mode, **objective_args)
     fm = obj.subset(max_samples, seed, batch_size=batch_size)
+    require("subspace_dim", subspace_dim, int, optional=True, le=fm.num_params)  # A is n × p with p ≤ n
     x = fm.flat()
     gen = torch.Generator().manual_seed(seed)
     if subspace_dim is None:

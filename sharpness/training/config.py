@@ -124,7 +124,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise SharpnessError(f"a training config must be a table of options (got {_short(d)})")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(map(repr, set(d) - names)) if not all(isinstance(k, str) for k in d) else sorted(set(d) - names)
         if unknown:
             raise SharpnessError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**d).validated()
