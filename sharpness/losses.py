@@ -17,6 +17,12 @@ own reduction:
 - ``reduction="none"`` or a callable returning one value per example: the per-example values (a mean
   over any further dimensions) are summed.
 
+Class weights and ``ignore_index`` (cross-entropy, NLL; named or as ``nn.CrossEntropyLoss``/``nn.NLLLoss``)
+follow PyTorch's own mean, which is not a per-example mean: L = Σᵢ w_{yᵢ} ℓᵢ / Σᵢ w_{yᵢ} over the examples
+whose target is not ignored. Its numerator and denominator are both sums over examples, so the loop adds
+each over all batches (:meth:`Loss.count` gives a batch's denominator, n by default) and divides once: the
+result is PyTorch's loss on the whole data set as one batch, for any batching.
+
 The reduction is read from a loss module's ``reduction`` attribute (``nn.MSELoss(reduction="sum")``),
 from ``reduction`` in the arguments of a named loss, or is ``"mean"`` for a plain function unless the
 caller says otherwise. Extra batch fields (sample weights) are passed on: named losses multiply each
@@ -102,11 +108,16 @@ class Loss:
     """
 
     def __init__(self, fn: Callable, *, name: str, reduction: str = "mean", per_example: bool = False,
-                 label: str | None = None):
+                 label: str | None = None, normalizer: Callable | None = None):
         if reduction not in REDUCTIONS:
             raise SharpnessError(f"loss reduction must be one of {', '.join(REDUCTIONS)} (got {reduction!r})")
         self.fn, self.name, self.reduction, self.per_example = fn, name, reduction, per_example
         self.label = label or name
+        self._normalizer = normalizer if reduction == "mean" else None
+
+    def count(self, targets: Any, n: int) -> torch.Tensor | int:
+        """The batch's share of the denominator of the data-set mean: n, or Σ w_{yᵢ} with class weights."""
+        return self._normalizer(targets) if self._normalizer is not None else n
 
     def total(self, out: torch.Tensor, targets: Any, extra: tuple = ()) -> torch.Tensor:
         """Σ over the batch's examples of ℓ_i (a 0-dim tensor, differentiable)."""
@@ -136,7 +147,7 @@ class Loss:
         """
         if self.per_example and self.reduction == "mean" and not extra:
             return self.fn(out, targets, reduction="mean")
-        return self.total(out, targets, extra) / out.shape[0]
+        return self.total(out, targets, extra) / self.count(targets, out.shape[0])
 
     def correct(self, out: torch.Tensor, targets: Any) -> torch.Tensor | None:
         """Number of correctly classified examples in the batch, or None where accuracy is undefined."""
@@ -182,6 +193,11 @@ def make_loss(spec: Any = None, args: dict | None = None, *, reduction: str | No
         spec = "cross_entropy"
     if isinstance(spec, str) and spec in _NAMED and LOSSES.resolve(spec, trusted=True) is _NAMED[spec][0]:
         return _named(spec, args, args.pop("reduction", reduction or "mean"))
+    if type(spec) in (nn.CrossEntropyLoss, nn.NLLLoss):  # their mean is weighted: handled as the named loss
+        kind = "cross_entropy" if isinstance(spec, nn.CrossEntropyLoss) else "nll"
+        own = {"ignore_index": spec.ignore_index, **({"weight": spec.weight} if spec.weight is not None else {}),
+               **({"label_smoothing": spec.label_smoothing} if kind == "cross_entropy" else {})}
+        return _named(kind, own, spec.reduction)
     name = spec if isinstance(spec, str) else None
     if isinstance(spec, str):
         spec = LOSSES.resolve(spec, trusted=trusted)
@@ -199,6 +215,18 @@ def make_loss(spec: Any = None, args: dict | None = None, *, reduction: str | No
     return Loss(fn, name=name, reduction=red)
 
 
+def _class_normalizer(weight: torch.Tensor | None, ignore_index: int) -> Callable:
+    """Σ_i w_{y_i} over the examples whose class-index target is not ignored (PyTorch's mean denominator)."""
+    def count(targets: Any) -> Any:
+        if not isinstance(targets, torch.Tensor) or targets.is_floating_point():  # class probabilities
+            return len(targets)
+        keep = targets != ignore_index
+        w = torch.ones_like(targets, dtype=torch.float64) if weight is None else \
+            weight.to(targets.device, torch.float64)[targets.clamp(min=0) * keep]
+        return (w * keep).sum()
+    return count
+
+
 def _named(name: str, args: dict, reduction: str) -> Loss:
     fn, allowed, label = _NAMED[name]
     unknown = sorted(set(args) - set(allowed))
@@ -210,4 +238,6 @@ def _named(name: str, args: dict, reduction: str) -> Loss:
     def bound(out, y, **kw):  # class weights follow the output's device and dtype
         return fn(out, y, **{k: v.to(out) if isinstance(v, torch.Tensor) else v for k, v in args.items()}, **kw)
 
-    return Loss(bound, name=name, reduction=reduction, per_example=True, label=label)
+    normalizer = _class_normalizer(args.get("weight"), args.get("ignore_index", -100)) \
+        if name in ("cross_entropy", "nll") else None
+    return Loss(bound, name=name, reduction=reduction, per_example=True, label=label, normalizer=normalizer)

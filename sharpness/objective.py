@@ -238,7 +238,7 @@ class Objective:
         state.update(buffers or {})
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.device)
-        defined, n_all = True, 0
+        defined, n_all, norm = True, 0, 0
         with torch.no_grad(), preserved(self.model):
             set_mode(self.model, self.mode)
             for i, inputs, targets, extra, n in self.batches():
@@ -249,15 +249,16 @@ class Objective:
                 if defined:
                     correct += c
                 n_all += n
+                norm += self.loss.count(targets, n)
         self.n_evals += 1
-        return float(total) / n_all, (float(correct) / n_all if defined else None)
+        return float(total) / float(norm), (float(correct) / n_all if defined else None)
 
     def loss_at(self, theta: torch.Tensor | None = None, *, grad: bool = False) -> tuple[float, torch.Tensor | None]:
         """L(θ) and, if ``grad``, ∇L(θ) as a flat tensor. One pass over the data."""
         if not grad:
             return self.evaluate(theta)[0], None
         t = (self.flat() if theta is None else theta).detach().requires_grad_(True)
-        total, g, n_all = 0.0, torch.zeros_like(t), 0
+        total, g, norm = 0.0, torch.zeros_like(t), 0
         with preserved(self.model):
             set_mode(self.model, self.mode)
             for i, inputs, targets, extra, n in self.batches():
@@ -266,9 +267,10 @@ class Objective:
                     (gt,) = torch.autograd.grad(val, t)
                 g += gt
                 total += float(val.detach())
-                n_all += n
+                norm += self.loss.count(targets, n)
         self.n_evals += 1
-        return total / n_all, g / n_all
+        norm = float(norm)
+        return total / norm, g / norm
 
     def gradient(self) -> torch.Tensor:
         """∇L at the model's weights, flat."""

@@ -298,3 +298,30 @@ def test_accuracy_only_where_defined_and_bad_inputs():
         warnings.simplefilter("error")  # (N, 1) outputs against (N,) targets: aligned, no broadcast warning
         m1 = nn.Linear(4, 1).double()
         Objective(m1, "mse", (x, y[:, 0])).evaluate()
+
+
+def test_data_writes_are_noticed_too():
+    model, x, y = _regression(n=12)
+    op = HessianOperator(model, "mse", (x, y))
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    op.matvec(v)
+    model[0].weight.data.mul_(1.7)  # through .data: neither the version counter nor the storage moves
+    assert torch.allclose(op.matvec(v), HessianOperator(model, "mse", (x, y)).matvec(v), atol=1e-12)
+
+
+def test_class_weights_and_ignore_index_follow_pytorchs_mean_for_any_batching():
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4)).double()
+    x, y = torch.randn(23, 5, dtype=torch.float64), torch.randint(0, 4, (23,))
+    y[[2, 5, 6]] = -100  # ignored
+    cw = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+    for kw in ({"weight": cw}, {"weight": cw, "label_smoothing": 0.2}, {"ignore_index": -100}):
+        g, flat = _flat_fn(model, lambda p: nn.functional.cross_entropy(functional_call(model, p, (x,)), y, **kw))
+        H = hessian(g)(flat)
+        want = float(g(flat))
+        for loss in (nn.CrossEntropyLoss(**kw), "cross_entropy"):
+            args = None if isinstance(loss, nn.Module) else kw
+            for bs in (None, 1, 3, 7):  # batch 1 holds an ignored example alone: no NaN
+                obj = Objective(model, loss, (x, y), batch_size=bs, loss_args=args)
+                assert abs(obj.evaluate()[0] - want) < 1e-12, (kw, loss, bs)
+                assert torch.allclose(HessianOperator(obj).to_dense(), H, atol=1e-10), (kw, loss, bs)

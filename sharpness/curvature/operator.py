@@ -65,7 +65,7 @@ class HessianOperator:
         self.shapes = [p.shape for p in self.params]
         self.num_params = obj.num_params
         self.n_hvps = 0
-        self._graph: tuple | None = None   # (state key, gradient graph, n) for one cached batch
+        self._graph: tuple | None = None   # (versions, gradient graph, normalizer, values) for one cached batch
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -77,10 +77,20 @@ class HessianOperator:
         """N, the number of examples the loss is averaged over."""
         return self.objective.num_samples
 
-    def _state_key(self) -> tuple:
-        """Changes whenever a parameter or buffer is written in place or replaced."""
-        tensors = list(self.params) + list(self.model.buffers())
-        return tuple((t._version, t.data_ptr()) for t in tensors)
+    def _state(self) -> list[torch.Tensor]:
+        return list(self.params) + list(self.model.buffers())
+
+    def _stale(self) -> bool:
+        """Whether a parameter or buffer changed since the kept graph was built.
+
+        Version counters and storage catch in-place writes and replaced tensors; a write through ``.data``
+        (older optimizers, SAM-style code) moves neither, so the values are compared too (O(P), small
+        next to a product's O(N·P)).
+        """
+        key, _, _, saved = self._graph
+        state = self._state()
+        return key != tuple((t._version, t.data_ptr()) for t in state) or \
+            not all(torch.equal(t.detach(), s) for t, s in zip(state, saved))
 
     def _grad_graph(self, i: int, inputs: Any, targets: Any, extra: tuple) -> list:
         """First gradient of a batch's summed loss, with its graph; entries that cannot depend on θ: None."""
@@ -114,18 +124,20 @@ class HessianOperator:
             raise SharpnessError(f"expected shape ({self.num_params}, k), got {tuple(V.shape)}")
         self.n_hvps += V.shape[1]
         if self.objective.data.single:
-            key = self._state_key()
-            if self._graph is None or self._graph[0] != key:
+            if self._graph is None or self._stale():
                 self._graph = None  # free the old graph before building the new one
                 (i, inputs, targets, extra, n), = self.objective.batches()
-                self._graph = (key, self._grad_graph(i, inputs, targets, extra), n)
-            _, graph, n = self._graph
+                graph = self._grad_graph(i, inputs, targets, extra)
+                state = self._state()
+                self._graph = (tuple((t._version, t.data_ptr()) for t in state), graph,
+                               float(self.objective.loss.count(targets, n)), [t.detach().clone() for t in state])
+            _, graph, n, _ = self._graph
             return (self._hvps(graph, V) / n).detach()
-        out, n_all = torch.zeros_like(V), 0
+        out, norm = torch.zeros_like(V), 0
         for i, inputs, targets, extra, n in self.objective.batches():
             out += self._hvps(self._grad_graph(i, inputs, targets, extra), V)
-            n_all += n
-        return (out / n_all).detach()
+            norm += self.objective.loss.count(targets, n)  # N, or Σ class weights (losses.py)
+        return (out / float(norm)).detach()
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector v of length num_params."""

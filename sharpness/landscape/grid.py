@@ -106,7 +106,7 @@ class _Evaluator:
         model_buffers = dict(obj.model.named_buffers())
         loss = torch.zeros(len(thetas), device=obj.device, dtype=torch.float64)
         correct = torch.zeros(len(thetas), device=obj.device, dtype=torch.float64)
-        defined, n_all = [True], 0
+        defined, n_all, norm = [True], 0, 0
 
         def one(theta, i, inputs, targets, extra):
             out = obj.output(i, inputs, {**obj.state(theta), **model_buffers})
@@ -121,9 +121,10 @@ class _Evaluator:
                 loss += l_.double()
                 correct += c.double()
                 n_all += n
+                norm += obj.loss.count(targets, n)
         obj.n_evals += len(thetas)
         acc = (correct / n_all).tolist() if defined[0] else [None] * len(thetas)
-        return list(zip((loss / n_all).tolist(), acc))
+        return list(zip((loss / float(norm)).tolist(), acc))
 
 
 @dataclass
