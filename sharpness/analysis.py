@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -92,13 +93,22 @@ def _num(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) else "—"
 
 
-def _label(paths: list[Path]) -> list[str]:
-    stems = [p.stem for p in paths]
-    if len(set(stems)) < len(stems):
-        stems = [f"{p.parent.name}_{p.stem}" for p in paths]
-    if len(set(stems)) < len(stems):
-        stems = [f"{i}_{s}" for i, s in enumerate(stems)]
-    return [re.sub(r"[^A-Za-z0-9_.-]", "_", s) for s in stems]
+def _labels(paths: list[Path], previous: dict) -> list[str]:
+    """Short unique labels: the file stem, else folder_stem, else stem_hash of the path.
+
+    A label that an earlier entry of the report uses for another file is not taken, so an analysis never
+    overwrites another checkpoint's results.
+    """
+    def clean(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
+
+    resolved = [str(Path(p).resolve()) for p in paths]
+    for name in (lambda p: p.stem, lambda p: f"{p.parent.name}_{p.stem}"):
+        labels = [clean(name(Path(p))) for p in paths]
+        if len(set(labels)) == len(labels) and all(
+                previous.get(lb, {}).get("path", r) == r for lb, r in zip(labels, resolved)):
+            return labels
+    return [clean(f"{Path(p).stem}_{hashlib.sha256(r.encode()).hexdigest()[:8]}") for p, r in zip(paths, resolved)]
 
 
 def _finite(d: Any) -> Any:
@@ -131,7 +141,7 @@ def _check(measures: list[str] | None, device: str, batch_size: Any, max_samples
         raise SharpnessError(f"device '{device}' requested but CUDA is not available on this machine")
     for name, v in (("batch_size", batch_size), ("max_samples", max_samples)):
         require(name, v, int, optional=True, ge=1)
-    require("seed", seed, int)
+    require("seed", seed, int, ge=0, le=2**32 - 1)
     return names
 
 
@@ -182,9 +192,9 @@ def _locked(out: Path | None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _previous(out: Path | None, force: bool) -> tuple[dict, dict]:
+def _previous(out: Path | None) -> tuple[dict, dict]:
     """The report and arrays of an earlier run, if usable; a corrupt file is set aside with a warning."""
-    if out is None or force or not (out / "report.json").exists():
+    if out is None or not (out / "report.json").exists():
         return {}, {}
     try:
         report = json.loads((out / "report.json").read_text())
@@ -209,16 +219,15 @@ def _previous(out: Path | None, force: bool) -> tuple[dict, dict]:
 class _Run:
     """One analysis writing one folder: runs measures, reuses cached ones, saves arrays → figures → report."""
 
-    def __init__(self, out: Path | None, quick: bool, seed: int, max_samples: int | None, figures: bool,
-                 previous: dict, arrays: dict, report: dict):
-        self.out, self.quick, self.seed, self.figures = out, quick, seed, figures
-        self.same_data = previous.get("settings", {}).get("max_samples") == max_samples
+    def __init__(self, out: Path | None, quick: bool, seed: int, force: bool, figures: bool, arrays: dict,
+                 report: dict):
+        self.out, self.quick, self.seed, self.force, self.figures = out, quick, seed, force, figures
         self.arrays, self.report = arrays, report
 
     def cached(self, old: dict | None, settings: dict, tags: dict) -> bool:
         """An earlier result for the same settings, seed, data and inputs, with its arrays and figures."""
-        return bool(old) and "summary" in old and old.get("settings") == settings and old.get("seed") == self.seed \
-            and self.same_data and all(old.get(t) == v for t, v in tags.items()) \
+        return not self.force and bool(old) and "summary" in old and old.get("settings") == settings \
+            and old.get("seed") == self.seed and all(old.get(t) == v for t, v in tags.items()) \
             and all(k in self.arrays for k in old.get("arrays", [])) \
             and all((self.out / f).exists() for f in old.get("figures", []))
 
@@ -244,9 +253,9 @@ class _Run:
             made = measure.draw(rec, self.out, tuple(c.label for c in ctxs), ctxs[0].train.loss.label) \
                 if self.figures and self.out is not None else []
             result = {"summary": rec.summary, "details": rec.details, "arrays": keys, "figures": [p.name for p in made]}
-        except (SharpnessError, KeyboardInterrupt):
+        except KeyboardInterrupt:
             raise
-        except Exception as e:  # one measure's failure must not cost the others
+        except Exception as e:  # one measure's failure (bad settings for this model included) spares the others
             last = traceback.extract_tb(e.__traceback__)[-1]
             reason = (str(e).strip().splitlines() or [""])[0][:300]
             result = {"status": "failed",
@@ -298,6 +307,10 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
     from . import __version__
 
     names = _check(measures, device, batch_size, max_samples, seed)
+    for name, flag in (("quick", quick), ("force", force), ("figures", figures)):
+        require(name, flag, bool)
+    if out is not None and not isinstance(out, (str, Path)):
+        raise SharpnessError(f"out must be a folder path or None (got {type(out).__name__})")
     items = checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     if not items:
         raise SharpnessError("no checkpoint given")
@@ -307,37 +320,37 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
     ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c, model=model, model_args=model_args, data=data,
                                                                  data_args=data_args) for c in items]
     max_samples = max_samples if max_samples is not None else (1000 if quick else None)
-    ctxs = [_context(lb, c, device=device, loss=loss, loss_args=loss_args, batch_size=batch_size,
-                     max_samples=max_samples, seed=seed, progress=progress)
-            for lb, c in zip(_label([c.path for c in ckpts]), ckpts)]
+    ctxs = [_context("", c, device=device, loss=loss, loss_args=loss_args, batch_size=batch_size,
+                     max_samples=max_samples, seed=seed, progress=progress) for c in ckpts]
     out = Path(out) if out is not None else None
     with _locked(out):
-        previous, arrays = _previous(out, force)
+        previous, arrays = _previous(out)
+        for ctx, label in zip(ctxs, _labels([c.path for c in ckpts], previous.get("checkpoints", {}))):
+            ctx.label = label
         report = {"schema": SCHEMA, "version": SCHEMA_VERSION, "toolkit": __version__, "torch": str(torch.__version__),
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "settings": {"quick": quick, "device": device, "seed": seed, "batch_size": batch_size,
                                "max_samples": max_samples},
                   # what an earlier run left here is kept unless this run replaces it
                   "checkpoints": dict(previous.get("checkpoints", {})), "pairs": dict(previous.get("pairs", {}))}
-        run = _Run(out, quick, seed, max_samples, figures, previous, arrays, report)
+        run = _Run(out, quick, seed, force, figures, arrays, report)
         for ctx, ckpt in zip(ctxs, ckpts):
             prev = previous.get("checkpoints", {}).get(ctx.label, {})
             entry = report["checkpoints"][ctx.label] = {
-                "path": str(ckpt.path), "sha256": ckpt.sha256, "epoch": ckpt.epoch, "step": ckpt.step,
-                "model": ckpt.model_spec.to_dict() if ckpt.model_spec else None,
+                "path": str(Path(ckpt.path).resolve()), "sha256": ckpt.sha256, "epoch": ckpt.epoch,
+                "step": ckpt.step, "model": ckpt.model_spec.to_dict() if ckpt.model_spec else None,
                 "data": ckpt.data_spec.to_dict() if ckpt.data_spec else None, "loss": ctx.train.loss.to_dict(),
-                "n_train": ctx.train.num_samples, "measures": {}}
-            same = prev.get("sha256") == entry["sha256"] and prev.get("loss") == entry["loss"] and run.same_data
-            if same:  # measures not asked for this time stay as they were
-                entry["measures"].update({m: r for m, r in prev.get("measures", {}).items() if m not in names})
+                "n_train": ctx.train.num_samples,
+                # earlier results for these same weights stay, each saying which loss and data it used
+                "measures": dict(prev.get("measures", {})) if prev.get("sha256") == ckpt.sha256 else {}}
+            tags = {"loss": entry["loss"], "max_samples": max_samples}
             for name in (n for n in names if not MEASURES[n].pair):
-                old = prev.get("measures", {}).get(name) if same else None
-                run.measure(MEASURES[name], (ctx,), ctx.label, entry["measures"], old, {})
+                run.measure(MEASURES[name], (ctx,), ctx.label, entry["measures"], entry["measures"].get(name), tags)
         for (i, a), (j, b) in itertools.combinations(enumerate(ctxs), 2):
-            key, shas = f"{a.label}→{b.label}", [ckpts[i].sha256, ckpts[j].sha256]
+            key = f"{a.label}→{b.label}"
+            tags = {"sha256": [ckpts[i].sha256, ckpts[j].sha256], "loss": a.train.loss.to_dict()}
             for name in (n for n in names if MEASURES[n].pair):
-                old = previous.get("pairs", {}).get(key, {}).get(name)
-                run.measure(MEASURES[name], (a, b), key, report["pairs"].setdefault(key, dict(
-                    previous.get("pairs", {}).get(key, {}))), old, {"sha256": shas})
+                entry = report["pairs"].setdefault(key, {})
+                run.measure(MEASURES[name], (a, b), key, entry, entry.get(name), tags)
         run.save()
     return Report(data=_finite(report), out=out, arrays=arrays)

@@ -86,6 +86,8 @@ _ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_sample
              "seed": (int, {}), "pairs": (list, {"item": list}), "along_training": (list, {"item": str}),
              "along_quick": (bool, {})}
 _FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep")
+_FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", s) is not None,
+           "a folder name of at most 100 letters, digits, '_', '.', '-', not starting with '.'")
 
 
 def _validate(spec: dict) -> None:
@@ -97,15 +99,15 @@ def _validate(spec: dict) -> None:
     if unknown:
         raise SharpnessError(f"unknown section(s) {', '.join(unknown)}; an experiment has name, base, grid, "
                              "variants, analysis, figures")
-    require("name", spec["name"], str, check=(lambda s: re.fullmatch(r"[A-Za-z0-9_.-]+", s) is not None,
-                                              "a folder name of letters, digits, '_', '.', '-'"))
+    require("name", spec["name"], str, check=_FOLDER)
     for section in ("base", "grid", "analysis", "figures"):
         require(section, spec.get(section, {}), dict)
     for key, values in spec.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             raise SharpnessError(f"grid.{key} must be a non-empty list of values (got {values!r})")
     for v in require("variants", spec.get("variants", []), list, item=dict):
-        require("variants[].name", v.get("name", ""), str)
+        if v.get("name", ""):  # becomes part of a folder name: no path separators, no "." or ".."
+            require("variants[].name", v["name"], str, check=_FOLDER)
     an = spec.get("analysis", {})
     extra = sorted(set(an) - set(_ANALYSIS))
     if extra:
@@ -167,6 +169,24 @@ def _train_one(args: tuple) -> str:
     return out
 
 
+def _check_runs(runs: list, figures_root: Path) -> None:
+    """Check that every run's model, data set and loss can be had, and that the figures folder can be made.
+
+    Said before the first run trains, not after it.
+    """
+    from .data import DATASETS
+    from .losses import make_loss
+    from .models import MODELS
+
+    for label, cfg in runs:
+        MODELS.resolve(cfg.model, trusted=True)
+        DATASETS.resolve(cfg.dataset, trusted=True)
+        make_loss(cfg.loss, cfg.loss_args)
+        require("run label", label, str, check=(lambda s: len(s) <= 150, "at most 150 characters"))
+    if figures_root.exists() and not figures_root.is_dir():
+        raise SharpnessError(f"--figures {figures_root}: is a file, not a folder")
+
+
 def _warn_failed(report, where) -> None:
     for name, why in report.failed.items():
         warnings.warn(f"{where}: measure {name} failed: {why}", stacklevel=3)
@@ -188,6 +208,7 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     name = spec["name"]
     runs = expand(spec)
     dirs = {label: run_dir(Path(runs_root), name, label, cfg) for label, cfg in runs}
+    _check_runs(runs, Path(figures_root))
     for a, b in spec.get("analysis", {}).get("pairs", []):  # before training, not after
         if a not in dirs or b not in dirs:
             raise SharpnessError(f"analysis.pairs names unknown runs {a!r}, {b!r}; runs are {list(dirs)}")

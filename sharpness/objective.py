@@ -40,6 +40,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .batches import Batches, cat, length
+from .checks import require
 from .errors import SharpnessError
 from .losses import make_loss
 from .model_state import preserved, set_mode
@@ -137,6 +138,15 @@ class Objective:
             raise SharpnessError(f"mode must be 'eval' or 'train' (got {mode!r})")
         if data is None:
             raise SharpnessError("no data given")
+        require("loss_args", loss_args, dict, optional=True)
+        require("seed", seed, int, ge=0, le=2**32 - 1)
+        require("cache_bytes", cache_bytes, float, optional=True, ge=0)
+        if params is not None and not (isinstance(params, str) or (
+                isinstance(params, (list, tuple)) and all(isinstance(p, str) for p in params))):
+            raise SharpnessError(f"params must be a name pattern or a list of them (got {params!r})")
+        for name, fn in (("batch_fn", batch_fn), ("forward_fn", forward_fn)):
+            if fn is not None and not callable(fn):
+                raise SharpnessError(f"{name} must be callable (got {type(fn).__name__})")
         self.model, self.mode, self.seed = model, mode, int(seed)
         self.named_params = select_params(model, params, trainable_only)
         self.names = [n for n, _ in self.named_params]
@@ -200,11 +210,11 @@ class Objective:
 
     def subset(self, n: int | None, seed: int, *, batch_size: int | None = None) -> "Objective":
         """The objective over a fixed, seeded random subset of ``n`` examples (None or ≥ N: all)."""
+        require("max_samples", n, int, optional=True, ge=1)
+        require("seed", seed, int, ge=0, le=2**63 - 1)
         total = self.num_samples
         if n is None or n >= total:
             return self
-        if n < 1:
-            raise SharpnessError(f"max_samples must be ≥ 1 (got {n})")
         idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
         return self.with_data(self.data.examples(idx), batch_size=batch_size)
 

@@ -309,3 +309,22 @@ def test_a_checkpoint_whose_loss_is_not_finite_reports_it_and_skips_curvature(tm
     assert m["loss"]["summary"]["train_loss"] is None  # NaN/inf: null in strict JSON
     assert m["eigenvalues"]["status"] == "skipped" and "not finite" in m["eigenvalues"]["error"]
     assert not rep.failed and "skipped" in rep.table()
+
+
+def test_later_analyses_of_a_folder_keep_what_earlier_ones_wrote(runs, tmp_path):
+    root, sb, lb = runs
+    out = tmp_path / "an"
+    analyze(root / "sb" / "final.pt", out=out, measures=["loss", "trace"], quick=True, progress=False)
+    analyze(root / "lb" / "final.pt", out=out, measures=["loss"], quick=True, progress=False)  # same stem "final"
+    analyze(root / "lb" / "final.pt", out=out, measures=["loss"], quick=True, progress=False, force=True,
+            max_samples=50)
+    r = json.loads((out / "report.json").read_text())["checkpoints"]
+    assert set(r) == {"final", "lb_final"}  # the second checkpoint did not take the first one's label
+    assert set(r["final"]["measures"]) == {"loss", "trace"} and r["final"]["path"] == str((root / "sb" / "final.pt"))
+    assert r["lb_final"]["measures"]["loss"]["max_samples"] == 50
+    # one call with two stems that clean to the same label
+    a, b = tmp_path / "a b.pt", tmp_path / "a_b.pt"
+    for p in (a, b):
+        p.write_bytes((root / "sb" / "final.pt").read_bytes())
+    rep = analyze([a, b], out=tmp_path / "two", measures=["loss"], progress=False)
+    assert len(rep.data["checkpoints"]) == 2

@@ -176,9 +176,21 @@ class DenseOperator:
     """A symmetric matrix as an operator: lets every algorithm run on a dense reference in tests."""
 
     def __init__(self, matrix: torch.Tensor | np.ndarray):
-        self.matrix = torch.as_tensor(matrix)
-        if self.matrix.dim() != 2 or self.matrix.shape[0] != self.matrix.shape[1]:
-            raise SharpnessError("expected a square matrix")
+        try:
+            self.matrix = torch.as_tensor(matrix)
+        except (TypeError, RuntimeError, ValueError):
+            raise SharpnessError(f"expected a real square matrix (got {type(matrix).__name__})") from None
+        m = self.matrix
+        if m.dim() != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
+            raise SharpnessError(f"expected a square matrix (got shape {tuple(m.shape)})")
+        if not m.is_floating_point():
+            raise SharpnessError(f"expected a floating-point matrix (got {m.dtype})")
+        if not torch.isfinite(m).all():
+            raise SharpnessError("the matrix holds NaN or Inf")
+        # the algorithms assume symmetry (a Hessian's); a non-symmetric matrix would give wrong "converged" values
+        if not torch.allclose(m, m.T, rtol=1e-6, atol=1e-6 * float(m.abs().max())):
+            raise SharpnessError("expected a symmetric matrix (max |M − Mᵀ| = "
+                                 f"{float((m - m.T).abs().max()):.3g})")
         self.num_params = self.matrix.shape[0]
         self.device, self.dtype = self.matrix.device, self.matrix.dtype
         self.n_hvps = 0
@@ -208,5 +220,6 @@ def as_operator(op: Any):
     if isinstance(op, (torch.Tensor, np.ndarray)):
         return DenseOperator(op)
     if not hasattr(op, "matvec") or not hasattr(op, "num_params"):
-        raise TypeError("expected a HessianOperator, an object with matvec/num_params, or a square matrix")
+        raise SharpnessError("expected a HessianOperator, an object with matvec/num_params, or a square matrix "
+                             f"(got {type(op).__name__})")
     return op

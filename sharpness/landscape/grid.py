@@ -217,9 +217,14 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
     meta = json.dumps({"axes": [a.tolist() for a in axes], "bn": ev.bn, "directions": D.describe(),
                        "num_samples": obj.num_samples})
     if out is not None and Path(out).exists():
-        with np.load(out, allow_pickle=False) as z:
-            if str(z["meta"]) == meta and np.array_equal(z["directions"], V.cpu().numpy()):
-                loss, acc, done = z["loss"].copy(), z["acc"].copy(), z["done"].copy()
+        if not Path(out).is_file():
+            raise SharpnessError(f"out {out}: not a file (the grid is saved as an NPZ file)")
+        try:
+            with np.load(out, allow_pickle=False) as z:
+                if str(z["meta"]) == meta and np.array_equal(z["directions"], V.cpu().numpy()):
+                    loss, acc, done = z["loss"].copy(), z["acc"].copy(), z["done"].copy()
+        except Exception:  # not a grid this function wrote (or cut short): start afresh, overwrite it
+            pass
 
     def save():
         if out is not None:

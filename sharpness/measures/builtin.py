@@ -98,12 +98,16 @@ def _eps_label(eps: float, p: int | None) -> str:
 
 def _eps(ctx: Context, st: dict) -> Record:
     summary, details = {}, {}
+    n = ctx.work.num_params
     for eps in st["eps"]:
         for p in st["subspace_dims"]:
+            if p is not None and p > n:  # A is n × p: a subspace cannot have more dimensions than the space
+                details[eps_key(eps, p)] = {"skipped": f"subspace_dim {p} > {n} parameters"}
+                continue
             r = eps_sharpness(ctx.work, eps=eps, subspace_dim=p, max_iter=st["max_iter"], seed=ctx.seed)
             summary[eps_key(eps, p)] = r.value
             details[eps_key(eps, p)] = r.to_dict()
-    summary["n_evals"] = sum(d["n_evals"] for d in details.values())
+    summary["n_evals"] = sum(d.get("n_evals", 0) for d in details.values())
     return Record(summary, details)
 
 

@@ -132,6 +132,8 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
     def add(f: Callable) -> Callable:
         if not isinstance(name, str) or not name or "/" in name:
             raise SharpnessError(f"a measure name must be a non-empty string without '/' (got {name!r})")
+        if not callable(f):
+            raise SharpnessError(f"measure '{name}': the function must be callable (got {type(f).__name__})")
         MEASURES[name] = Measure(name, f, dict(settings or {}), dict(quick or {}), tuple(keys), pair, figures,
                                  description)
         return f
