@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import errno
 import hashlib
+import math
 import os
 import pickle
 import stat
@@ -40,7 +41,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .data import DataSpec, load_data
+from .data import DataSpec, load_data, valid_root
 from .errors import SharpnessError
 from .io import atomic_write
 from .models import ModelSpec, build_model
@@ -191,6 +192,9 @@ class Checkpoint:
         Raises:
             SharpnessError: the config's loss is malformed.
         """
+        if not isinstance(self.config, dict):
+            raise SharpnessError(f"{self.path}: malformed checkpoint config (a {type(self.config).__name__}, "
+                                 "not a dict)")
         if self.config.get("loss") is None:
             return None
         try:
@@ -216,8 +220,15 @@ class Checkpoint:
                 raise SharpnessError("a bare state_dict; pass model=... to load_checkpoint")
         except SharpnessError as e:
             raise SharpnessError(f"{self.path}: {e}") from e.__cause__  # a user factory's own error stays chained
+        expected = model.state_dict()
+        weights = _fitted(self.state_dict, set(expected))
+        for name, t in weights.items():  # load_state_dict would cast int8/bool weights silently
+            if name in expected and expected[name].is_floating_point() and isinstance(t, torch.Tensor) \
+                    and not t.is_floating_point():
+                raise SharpnessError(f"{self.path}: weight '{name}' has dtype {t.dtype}: only real floating-point "
+                                     f"weights are analyzed ({what} holds it as {expected[name].dtype})")
         try:
-            model.load_state_dict(_fitted(self.state_dict, set(model.state_dict())), strict=True)
+            model.load_state_dict(weights, strict=True)
         except RuntimeError as e:
             detail = " ".join(str(e).split())
             raise SharpnessError(f"{self.path}: weights do not fit {what}: {detail[:300]}") from None
@@ -342,17 +353,66 @@ def _bare_state_dict(obj: Any) -> dict | None:
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict) and obj[key] and all(
-                    isinstance(v, torch.Tensor) for v in obj[key].values()):
+                    isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj[key].items()):
                 return obj[key]
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return obj
     return None
 
 
+# The dtypes a weight may have: real floating point (analyzed), and integer or bool (buffers such as
+# BN's num_batches_tracked; refused where the model holds a floating-point tensor, see Checkpoint.model).
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTEGERS = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) + tuple(
+    getattr(torch, n) for n in ("uint16", "uint32", "uint64") if isinstance(getattr(torch, n, None), torch.dtype))
+# A tensor stored as a view repeating fewer bytes (torch.expand: stride 0) may not become larger than this
+# once materialized (the checksum and the model read it densely); the toolkit never writes one.
+_EXPAND_LIMIT = 1 << 26
+
+
+def _shown(name: str, limit: int = 120) -> str:
+    """A weight name on one line (escapes shown as such), cut to ``limit`` characters."""
+    text = repr(name)[1:-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_tensor(path: Path, what: str, t: torch.Tensor) -> None:
+    """Refuse a tensor that cannot be read densely: a sparse layout, or a view expanded beyond its data."""
+    if t.layout != torch.strided:
+        raise SharpnessError(f"{path}: {what} has the {str(t.layout).removeprefix('torch.')} layout: only dense "
+                             "tensors are read")
+    dense = math.prod(t.shape) * t.element_size()
+    try:
+        stored = t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):  # quantized or other storage-less tensors
+        stored = 0
+    if dense > max(stored, _EXPAND_LIMIT):
+        raise SharpnessError(f"{path}: {what} of shape {tuple(t.shape)} would take {dense:.3g} bytes, but the file "
+                             f"holds {stored} bytes of it (a view expanded beyond its data): refused")
+
+
+def _check_weights(path: Path, state_dict: Any) -> None:
+    """The weights are a dict of dense real tensors by string name (NaN/Inf are checked separately)."""
+    if not isinstance(state_dict, dict):
+        raise SharpnessError(f"{path}: malformed sharpness checkpoint (state_dict is a "
+                             f"{type(state_dict).__name__}, not a dict)")
+    for name, t in state_dict.items():
+        if not isinstance(name, str):
+            raise SharpnessError(f"{path}: malformed state_dict (the key {_short(name)}, of type "
+                                 f"{type(name).__name__}, is not a weight name)")
+        if not isinstance(t, torch.Tensor):
+            raise SharpnessError(f"{path}: weight '{_shown(name)}' is {_short(t)} (of type {type(t).__name__}), "
+                                 "not a tensor")
+        _check_tensor(path, f"weight '{_shown(name)}'", t)
+        if t.dtype not in _FLOATS and t.dtype not in _INTEGERS:
+            raise SharpnessError(f"{path}: weight '{_shown(name)}' has dtype {t.dtype}: only real "
+                                 "floating-point weights are analyzed")
+
+
 def _check_finite(path: Path, state_dict: dict) -> None:
     for name, t in state_dict.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
-            raise SharpnessError(f"{path}: weight '{name}' contains NaN or Inf")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise SharpnessError(f"{path}: weight '{_shown(name)}' contains NaN or Inf")
 
 
 def _model_choice(model: Any, model_args: dict | None, stored: Spec | None
@@ -401,7 +461,13 @@ def _data_choice(data: Any, data_args: dict | None, stored: Spec | None
 
 def _stored_spec(path: Path, obj: dict, key: str) -> Spec:
     try:
-        return Spec.from_dict(obj[key])
+        spec = Spec.from_dict(obj[key])
+        root = spec.args.get("root") if key == "data" else None
+        if root is not None:  # shown by info, resolved by the loader: a path string without NUL
+            if not isinstance(root, str):
+                raise SharpnessError(f"data set '{spec.name}': the checkpoint's data root {_short(root)} is not a path")
+            valid_root(spec.name, root)
+        return spec
     except SharpnessError as e:
         raise SharpnessError(f"{path}: malformed '{key}' spec in the checkpoint: {e}") from None
 
@@ -441,6 +507,77 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_MAX_COUNT = 10**9  # epochs and update counts a checkpoint may record
+# Per-epoch history records: the keys the trainer writes and reads back, with their kinds.
+_HISTORY_INTS = ("epoch", "step", "examples", "batch_size")
+_HISTORY_NUMBERS = ("wall_time", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "dist_from_init")
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= _MAX_COUNT
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _str_keys(d: Any) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) for k in d)
+
+
+def _check_structure(path: Path, obj: dict) -> None:
+    """The parts of a toolkit checkpoint besides its specs have the types the toolkit writes.
+
+    ``config``, ``extra``: dicts with string keys; ``epoch``, ``step``: integers in [0, 10**9];
+    ``history``: a list of per-epoch dicts (their known keys of the right kind); ``optimizer``: None or a
+    torch optimizer state dict; ``state_dict``: dense real tensors by name. A resumed run reads them back,
+    so a tampered ``last.pt`` is refused here in one line.
+    """
+    def bad(key: str, value: Any, expected: str) -> SharpnessError:
+        return SharpnessError(f"{path}: malformed sharpness checkpoint ('{key}' is {_short(value)}, "
+                              f"expected {expected})")
+
+    for key in ("config", "extra"):
+        if obj.get(key) is not None and not _str_keys(obj[key]):
+            raise bad(key, obj[key], "a dict with string keys")
+    for key in ("epoch", "step"):
+        if obj.get(key) is not None and not _is_count(obj[key]):
+            raise bad(key, obj[key], f"an integer in [0, {_MAX_COUNT}]")
+    history = obj.get("history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise bad("history", history, "a list of per-epoch dicts")
+        for i, entry in enumerate(history):
+            if not _str_keys(entry):
+                raise bad(f"history[{i}]", entry, "a dict with string keys")
+            for k in _HISTORY_INTS:
+                if entry.get(k) is not None and not _is_count(entry[k]):
+                    raise bad(f"history[{i}].{k}", entry[k], f"an integer in [0, {_MAX_COUNT}]")
+            for k in _HISTORY_NUMBERS:
+                if entry.get(k) is not None and not _is_number(entry[k]):
+                    raise bad(f"history[{i}].{k}", entry[k], "a number")
+    optimizer = obj.get("optimizer")
+    if optimizer is not None:
+        groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+        if not (_str_keys(optimizer) and isinstance(optimizer.get("state"), dict) and isinstance(groups, list)
+                and all(_str_keys(g) and isinstance(g.get("params"), list) for g in groups)):
+            raise bad("optimizer", optimizer, "None or a torch optimizer state dict {'state': ..., "
+                      "'param_groups': [...]}")
+        # A resume state: the trainer continues from its last epoch's counts.
+        for k in ("examples", "wall_time"):
+            if history and k not in history[-1]:
+                raise bad(f"history[{len(history) - 1}]", history[-1], f"a per-epoch record with '{k}' "
+                          "(a resume state holds the trainer's records)")
+    extra = obj.get("extra") or {}
+    if extra.get("trace") is not None and not (isinstance(extra["trace"], list)
+                                               and all(_str_keys(e) for e in extra["trace"])):
+        raise bad("extra.trace", extra["trace"], "a list of dicts")
+    if "state_dict" in obj:
+        _check_weights(path, obj["state_dict"])
+    for where, t in _tensors(obj.get("optimizer"), ("optimizer",)):
+        _check_tensor(path, f"optimizer tensor '{'/'.join(map(str, where))}'", t)
+
+
 def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Module] | str | None = None,
                     model_args: dict | None = None, data: DataSpec | str | dict | None = None,
                     data_args: dict | None = None) -> Checkpoint:
@@ -470,6 +607,7 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Mod
     obj = _read(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         _check_version(path, obj)
+        _check_structure(path, obj)  # before the checksum, which reads every tensor densely
         _verify_checksum(path, obj)
         try:
             stored_model, stored_data = _stored_spec(path, obj, "model"), _stored_spec(path, obj, "data")
@@ -482,12 +620,11 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Mod
                               data_trusted=data_trusted, data_caller_args=caller_args)
         except KeyError as e:
             raise SharpnessError(f"{path}: malformed sharpness checkpoint (missing {e})") from None
-        if not isinstance(ckpt.state_dict, dict):
-            raise SharpnessError(f"{path}: malformed sharpness checkpoint (state_dict is not a dict)")
     else:
         state_dict = _bare_state_dict(obj)
         if state_dict is None:
             raise SharpnessError(f"{path}: not a model checkpoint (no state_dict of tensors inside)")
+        _check_weights(path, state_dict)
         if model is None:
             raise SharpnessError(f"{path}: a bare state_dict; pass the model it belongs to "
                                  "(model=... here, --model pkg.module:factory on the command line)")

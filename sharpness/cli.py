@@ -25,7 +25,7 @@ def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None]
         try:
             return fn(argv)
         except SharpnessError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message holds
             return 2
         except KeyboardInterrupt:
             print("interrupted: finished work is kept; run the same command again to continue",
@@ -160,8 +160,10 @@ def train_main(argv: list[str] | None = None) -> int:
     a = train_parser().parse_args(argv)
     ckpt = train(_config(a), a.out, progress=not a.quiet)
     last = ckpt.history[-1] if ckpt.history else {}
-    print(f"{a.out}/final.pt  train loss {last.get('train_loss', float('nan')):.4f}  "
-          f"train acc {last.get('train_acc', float('nan')):.4f}  test acc {last.get('test_acc', float('nan')):.4f}")
+    shown = {k: f"{last[k]:.4f}" if isinstance(last.get(k), (int, float)) else "—"  # no accuracy for regression
+             for k in ("train_loss", "train_acc", "test_acc")}
+    print(f"{a.out}/final.pt  train loss {shown['train_loss']}  train acc {shown['train_acc']}  "
+          f"test acc {shown['test_acc']}")
     return 0
 
 
@@ -174,6 +176,7 @@ def info_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m sharpness.info", description="Describe a checkpoint (safe load).")
     p.add_argument("checkpoint")
     a = p.parse_args(argv)
+    # load_checkpoint validated the structure: state_dict of tensors, history a list of dicts, config a dict
     ckpt = load_checkpoint(a.checkpoint)
     last = ckpt.history[-1] if ckpt.history else {}
     n = sum(t.numel() for t in ckpt.state_dict.values() if t.is_floating_point())
@@ -181,8 +184,9 @@ def info_main(argv: list[str] | None = None) -> int:
     print(f"{ckpt.path}: model {model}, epoch {ckpt.epoch}, step {ckpt.step}, {n} floats in state_dict")
     data = ckpt.data_spec.to_dict() if ckpt.data_spec is not None else None
     print(f"data: {data}")
-    if data is not None and data["args"].get("root") is not None:
-        print(f"data would be read from: {Path(str(data['args']['root'])).expanduser().resolve()}")
+    if data is not None and data["args"].get("root") is not None:  # a path string without NUL (validated)
+        root = os.path.realpath(os.path.expanduser(str(data["args"]["root"])))
+        print(f"data would be read from: {Path(root)}")
     loss_args = ckpt.config.get("loss_args")
     print(f"loss: {ckpt.config.get('loss', 'cross_entropy')}" + (f" {loss_args}" if loss_args else ""))
     if last:
@@ -251,11 +255,12 @@ def _import_plugins(argv: list[str]) -> None:
     for i, arg in enumerate(argv):
         name = arg.split("=", 1)[1] if arg.startswith("--plugin=") else (
             argv[i + 1] if arg == "--plugin" and i + 1 < len(argv) else None)
-        if name:
+        if name is not None:
             try:
                 importlib.import_module(name)
-            except ImportError as e:
-                raise SharpnessError(f"--plugin {name}: cannot import it ({e})") from None
+            except Exception as e:  # not found, a syntax error, a relative name, the module's own failure
+                reason = " ".join(str(e).split())[:300]
+                raise SharpnessError(f"--plugin {name!r}: cannot import it ({type(e).__name__}: {reason})") from None
 
 
 @_guard

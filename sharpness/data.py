@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .errors import SharpnessError
 from .io import write_npz
-from .specs import Registry, Spec, as_spec, check_args, check_int, check_number
+from .specs import Registry, Spec, _short, as_spec, check_args, check_int, check_number
 
 __all__ = ["DataSpec", "load_data", "dataset_names", "register_data", "DATASETS", "input_shape",
            "num_classes", "as_tensors", "data_root"]
@@ -86,6 +86,14 @@ def _check_like(what: str, key: str, value: Any, default: Any) -> None:
         raise SharpnessError(f"{what}: {key} must be like its default {default!r} (got {value!r})")
 
 
+# Sizes a data spec may ask the built-in generators for (a checkpoint's spec must not exhaust memory).
+MAX_EXAMPLES = 10**7     # examples in a generated set
+MAX_LENGTH = 10**5       # a length, dimension or class count
+MAX_VALUES = 10**9       # values in a generated set's arrays
+# The length-like arguments of the MNIST-1D generator, with their least value.
+_MNIST1D_LENGTHS = {"template_len": 1, "max_translation": 1, "final_seq_length": 1}
+
+
 def _mnist1d_check(num_samples: Any, train_split: Any, seed: Any, overrides: dict) -> None:
     what = "data set 'mnist1d'"
     defaults: dict = {}
@@ -99,11 +107,25 @@ def _mnist1d_check(num_samples: Any, train_split: Any, seed: Any, overrides: dic
                                                              ("num_samples", "train_split", "seed")]
         raise SharpnessError(f"bad arguments for {what}: unknown argument{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(repr(k) for k in unknown)}; accepted: {', '.join(accepted)}")
-    check_int(what, "num_samples", num_samples, 10, why=" (the generator makes num_samples // 10 per class)")
+    check_int(what, "num_samples", num_samples, 10, MAX_EXAMPLES,
+              why=" (the generator makes num_samples // 10 per class)")
     check_number(what, "train_split", train_split, 0, 1, open_low=True, open_high=True)
     check_int(what, "seed", seed, 0, 2**32 - 1)
     for k, v in overrides.items():
         _check_like(what, k, v, defaults[k])
+        if k in _MNIST1D_LENGTHS:
+            check_int(what, k, v, _MNIST1D_LENGTHS[k], MAX_LENGTH)
+    if "padding" in overrides:
+        low, high = overrides["padding"]
+        if not 0 <= low <= high <= MAX_LENGTH:
+            raise SharpnessError(f"{what}: padding must be [low, high] with 0 ≤ low ≤ high ≤ {MAX_LENGTH} "
+                                 f"(got {_short(overrides['padding'])})")
+    args = {**defaults, **overrides}
+    if args:  # the longest signal the generator makes per example: the dilated template or the output
+        length = max(args["template_len"] + args["padding"][1], args["final_seq_length"])
+        if num_samples * length > MAX_VALUES:
+            raise SharpnessError(f"{what}: num_samples={num_samples} examples of {length} values would make "
+                                 f"{num_samples * length:.3g} values (at most {MAX_VALUES:.0e})")
     n = num_samples // 10 * 10
     cut = int(n * train_split)
     if cut == 0 or cut == n:
@@ -165,10 +187,16 @@ def _gaussian(n_train: int = 512, n_test: int = 256, dim: int = 10, classes: int
     ``n_train``, ``n_test``, ``dim`` and ``classes`` are integers ≥ 1, ``separation`` ≥ 0, ``seed`` ≥ 0.
     """
     what = "data set 'gaussian'"
-    for key, value in (("n_train", n_train), ("n_test", n_test), ("dim", dim), ("classes", classes)):
-        check_int(what, key, value, 1)
+    for key, value in (("n_train", n_train), ("n_test", n_test)):
+        check_int(what, key, value, 1, MAX_EXAMPLES)
+    for key, value in (("dim", dim), ("classes", classes)):
+        check_int(what, key, value, 1, MAX_LENGTH)
     check_number(what, "separation", separation, 0)
     check_int(what, "seed", seed, 0)
+    values = (n_train + n_test + classes) * dim
+    if values > MAX_VALUES:
+        raise SharpnessError(f"{what}: n_train={n_train}, n_test={n_test} and classes={classes} in dim={dim} "
+                             f"would make {values:.3g} values (at most {MAX_VALUES:.0e})")
     rng = np.random.default_rng(seed)
     means = rng.normal(0.0, separation, size=(classes, dim))
 
@@ -181,11 +209,22 @@ def _gaussian(n_train: int = 512, n_test: int = 256, dim: int = 10, classes: int
     return x, y, xt, yt
 
 
+def valid_root(name: str, root: Any) -> str:
+    """``root`` as a path string: a string or path without NUL characters, else a one-line SharpnessError."""
+    if isinstance(root, os.PathLike):
+        root = os.fspath(root)
+    if not isinstance(root, str):
+        raise SharpnessError(f"data set '{name}': root must be a folder path (got {_short(root)})")
+    if "\x00" in root:
+        raise SharpnessError(f"data set '{name}': root {_short(root)} is not a folder path (it holds a NUL character)")
+    return root
+
+
 def _require_root(root: str | None, name: str) -> Path:
     if not root:
         raise SharpnessError(f"data set '{name}' is read from a local folder: pass root=PATH "
                              "(a torchvision-format data folder); nothing is downloaded")
-    path = Path(root).expanduser()
+    path = Path(os.path.expanduser(valid_root(name, root)))
     if not path.is_dir():
         raise SharpnessError(f"data folder '{path}' for '{name}' does not exist")
     return path
@@ -380,7 +419,8 @@ def _check_root(name: str, root: Any) -> None:
     allowed = data_root()
     shown = f"'{os.environ['SHARPNESS_DATA']}'" if allowed is not None else "unset"
     if not isinstance(root, (str, os.PathLike)):
-        raise SharpnessError(f"data set '{name}': the checkpoint's data root {root!r} is not a path")
+        raise SharpnessError(f"data set '{name}': the checkpoint's data root {_short(root)} is not a path")
+    root = valid_root(name, root)
     resolved = os.path.realpath(os.path.expanduser(root))
     try:
         inside = allowed is not None and os.path.commonpath([resolved, str(allowed)]) == str(allowed)

@@ -33,6 +33,7 @@ arguments. Accuracy is defined only for classification (class-index targets with
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -40,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import SharpnessError
-from .specs import Registry
+from .specs import Registry, _short, check_int, check_number
 
 __all__ = ["Loss", "make_loss", "register_loss", "loss_names", "loss_label", "LOSSES"]
 
@@ -60,12 +61,26 @@ def _nll(out, y, **kw):
     return F.nll_loss(out, y, **kw)
 
 
+def _like_outputs(name: str, out: torch.Tensor, y: Any) -> Any:
+    """Targets shaped like the outputs (see :func:`_same_shape`), else a SharpnessError.
+
+    PyTorch would broadcast (n,) class labels against (n, C) outputs with a warning, then fail or compute
+    the wrong loss.
+    """
+    y = _same_shape(out, y) if isinstance(y, torch.Tensor) and isinstance(out, torch.Tensor) else y
+    if isinstance(y, torch.Tensor) and isinstance(out, torch.Tensor) and y.shape != out.shape:
+        labels = "; for class labels use cross_entropy" if not (y.is_floating_point() or y.is_complex()) else ""
+        raise SharpnessError(f"loss '{name}' needs targets shaped like the outputs (outputs {tuple(out.shape)}, "
+                             f"targets {tuple(y.shape)}){labels}")
+    return y
+
+
 def _mse(out, y, **kw):
-    return F.mse_loss(out, _same_shape(out, y).to(out.dtype), **kw)
+    return F.mse_loss(out, _like_outputs("mse", out, y).to(out.dtype), **kw)
 
 
 def _bce_with_logits(out, y, **kw):
-    return F.binary_cross_entropy_with_logits(out, _same_shape(out, y).to(out.dtype), **kw)
+    return F.binary_cross_entropy_with_logits(out, _like_outputs("bce_with_logits", out, y).to(out.dtype), **kw)
 
 
 # name → (function, the keyword arguments it takes besides reduction, axis label)
@@ -227,15 +242,58 @@ def _class_normalizer(weight: torch.Tensor | None, ignore_index: int) -> Callabl
     return count
 
 
+def _class_weights(name: str, key: str, value: Any) -> torch.Tensor:
+    """``weight`` / ``pos_weight`` of a named loss as a tensor: a 1-D list or tensor of finite real numbers."""
+    bad = SharpnessError(f"loss '{name}': loss_args.{key} must be a 1-D list of finite numbers, one per class "
+                         f"(got {_short(value)})")
+    if isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+            raise bad
+        t = torch.as_tensor(value)
+    elif isinstance(value, torch.Tensor):
+        t = value.detach()
+    else:
+        raise bad
+    if t.dim() != 1 or t.numel() == 0 or not (t.is_floating_point() or t.dtype in _INTEGER_DTYPES) \
+            or not torch.isfinite(t.double()).all():
+        raise bad
+    return t
+
+
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_classes(name: str, key: str, w: torch.Tensor, out: Any) -> None:
+    """The class weights have one entry per class of the outputs (one, or one per output, for BCE)."""
+    if not isinstance(out, torch.Tensor):
+        return
+    if name in ("cross_entropy", "nll"):
+        classes = out.shape[1] if out.dim() >= 2 else None
+        ok = classes is None or w.numel() == classes
+    else:  # bce_with_logits: broadcast over the outputs' last dimension
+        classes = out.shape[-1] if out.dim() >= 2 else 1
+        ok = w.numel() in (1, classes)
+    if not ok:
+        raise SharpnessError(f"loss '{name}': loss_args.{key} has {w.numel()} entries, but the outputs have "
+                             f"{classes} classes (outputs {tuple(out.shape)})")
+
+
 def _named(name: str, args: dict, reduction: str) -> Loss:
     fn, allowed, label = _NAMED[name]
     unknown = sorted(set(args) - set(allowed))
     if unknown:
         raise SharpnessError(f"unknown argument(s) {', '.join(unknown)} for loss '{name}'; "
                              f"it takes reduction{''.join(', ' + a for a in allowed)}")
-    args = {k: torch.as_tensor(v) if k in ("weight", "pos_weight") else v for k, v in args.items()}
+    if "label_smoothing" in args:
+        check_number(f"loss '{name}'", "loss_args.label_smoothing", args["label_smoothing"], 0, 1, open_high=False)
+    if "ignore_index" in args:
+        check_int(f"loss '{name}'", "loss_args.ignore_index", args["ignore_index"], -2**63, 2**63 - 1)
+    args = {k: _class_weights(name, k, v) if k in ("weight", "pos_weight") else v for k, v in args.items()}
+    weights = [k for k in ("weight", "pos_weight") if k in args]
 
     def bound(out, y, **kw):  # class weights follow the output's device and dtype
+        for k in weights:
+            _check_classes(name, k, args[k], out)
         return fn(out, y, **{k: v.to(out) if isinstance(v, torch.Tensor) else v for k, v in args.items()}, **kw)
 
     normalizer = _class_normalizer(args.get("weight"), args.get("ignore_index", -100)) \

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import SharpnessError
-from .specs import Registry, Spec, as_spec, check_args, check_int, check_number
+from .specs import Registry, Spec, _short, as_spec, check_args, check_int, check_number
 
 __all__ = ["ModelSpec", "build_model", "model_names", "register_model", "MODELS", "GhostBatchNorm"]
 
@@ -203,26 +203,88 @@ def _ints(what: str, key: str, value: Any, *, lengths: tuple[int, ...] | None = 
 _INPUT_DIMS = {"keskar-c1": (3,), "resnet20": (3,), "mnist1d-cnn": (1, 2)}
 
 
+# Sizes a spec may ask the zoo for (a checkpoint's spec must not exhaust memory before anything runs).
+MAX_WIDTH = 10**5          # a layer's width, channels or classes
+MAX_INPUT = 10**7          # values in one input example
+MAX_PARAMETERS = 10**9     # parameters of a built-in model (an estimate from its arguments)
+MAX_ACTIVATIONS = 10**8    # values a built-in conv net computes in its first layer for one example
+
+
+def _pooled(n: int) -> int:  # MaxPool2d(3, 2, padding=1)
+    return (n - 1) // 2 + 1
+
+
+def _conv1d(n: int, k: int) -> int:  # Conv1d(kernel k, stride 2, padding 1)
+    return max(0, (n + 2 - k) // 2 + 1)
+
+
+def _zoo_size(name: str, kw: dict) -> tuple[int, int] | None:
+    """(parameters, first-layer activations per example) of a zoo model, from its arguments; None if unknown."""
+    shape, classes = tuple(kw.get("input_shape", ())), kw.get("num_classes")
+    if not shape or classes is None:
+        return None  # the factory reports the missing argument itself
+    if name in ("mlp", "keskar-f1"):
+        widths = tuple(kw.get("widths", (256, 256))) if name == "mlp" else (512,) * 5
+        fan_in, total = math.prod(shape), 0
+        for w in widths:
+            total += fan_in * w + 3 * w  # weight, bias, and BN's scale and shift where present
+            fan_in = w
+        return total + fan_in * classes + classes, max(widths, default=0)
+    if name == "keskar-c1":
+        c, h, w = shape
+        flat = 64 * _pooled(_pooled(h)) * _pooled(_pooled(w))
+        total = c * 64 * 25 + 64 * 64 * 25 + flat * 384 + 384 * 192 + 192 * classes + 2000
+        return total, 64 * h * w
+    if name == "resnet20":
+        c, h, w = shape
+        k = kw.get("width", 16)
+        blocks = 3 * 2 * 9 * (k * k + 4 * k * k + 16 * k * k) + 2 * k * k + 8 * k * k  # 3×3 convs, shortcuts
+        return 9 * c * k + blocks + 4 * k * classes + 40 * k, k * h * w
+    if name == "mnist1d-cnn":
+        ch = kw.get("channels", 25)
+        cin = 1 if len(shape) == 1 else shape[0]
+        n1 = _conv1d(shape[-1], 5)
+        n3 = _conv1d(_conv1d(n1, 3), 3)
+        return cin * ch * 5 + 6 * ch * ch + ch * n3 * classes + 10 * ch, ch * n1
+    return None
+
+
 def _check_zoo_args(name: str, kwargs: dict) -> None:
     """Check the arguments of a zoo model before it is built: one line naming the argument and value."""
     what = f"model '{name}'"
     if "input_shape" in kwargs:
         _ints(what, "input_shape", kwargs["input_shape"], lengths=_INPUT_DIMS.get(name), empty=False)
+        size = math.prod(kwargs["input_shape"])
+        if size > MAX_INPUT:
+            raise SharpnessError(f"{what}: input_shape {list(kwargs['input_shape'])} holds {size:.3g} values per "
+                                 f"example; the built-in models take at most {MAX_INPUT:.0e}")
     if "num_classes" in kwargs:
-        check_int(what, "num_classes", kwargs["num_classes"], 1)
+        check_int(what, "num_classes", kwargs["num_classes"], 1, MAX_WIDTH)
     if kwargs.get("ghost_batch_size") is not None:
         check_int(what, "ghost_batch_size", kwargs["ghost_batch_size"], 1, why=" or None")
     if "widths" in kwargs:
         _ints(what, "widths", kwargs["widths"])
+        if any(w > MAX_WIDTH for w in kwargs["widths"]):
+            raise SharpnessError(f"{what}: widths must each be ≤ {MAX_WIDTH} (got {_short(kwargs['widths'])})")
     for key in ("width", "channels"):
         if key in kwargs:
-            check_int(what, key, kwargs[key], 1)
+            check_int(what, key, kwargs[key], 1, MAX_WIDTH)
     if "dropout" in kwargs:
         check_number(what, "dropout", kwargs["dropout"], 0, 1)
     if "bn" in kwargs and not isinstance(kwargs["bn"], bool):
         raise SharpnessError(f"{what}: bn must be true or false (got {kwargs['bn']!r})")
     if "activation" in kwargs and kwargs["activation"] not in _ACTIVATIONS:
         raise SharpnessError(f"{what}: unknown activation {kwargs['activation']!r}; known: {', '.join(_ACTIVATIONS)}")
+    size = _zoo_size(name, kwargs)
+    if size is not None:
+        params, activations = size
+        if params > MAX_PARAMETERS:
+            raise SharpnessError(f"{what}: these arguments make about {params:.2g} parameters; the built-in models "
+                                 f"are limited to {MAX_PARAMETERS:.0e} (an estimate from input_shape, num_classes "
+                                 "and the widths)")
+        if activations > MAX_ACTIVATIONS:
+            raise SharpnessError(f"{what}: these arguments make about {activations:.2g} values in the first layer "
+                                 f"per example; the built-in models are limited to {MAX_ACTIVATIONS:.0e}")
 
 # Arguments the trainer fills in from the data; a factory gets them only if it takes them.
 _DATA_ARGS = ("input_shape", "num_classes")

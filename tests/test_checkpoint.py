@@ -421,3 +421,147 @@ def test_prefix_is_stripped_only_when_it_makes_the_weights_fit(tmp_path):
     torch.save({"state_dict": weights}, tmp_path / "w.pt")
     with pytest.raises(SharpnessError, match="weights do not fit"):
         load_checkpoint(tmp_path / "w.pt", model=_net(width=6)).model()
+
+
+# ---- a checkpoint's contents of the wrong kind: one line naming the part, from load_checkpoint and info
+
+def _tampered(run_dir, tmp_path, change, name="t.pt"):
+    """A copy of the run's final checkpoint changed by ``change(obj)``, its checksum recomputed."""
+    obj = torch.load(run_dir / "final.pt", weights_only=True)
+    change(obj)
+    if "checksum" in obj:
+        try:
+            obj["checksum"] = {**obj["checksum"], "tensors": tensor_checksum(obj)}
+        except RuntimeError:  # a tensor the checksum cannot read densely: written without one
+            del obj["checksum"]
+    torch.save(obj, tmp_path / name)
+    return tmp_path / name
+
+
+def _set(key, value):
+    return lambda obj: obj.update({key: value})
+
+
+def _weight(name, make):
+    return lambda obj: obj["state_dict"].update({name: make(obj["state_dict"][name])})
+
+
+_TAMPERED = [
+    ("config_list", _set("config", [1, 2]), "'config' is [1, 2], expected a dict with string keys"),
+    ("config_str", _set("config", "abc"), "'config' is 'abc', expected a dict"),
+    ("epoch_str", _set("epoch", "1"), "'epoch' is '1', expected an integer in [0, 1000000000]"),
+    ("epoch_huge", _set("epoch", 10**30), "'epoch' is 1000000000000000000000000000000, expected an integer"),
+    ("epoch_neg", _set("epoch", -1), "'epoch' is -1"),
+    ("step_bool", _set("step", True), "'step' is True"),
+    ("history_str", _set("history", "abc"), "'history' is 'abc', expected a list of per-epoch dicts"),
+    ("history_dict", _set("history", {"a": 1}), "'history' is {'a': 1}, expected a list"),
+    ("history_ints", _set("history", [1, 2]), "'history[0]' is 1, expected a dict with string keys"),
+    ("history_bad_count", _set("history", [{"epoch": "x"}]), "'history[0].epoch' is 'x'"),
+    ("history_bad_loss", _set("history", [{"train_loss": [1]}]), "'history[0].train_loss' is [1], expected a number"),
+    ("optimizer_str", _set("optimizer", "x"), "'optimizer' is 'x', expected None or a torch optimizer state dict"),
+    ("optimizer_groups", _set("optimizer", {"state": {}, "param_groups": "x"}), "'optimizer' is {'state': {}"),
+    ("extra_list", _set("extra", [1]), "'extra' is [1], expected a dict with string keys"),
+    ("extra_trace", _set("extra", {"trace": 5}), "'extra.trace' is 5, expected a list of dicts"),
+    ("state_dict_list", lambda o: o.update(state_dict=list(o["state_dict"].values())), "state_dict is a list, not a dict"),
+    ("key_int", lambda o: o["state_dict"].update({1: torch.zeros(3)}), "the key 1, of type int, is not a weight name"),
+    ("value_int", _weight("1.bias", lambda t: 5), "weight '1.bias' is 5 (of type int), not a tensor"),
+    ("value_str", _weight("1.bias", lambda t: "x"), "weight '1.bias' is 'x' (of type str), not a tensor"),
+    ("value_dict", _weight("1.bias", lambda t: {"a": t}), "weight '1.bias' is {'a': tensor"),
+    ("float8", _weight("1.weight", lambda t: t.to(torch.float8_e4m3fn)),
+     "weight '1.weight' has dtype torch.float8_e4m3fn: only real floating-point weights are analyzed"),
+    ("complex", _weight("1.weight", lambda t: t.to(torch.complex64)), "has dtype torch.complex64: only real"),
+    ("complex_nan", _weight("1.weight", lambda t: torch.full_like(t, float("nan")).to(torch.complex64)),
+     "has dtype torch.complex64"),
+    ("sparse", _weight("1.weight", lambda t: t.to_sparse()), "weight '1.weight' has the sparse_coo layout"),
+    ("expanded", _weight("1.weight", lambda t: torch.zeros(1).expand(10**6, 10**6)),
+     "weight '1.weight' of shape (1000000, 1000000) would take 4e+12 bytes, but the file holds 4 bytes"),
+    ("optimizer_expanded", _set("optimizer", {"state": {0: {"m": torch.zeros(1).expand(10**6, 10**6)}},
+                                              "param_groups": [{"params": [0]}]}),
+     "optimizer tensor 'optimizer/state/0/m' of shape (1000000, 1000000)"),
+    ("resume_state_without_counts", lambda o: o.update(history=[{"x": 1}], optimizer={"state": {}, "param_groups": []}),
+     "'history[0]' is {'x': 1}, expected a per-epoch record with 'examples'"),
+    ("root_nul", lambda o: o.update(data={"name": "mnist", "args": {"root": "/tmp\x00x"}}),
+     "malformed 'data' spec in the checkpoint: data set 'mnist': root '/tmp\\x00x' is not a folder path"),
+]
+
+
+@pytest.mark.parametrize("change,message", [c[1:] for c in _TAMPERED], ids=[c[0] for c in _TAMPERED])
+def test_tampered_contents_are_refused_in_one_line(tmp_path, run_dir, capsys, change, message):
+    path = _tampered(run_dir, tmp_path, change)
+    with pytest.raises(SharpnessError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+    assert info_main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_integer_weights_for_float_parameters_are_refused_and_integer_buffers_load(tmp_path):
+    from sharpness.models import build_model
+
+    spec = Spec("mlp", {"input_shape": [3], "num_classes": 2, "widths": [4], "bn": True})
+    net = build_model(spec)
+    net.train()(torch.randn(8, 3))  # num_batches_tracked (an int64 buffer) becomes 1
+    path = _save(tmp_path / "bn.pt", net, spec, Spec("gaussian", {}))
+    assert _same_weights(load_checkpoint(path).model(), net)
+    for dtype in (torch.int8, torch.bool, torch.int64):
+        obj = torch.load(path, weights_only=True)
+        obj["state_dict"]["1.weight"] = obj["state_dict"]["1.weight"].to(dtype)
+        obj["checksum"]["tensors"] = tensor_checksum(obj)
+        torch.save(obj, tmp_path / "int.pt")
+        ckpt = load_checkpoint(tmp_path / "int.pt")  # loads: which tensors are parameters, the model says
+        with pytest.raises(SharpnessError, match=re.escape(f"weight '1.weight' has dtype {dtype}: only real "
+                                                           "floating-point weights are analyzed")):
+            ckpt.model()
+
+
+def test_bare_and_wrapped_weights_are_checked_too(tmp_path):
+    net = _net()
+    torch.save({"state_dict": {1: torch.zeros(3)}}, tmp_path / "intkey.pt")
+    torch.save({k: v.to(torch.float8_e5m2) for k, v in net.state_dict().items()}, tmp_path / "f8.pt")
+    torch.save({"model": {k: v.to(torch.complex64) for k, v in net.state_dict().items()}}, tmp_path / "c.pt")
+    for name, message in [("intkey", "not a model checkpoint"), ("f8", "has dtype torch.float8_e5m2: only real"),
+                          ("c", "has dtype torch.complex64: only real")]:
+        with pytest.raises(SharpnessError, match=re.escape(message)):
+            load_checkpoint(tmp_path / f"{name}.pt", model=_net())
+
+
+def test_loss_spec_of_a_checkpoint_built_with_a_bad_config(tmp_path):
+    from sharpness.checkpoint import Checkpoint
+
+    with pytest.raises(SharpnessError, match="malformed checkpoint config .a list, not a dict."):
+        _ = Checkpoint(tmp_path / "x.pt", {}, config=[1, 2]).loss_spec
+    path = _save(tmp_path / "w.pt", _net(), Spec("mlp", {}), Spec("gaussian", {}),
+                 config={"loss": "cross_entropy", "loss_args": {"weight": "abc"}})
+    with pytest.raises(SharpnessError, match=r"loss_args.weight must be a 1-D list of finite numbers"):
+        from sharpness.losses import make_loss
+
+        spec = load_checkpoint(path).loss_spec
+        make_loss(spec.name, spec.args, trusted=False)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(epoch="1"), "'epoch' is '1'"),
+    (lambda c: c.update(epoch=10**30), "'epoch' is 1000000000000000000000000000000"),
+    (lambda c: c.update(extra={"trace": 5}), "'extra.trace' is 5"),
+    (lambda c: c.update(optimizer={"state": {}, "param_groups": "x"}), "'optimizer' is"),
+    (lambda c: c.update(epoch=0, history=[{"x": 1}]), "expected a per-epoch record with 'examples'"),
+], ids=["epoch_str", "epoch_huge", "trace", "optimizer", "history"])
+def test_a_tampered_resume_state_is_refused_in_one_line(tmp_path, run_dir, change, message):
+    import shutil
+
+    from sharpness.training import train
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    for name in ("done", "final.pt"):
+        (out / name).unlink()
+    c = torch.load(out / "last.pt", weights_only=True)
+    change(c)
+    c["checksum"]["tensors"] = tensor_checksum(c)
+    torch.save(c, out / "last.pt")
+    before = sorted(os.listdir(out))
+    with pytest.raises(SharpnessError, match=re.escape(message)) as e:
+        train(tiny_config(), out, progress=False)
+    assert "\n" not in str(e.value) and sorted(os.listdir(out)) == before

@@ -88,7 +88,9 @@ def test_the_old_flags_and_a_toml_config(tmp_path):
     ("decay_factor", 0), ("decay_factor", 1.5), ("base_batch_size", 0), ("max_batch_size", 2.0),
     ("ghost_batch_size", -1), ("grad_clip", 0), ("target_train_loss", 0.0), ("save_every", -1),
     ("save_steps", [0]), ("eval_batch_size", 0), ("optimizer", "lion"), ("lr_scaling", "cube"),
-    ("seed", 1.0), ("nesterov", 1), ("dataset", None), ("loss", 3),
+    ("seed", 1.0), ("nesterov", 1), ("dataset", None), ("loss", 3), ("seed", -1), ("seed", 2**32),
+    ("seed", 2**70), ("device", "meta"), ("device", "mps"), ("device", "xla"), ("device", "cpu:1"),
+    ("device", "cuda:x"), ("device", "cuda:-1"),
 ])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(SharpnessError) as e:
@@ -102,12 +104,15 @@ def test_messages_say_what_is_allowed():
              "lr": (math.nan, "lr must be a finite number > 0 (got nan)"),
              "momentum": (1, "momentum must be a finite number in [0, 1) (got 1)"),
              "grad_clip": (-1, "grad_clip must be None or a finite number > 0 (got -1)"),
-             "optimizer": ("lion", "optimizer must be one of adam, adamw, sgd (got 'lion')")}
+             "optimizer": ("lion", "optimizer must be one of adam, adamw, sgd (got 'lion')"),
+             "seed": (2**32, "seed must be an integer in [0, 4294967295] (got 4294967296)"),
+             "device": ("meta", "device must be one of cpu, cuda, cuda:N (got 'meta')")}
     for field, (value, message) in cases.items():
         with pytest.raises(SharpnessError) as e:
             TrainConfig.from_dict({field: value})
         assert str(e.value) == message
-    for ok in ({"lr": 1}, {"grad_clip": None}, {"device": "cuda"}, {"milestones": []}, {"momentum": 0}):
+    for ok in ({"lr": 1}, {"grad_clip": None}, {"device": "cuda"}, {"milestones": []}, {"momentum": 0},
+               {"device": "cuda:3"}, {"device": "cpu"}, {"seed": 0}, {"seed": 2**32 - 1}):
         TrainConfig.from_dict(ok)  # an int is a float; None where allowed; CUDA is checked at train time
 
 
@@ -116,6 +121,7 @@ def test_messages_say_what_is_allowed():
     (["--batch-size", "abc"], "batch_size"), (["--lr", "nan"], "lr"), (["--lr", "-1"], "lr"),
     (["--epochs", "1.5"], "epochs"), (["--milestones", "5,x"], "milestones"), (["--device", "gpu"], "device"),
     (["--optimizer", "lion"], "optimizer"), (["--momentum", "inf"], "momentum"),
+    (["--seed", "1180591620717411303424"], "seed"), (["--seed", "-5"], "seed"), (["--device", "meta"], "device"),
 ])
 def test_bad_flag_values_name_the_field(argv, field):
     with pytest.raises(SharpnessError, match=f"^{field} must be "):
@@ -222,3 +228,37 @@ def test_info_shows_data_root_and_loss(tmp_path, capsys):
     assert info_main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "loss: cross_entropy" in out and "would be read from" not in out
+
+
+def test_guard_prints_one_line_whatever_the_message_holds(capsys):
+    from sharpness.cli import _guard
+
+    @_guard
+    def fails(argv=None):
+        raise SharpnessError("first line\n  second line\r\nthird\tline ")
+
+    assert fails([]) == 2
+    assert capsys.readouterr().err == "error: first line second line third line\n"
+
+
+@pytest.mark.parametrize("source,error", [
+    ("def broken(:\n", "SyntaxError"),
+    ("raise ValueError('plugin exploded\\nsecond line')\n", "ValueError: plugin exploded second line"),
+    ("import no_such_dependency_of_the_plugin\n", "ModuleNotFoundError"),
+    (None, "ModuleNotFoundError"),
+])
+def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(source, error, tmp_path, monkeypatch, capsys):
+    from helpers import user_module
+
+    name = user_module(tmp_path, monkeypatch, "cli_bad_plugin", source) if source is not None else "cli_no_plugin"
+    assert analyze_main(["x.pt", "--plugin", name, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --plugin '{name}': cannot import it ({error}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["", ".x", "..", "a..b"])
+def test_a_plugin_name_that_is_not_a_module_is_one_line(name, tmp_path, capsys):
+    assert analyze_main(["x.pt", f"--plugin={name}", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --plugin {name!r}: cannot import it (") and err.count("\n") == 1, err

@@ -355,8 +355,16 @@ def test_a_user_data_function_with_a_root_follows_the_same_policy(user_data, tmp
 
 
 @pytest.mark.parametrize("args,message", [
-    ({"num_samples": -5}, r"data set 'mnist1d': num_samples must be an integer ≥ 10 .* \(got -5\)$"),
-    ({"num_samples": 1000.0}, r"num_samples must be an integer ≥ 10 .*\(got 1000.0\)"),
+    ({"num_samples": -5}, r"data set 'mnist1d': num_samples must be an integer in \[10, 10000000\] .* \(got -5\)$"),
+    ({"num_samples": 1000.0}, r"num_samples must be an integer in \[10, 10000000\] .*\(got 1000.0\)"),
+    ({"num_samples": 10**8}, r"num_samples must be an integer in \[10, 10000000\] .*\(got 100000000\)"),
+    ({"final_seq_length": 10**9}, r"final_seq_length must be an integer in \[1, 100000\] \(got 1000000000\)"),
+    ({"template_len": 0}, r"template_len must be an integer in \[1, 100000\] \(got 0\)"),
+    ({"max_translation": 10**6}, r"max_translation must be an integer in \[1, 100000\]"),
+    ({"padding": [5, 2]}, r"padding must be \[low, high\] with 0 ≤ low ≤ high ≤ 100000 \(got \[5, 2\]\)"),
+    ({"padding": [0, 10**6]}, r"padding must be \[low, high\]"),
+    ({"num_samples": 10**7, "final_seq_length": 10**5},
+     r"num_samples=10000000 examples of 100000 values would make 1e\+12 values \(at most 1e\+09\)"),
     ({"num_samples": True}, r"num_samples must be an integer"),
     ({"train_split": 0}, r"train_split must be a number in \(0, 1\) \(got 0\)"),
     ({"train_split": 1.0}, r"train_split must be a number in \(0, 1\)"),
@@ -383,11 +391,16 @@ def test_mnist1d_generator_arguments_are_passed_on():
 
 
 @pytest.mark.parametrize("args,message", [
-    ({"n_train": 0}, "data set 'gaussian': n_train must be an integer ≥ 1 .got 0."),
-    ({"n_test": -3}, "n_test must be an integer ≥ 1 .got -3."),
-    ({"dim": 2.5}, "dim must be an integer ≥ 1 .got 2.5."),
-    ({"classes": True}, "classes must be an integer ≥ 1 .got True."),
-    ({"classes": "3"}, "classes must be an integer ≥ 1 .got '3'."),
+    ({"n_train": 0}, r"data set 'gaussian': n_train must be an integer in \[1, 10000000\] .got 0."),
+    ({"n_test": -3}, r"n_test must be an integer in \[1, 10000000\] .got -3."),
+    ({"n_train": 10**12}, r"n_train must be an integer in \[1, 10000000\] .got 1000000000000."),
+    ({"dim": 2.5}, r"dim must be an integer in \[1, 100000\] .got 2.5."),
+    ({"dim": 10**6}, r"dim must be an integer in \[1, 100000\] .got 1000000."),
+    ({"classes": True}, r"classes must be an integer in \[1, 100000\] .got True."),
+    ({"classes": "3"}, r"classes must be an integer in \[1, 100000\] .got '3'."),
+    ({"classes": 10**6}, r"classes must be an integer in \[1, 100000\]"),
+    ({"n_train": 10**7, "dim": 10**5}, r"n_train=10000000, n_test=256 and classes=3 in dim=100000 would make "
+                                       r"1e\+12 values \(at most 1e\+09\)"),
     ({"separation": -1.0}, r"separation must be a number in \[0, inf\)"),
     ({"seed": -2}, "seed must be an integer ≥ 0"),
     ({"wrong": 1}, "bad arguments for data set 'gaussian': unknown argument 'wrong'; accepted: n_train, n_test, "
@@ -395,8 +408,17 @@ def test_mnist1d_generator_arguments_are_passed_on():
     ({"wrong": 1, "typo": 2}, "unknown arguments 'wrong', 'typo'; accepted"),
 ])
 def test_gaussian_arguments_are_checked(args, message):
-    with pytest.raises(SharpnessError, match=message):
+    with pytest.raises(SharpnessError, match=message) as info:
         load_data("gaussian", **args)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_root_with_a_nul_character_is_refused_in_one_line(name):
+    for trusted in (True, False):
+        with pytest.raises(SharpnessError, match=rf"data set '{name}': root '/tmp\\x00x' is not a folder path "
+                                                 r"\(it holds a NUL character\)$"):
+            load_data(DataSpec(name, {"root": "/tmp\x00x"}), trusted=trusted)
 
 
 def test_other_registered_sets_list_their_arguments(tmp_path):

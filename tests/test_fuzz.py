@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -155,6 +156,49 @@ def _make_files(root: Path, final: Path) -> None:
     variant("spec_loss_system.pt", lambda d: d["config"].update(
         loss="os:system", loss_args={"command": f"touch '{markers / 'spec_loss'}'"}))
 
+    def weight(make):
+        def change(d):
+            k = next(k for k, v in d["state_dict"].items() if v.is_floating_point() and v.dim() == 2)
+            d["state_dict"][k] = make(d["state_dict"][k])
+        return change
+
+    # contents of the wrong kind (the checksum recomputed where it can be, so the content itself is judged)
+    variant("config_list.pt", lambda d: d.update(config=[1, 2]))
+    variant("history_str.pt", lambda d: d.update(history="abc"))
+    variant("history_ints.pt", lambda d: d.update(history=[1, 2]))
+    variant("epoch_huge.pt", lambda d: d.update(epoch=10**30))
+    variant("sd_int_key.pt", lambda d: d["state_dict"].update({1: torch.zeros(3)}))
+    variant("sd_str_value.pt", weight(lambda t: "x"))
+    variant("sd_float8.pt", weight(lambda t: t.to(torch.float8_e4m3fn)))
+    variant("sd_complex_nan.pt", weight(lambda t: torch.full_like(t, NAN).to(torch.complex64)))
+    variant("sd_sparse.pt", weight(lambda t: t.to_sparse()))
+    variant("sd_int8.pt", weight(lambda t: (t * 10).to(torch.int8)))
+    expanded = torch.load(final, weights_only=True)
+    weight(lambda t: torch.zeros(1).expand(10**6, 10**6))(expanded)
+    del expanded["checksum"]  # the checksum would read it densely (4 TB)
+    torch.save(expanded, bad / "sd_expanded.pt")
+    torch.save({"state_dict": {1: torch.zeros(3)}}, bad / "wrapped_int_key.pt")
+    variant("root_nul.pt", lambda d: d.update(data={"name": "mnist", "args": {"root": "/tmp\x00x"}}))
+    variant("loss_weight_str.pt", lambda d: d["config"].update(loss_args={"weight": "abc"}))
+    variant("loss_weight_ragged.pt", lambda d: d["config"].update(loss_args={"weight": [1, [2]]}))
+    variant("widths_huge.pt", lambda d: d["model"]["args"].update(widths=[10**7, 10**7]))
+    variant("n_train_huge.pt", lambda d: d["data"]["args"].update(n_train=10**12))
+    variant("mnist1d_len.pt", lambda d: d.update(data={"name": "mnist1d", "args": {"final_seq_length": 10**9}}))
+    plugins = root / "plugins"  # on the batch's PYTHONPATH
+    plugins.mkdir()
+    (plugins / "fz_syntax_plugin.py").write_text("def broken(:\n")
+    (plugins / "fz_raising_plugin.py").write_text("raise ValueError('plugin exploded\\nsecond line')\n")
+    # a run whose resume state was tampered with: train refuses it in one line, writing nothing
+    import shutil
+
+    tampered = root / "tampered"
+    shutil.copytree(final.parent, tampered)
+    for name in ("done", "final.pt"):
+        (tampered / name).unlink()
+    d = torch.load(tampered / "last.pt", weights_only=True)
+    d.update(epoch="1")
+    _resave(d, tampered / "last.pt")
+
     (bad / "bs_str.toml").write_text(TINY_TOML.replace("batch_size = 16", 'batch_size = "32"'))
     (bad / "milestones_scalar.toml").write_text(TINY_TOML + "milestones = 5\n")
     (bad / "model_args_str.toml").write_text(TINY_TOML.replace("model_args = {widths = [8]}", 'model_args = "wide"'))
@@ -283,6 +327,25 @@ CASES = [
     ("run_set_bad", ["run", "{bad}/exp_good_syntax.toml", "--set", "base.batch_size=-4", "--runs", "{out}/runs",
                      "--figures", "{out}/figs", "--no-progress"], "bad"),
     ("run_missing", ["run", "{bad}/no_such_exp.toml", "--runs", "{out}/runs", "--figures", "{out}/figs"], "bad"),
+    # ---- contents of the wrong kind, sizes that would exhaust memory: one line each
+    *[(f"info_{n}", ["info", f"{{bad}}/{n}.pt"], "bad")
+      for n in ("config_list", "history_str", "history_ints", "epoch_huge", "sd_int_key", "sd_str_value", "sd_float8",
+                "sd_complex_nan", "sd_sparse", "sd_expanded", "root_nul")],
+    *[(f"analyze_{n}", [*A, f"{{bad}}/{n}.pt", "--quick", "--measures", "loss"], "bad")
+      for n in ("sd_int8", "loss_weight_str", "loss_weight_ragged", "widths_huge", "n_train_huge", "mnist1d_len")],
+    ("analyze_wrapped_int_key", [*A, "{bad}/wrapped_int_key.pt", "--model", "mlp", "--data", "gaussian"], "bad"),
+    ("analyze_mse_on_labels", [*A, "{ckpt}", "--quick", "--measures", "loss", "--loss", "mse"], "bad"),
+    *[(f"analyze_plugin_{n}", [*A, "{ckpt}", "--quick", "--measures", "loss", "--plugin", m], "bad")
+      for n, m in (("empty", ""), ("relative", ".x"), ("syntax", "fz_syntax_plugin"), ("raises", "fz_raising_plugin"))],
+    ("train_seed_huge", ["train", *TINY_FLAGS, "--seed", str(2**70), "--out", "{out}"], "bad"),
+    ("train_seed_neg", ["train", *TINY_FLAGS, "--seed", "-5", "--out", "{out}"], "bad"),
+    ("train_device_meta", ["train", *TINY_FLAGS, "--device", "meta", "--out", "{out}"], "bad"),
+    ("train_loss_weight_str", ["train", *TINY_FLAGS, "--loss-arg", "weight=abc", "--out", "{out}"], "bad"),
+    ("train_loss_weight_ragged", ["train", *TINY_FLAGS, "--loss-arg", "weight=[1,[2]]", "--out", "{out}"], "bad"),
+    ("train_loss_weight_size", ["train", *TINY_FLAGS, "--loss-arg", "weight=[1,2]", "--out", "{out}"], "bad"),
+    ("train_mse_on_labels", ["train", *TINY_FLAGS, "--loss", "mse", "--out", "{out}"], "bad"),
+    ("train_n_train_huge", ["train", *TINY_FLAGS, "--data-arg", "n_train=1000000000000", "--out", "{out}"], "bad"),
+    ("train_tampered_resume", ["train", *TINY_FLAGS, "--out", "{root}/tampered"], "bad", [], ["{root}/tampered"]),
     # ---- dispatcher
     ("main_unknown_command", ["no_such_command"], "bad"),
     # ---- the good path of train, last (it writes {out})
@@ -364,7 +427,8 @@ class _Batch:
                                                      for c in self.cases.values()]))
         (root / "helper.py").write_text(_HELPER)
         (root / "cwd").mkdir()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(root / "plugins"),
+                                                            os.environ.get("PYTHONPATH", "")]),
                "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
         self.results_file = root / "results.jsonl"
         self.log = open(root / "helper.log", "wb")
@@ -685,7 +749,7 @@ def test_surface_span(v):
 # TrainConfig.from_dict: my own statement of what each field allows (not the package's validator).
 _FIELDS = {
     "batch_size": ("int", 1), "epochs": ("int", 1), "eval_batch_size": ("int", 1), "save_every": ("int", 0),
-    "seed": ("int", None), "lr": ("real", "gt0"), "weight_decay": ("real", "ge0"), "warmup_epochs": ("real", "ge0"),
+    "seed": ("seed", None), "lr": ("real", "gt0"), "weight_decay": ("real", "ge0"), "warmup_epochs": ("real", "ge0"),
     "momentum": ("real", "[0,1)"), "decay_factor": ("real", "(0,1]"), "grad_clip": ("opt_real", "gt0"),
     "milestones": ("int_list", 0), "save_steps": ("int_list", 1), "model_args": ("dict", None),
     "data_args": ("dict", None), "optimizer": ("choice", ("adam", "adamw", "sgd")),
@@ -719,8 +783,13 @@ def _field_expect(name: str, v) -> str:
         return "good" if isinstance(v, str) and v in arg else "bad"
     if kind == "bool":
         return "good" if isinstance(v, bool) else "either" if v in (0, 1) and not isinstance(v, float) else "bad"
-    if kind == "device":
-        return "either" if isinstance(v, str) else "bad"
+    if kind == "seed":  # torch seeds each epoch with seed·1000003 + epoch: an unsigned 32-bit seed
+        e = _count(v, 0, 2**32 - 1)
+        return "bad" if e == "either" and _is_int(v) else e
+    if kind == "device":  # where a run trains and resumes: the CPU or a CUDA device
+        if isinstance(v, str) and re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]{0,3}))?", v):
+            return "good"
+        return "either" if isinstance(v, str) and re.fullmatch(r"cuda:[0-9]+", v) else "bad"
     return "either" if isinstance(v, str) else "bad"  # a name: checked when it is built
 
 
@@ -728,7 +797,9 @@ def _field_expect(name: str, v) -> str:
       "v": st.one_of(ANY, st.dictionaries(st.text(max_size=2), ANY, max_size=2)) if given else None},
      *[dict(field=f, v=v) for f, v in [("batch_size", "32"), ("batch_size", 3.7), ("milestones", 5),
                                        ("milestones", [5, "x"]), ("model_args", "wide"), ("lr", NAN),
-                                       ("epochs", 1.5), ("device", "gpu"), ("momentum", 1.0)]])
+                                       ("epochs", 1.5), ("device", "gpu"), ("momentum", 1.0),
+                                       ("seed", -1), ("seed", 2**32), ("seed", 2**32 - 1), ("device", "meta"),
+                                       ("device", "mps"), ("device", "cuda:1"), ("device", "cpu:1")]])
 def test_train_config_from_dict(field, v):
     def check(cfg):
         got = getattr(cfg, field)
@@ -744,6 +815,63 @@ def test_train_config_from_dict_not_a_table(d):
     with pytest.raises(SharpnessError) as e:
         sh.TrainConfig.from_dict(d)
     assert "\n" not in str(e.value).strip()
+
+
+# named losses: class weights and targets they cannot take → one line naming the argument
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("cross_entropy", "weight", "abc"), ("cross_entropy", "weight", None), ("cross_entropy", "weight", [1, [2]]),
+    ("cross_entropy", "weight", []), ("cross_entropy", "weight", [1, NAN, 1]), ("cross_entropy", "weight", [1, INF]),
+    ("cross_entropy", "weight", [True, False]), ("cross_entropy", "weight", {"a": 1}), ("nll", "weight", 3),
+    ("nll", "weight", torch.ones(3, 1)), ("nll", "weight", torch.ones(3, dtype=torch.complex64)),
+    ("bce_with_logits", "pos_weight", "x"), ("bce_with_logits", "weight", [[1.0]]),
+    ("cross_entropy", "label_smoothing", NAN), ("cross_entropy", "label_smoothing", 1e300),
+    ("cross_entropy", "ignore_index", "x"),
+])
+def test_named_loss_arguments_of_the_wrong_kind(name, key, value):
+    with pytest.raises(SharpnessError, match=rf"^loss '{name}': loss_args.{key} must be ") as e:
+        sh.make_loss(name, {key: value})
+    assert "\n" not in str(e.value)
+
+
+def test_class_weights_must_have_one_entry_per_class():
+    out, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    for name in ("cross_entropy", "nll"):
+        with pytest.raises(SharpnessError, match=rf"^loss '{name}': loss_args.weight has 2 entries, but the outputs "
+                                                 r"have 3 classes \(outputs \(5, 3\)\)$"):
+            sh.make_loss(name, {"weight": [1, 2]}).total(out, y)
+        weighted = sh.make_loss(name, {"weight": [1, 2, 0.5]}).mean(out, y)
+        fn = torch.nn.functional.cross_entropy if name == "cross_entropy" else torch.nn.functional.nll_loss
+        assert torch.allclose(weighted, fn(out, y, weight=torch.tensor([1, 2, 0.5])))
+    yb = torch.randint(0, 2, (5, 3)).float()
+    with pytest.raises(SharpnessError, match=r"loss_args.pos_weight has 2 entries, but the outputs have 3 classes"):
+        sh.make_loss("bce_with_logits", {"pos_weight": [1.0, 2.0]}).total(out, yb)
+    for pos_weight in ([2.0], [1.0, 2.0, 3.0]):
+        got = sh.make_loss("bce_with_logits", {"pos_weight": pos_weight}).mean(out, yb)
+        want = torch.nn.functional.binary_cross_entropy_with_logits(out, yb, pos_weight=torch.tensor(pos_weight))
+        assert torch.allclose(got, want)
+
+
+@pytest.mark.parametrize("name", ["mse", "bce_with_logits"])
+def test_a_loss_on_targets_it_cannot_take_is_one_line_without_warnings(name):
+    import warnings
+
+    out, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = sh.make_loss(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch's broadcast warning would be a second line
+        for call in (loss.total, loss.mean):
+            with pytest.raises(SharpnessError, match=rf"^loss '{name}' needs targets shaped like the outputs "
+                                                     r"\(outputs \(6, 3\), targets \(6,\)\); for class labels "
+                                                     r"use cross_entropy$"):
+                call(out, labels)
+        with pytest.raises(SharpnessError, match=r"\(outputs \(6, 3\), targets \(6, 1\)\)$"):
+            loss.total(out, torch.rand(6, 1))
+        # what they do take: targets shaped like the outputs, or (n,) targets for (n, 1) outputs
+        targets = torch.rand(6, 3)
+        assert torch.isfinite(loss.total(out, targets))
+        assert torch.isfinite(loss.total(out[:, :1], torch.rand(6)))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -152,9 +152,15 @@ def test_register_model_and_callable_specs(monkeypatch):
     ({"input_shape": []}, r"input_shape must be a non-empty list of integers ≥ 1 \(got \[\]\)$"),
     ({"input_shape": [-1, 4]}, r"input_shape must be a non-empty list of integers ≥ 1"),
     ({"input_shape": 40}, r"input_shape must be a non-empty list of integers ≥ 1 \(got 40\)$"),
-    ({"num_classes": 0}, r"model 'mlp': num_classes must be an integer ≥ 1 \(got 0\)$"),
-    ({"num_classes": None}, r"num_classes must be an integer ≥ 1 \(got None\)$"),
-    ({"num_classes": 2.0}, r"num_classes must be an integer ≥ 1 \(got 2.0\)$"),
+    ({"num_classes": 0}, r"model 'mlp': num_classes must be an integer in \[1, 100000\] \(got 0\)$"),
+    ({"num_classes": None}, r"num_classes must be an integer in \[1, 100000\] \(got None\)$"),
+    ({"num_classes": 2.0}, r"num_classes must be an integer in \[1, 100000\] \(got 2.0\)$"),
+    ({"num_classes": 2**70}, r"num_classes must be an integer in \[1, 100000\] \(got 1180591620717411303424\)$"),
+    ({"widths": [10**30]}, r"model 'mlp': widths must each be ≤ 100000 \(got \[1000000000000000000000000000000\]\)$"),
+    ({"widths": [10**5, 10**5, 10**5]}, r"model 'mlp': these arguments make about 2e\+10 parameters; the built-in "
+                                        r"models are limited to 1e\+09 \(an estimate from"),
+    ({"input_shape": [10**4, 10**4]}, r"model 'mlp': input_shape \[10000, 10000\] holds 1e\+08 values per example; "
+                                      r"the built-in models take at most 1e\+07$"),
     ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\) \(got 1.0\)$"),
     ({"bn": "yes"}, r"bn must be true or false \(got 'yes'\)$"),
     ({"activation": "swish"}, r"unknown activation 'swish'; known: relu"),
@@ -174,18 +180,55 @@ def test_mlp_arguments_are_checked_before_it_is_built(args, message, monkeypatch
 
 @pytest.mark.parametrize("name,args,message", [
     ("resnet20", {"input_shape": [40]}, r"model 'resnet20': input_shape must have 3 entries \(got \[40\]\)$"),
-    ("resnet20", {"width": 0}, r"model 'resnet20': width must be an integer ≥ 1 \(got 0\)$"),
+    ("resnet20", {"width": 0}, r"model 'resnet20': width must be an integer in \[1, 100000\] \(got 0\)$"),
+    ("resnet20", {"width": 10**4}, r"model 'resnet20': these arguments make about 1.1e\+11 parameters; the built-in "
+                                   r"models are limited to 1e\+09"),
+    ("keskar-c1", {"input_shape": [3, 1000, 1000]}, r"model 'keskar-c1': these arguments make about 1.5e\+09 "
+                                                    r"parameters"),
+    ("resnet20", {"input_shape": [1, 1000, 10**4]}, r"model 'resnet20': these arguments make about 1.6e\+08 values in "
+                                                    r"the first layer per example; the built-in models are limited to "
+                                                    r"1e\+08$"),
+    ("mnist1d-cnn", {"input_shape": [40], "channels": 10**5}, r"model 'mnist1d-cnn': these arguments make about "
+                                                              r"6e\+10 parameters"),
+    ("keskar-f1", {"num_classes": 10**6}, r"model 'keskar-f1': num_classes must be an integer in \[1, 100000\]"),
     ("resnet20", {"n": 5}, r"model 'resnet20': unknown argument 'n'; accepted: input_shape, num_classes, width, "
                            r"ghost_batch_size$"),
     ("keskar-c1", {"input_shape": [1, 28]}, r"model 'keskar-c1': input_shape must have 3 entries"),
     ("keskar-c1", {"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
-    ("keskar-f1", {"num_classes": -1}, r"model 'keskar-f1': num_classes must be an integer ≥ 1 \(got -1\)$"),
+    ("keskar-f1", {"num_classes": -1}, r"model 'keskar-f1': num_classes must be an integer in \[1, 100000\] "
+                                        r"\(got -1\)$"),
     ("mnist1d-cnn", {"input_shape": [1, 2, 40]}, r"model 'mnist1d-cnn': input_shape must have 1 or 2 entries"),
-    ("mnist1d-cnn", {"input_shape": [40], "channels": 0}, r"model 'mnist1d-cnn': channels must be an integer ≥ 1 \(got 0\)$"),
+    ("mnist1d-cnn", {"input_shape": [40], "channels": 0}, r"model 'mnist1d-cnn': channels must be an integer in "
+                                                          r"\[1, 100000\] \(got 0\)$"),
 ])
-def test_zoo_arguments_are_checked(name, args, message):
-    with pytest.raises(SharpnessError, match=message):
+def test_zoo_arguments_are_checked(name, args, message, monkeypatch):
+    def never(*a, **kw):
+        raise AssertionError("the model was built")
+
+    for layer in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        monkeypatch.setattr(layer, "__init__", never)
+    with pytest.raises(SharpnessError, match=message) as info:
         build_model(name, **{"input_shape": [3, 8, 8], "num_classes": 2, **args})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name,args", [
+    ("mlp", {"input_shape": [40], "widths": [300, 100]}),
+    ("mlp", {"input_shape": [1, 8, 8], "widths": [16], "bn": True}),
+    ("keskar-f1", {"input_shape": [1, 28, 28]}),
+    ("keskar-c1", {"input_shape": [3, 32, 32]}),
+    ("keskar-c1", {"input_shape": [1, 9, 13]}),
+    ("resnet20", {"input_shape": [3, 32, 32], "width": 8}),
+    ("mnist1d-cnn", {"input_shape": [40]}),
+    ("mnist1d-cnn", {"input_shape": [2, 57], "channels": 7}),
+])
+def test_the_size_estimate_that_bounds_zoo_models_is_close(name, args):
+    from sharpness.models import _zoo_size
+
+    args = {"num_classes": 10, **args}
+    actual = sum(p.numel() for p in build_model(name, **args).parameters())
+    estimate, _ = _zoo_size(name, args)
+    assert 0.8 * actual <= estimate <= 1.2 * actual, (estimate, actual)
 
 
 def test_a_model_registered_over_a_zoo_name_judges_its_own_arguments(monkeypatch):
