@@ -511,6 +511,7 @@ _MAX_COUNT = 10**9  # epochs and update counts a checkpoint may record
 # Per-epoch history records: the keys the trainer writes and reads back, with their kinds.
 _HISTORY_INTS = ("epoch", "step", "examples", "batch_size")
 _HISTORY_NUMBERS = ("wall_time", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "dist_from_init")
+_RESUMED = ("epoch", "examples", "wall_time", "train_loss")  # what a resumed run reads of the last record
 
 
 def _is_count(v: Any) -> bool:
@@ -563,11 +564,10 @@ def _check_structure(path: Path, obj: dict) -> None:
                 and all(_str_keys(g) and isinstance(g.get("params"), list) for g in groups)):
             raise bad("optimizer", optimizer, "None or a torch optimizer state dict {'state': ..., "
                       "'param_groups': [...]}")
-        # A resume state: the trainer continues from its last epoch's counts.
-        for k in ("examples", "wall_time"):
-            if history and k not in history[-1]:
-                raise bad(f"history[{len(history) - 1}]", history[-1], f"a per-epoch record with '{k}' "
-                          "(a resume state holds the trainer's records)")
+        # A resume state (last.pt): the trainer continues from its last epoch's record.
+        if history and not all(k in history[-1] for k in _RESUMED):
+            raise bad(f"history[{len(history) - 1}]", history[-1], f"a per-epoch record with "
+                      f"{', '.join(_RESUMED)} (a resume state holds the trainer's records)")
     extra = obj.get("extra") or {}
     if extra.get("trace") is not None and not (isinstance(extra["trace"], list)
                                                and all(_str_keys(e) for e in extra["trace"])):
@@ -601,7 +601,13 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Mod
         SharpnessError: missing, unreadable (permission, symbolic link loop), empty, truncated or foreign
             file; a pickle that would run code; an unknown format version; tensors that do not match the
             stored checksum (``"<path>: checksum mismatch: the file was modified or corrupted (...)"``);
-            a malformed spec; NaN/Inf weights; other weights without ``model``.
+            a malformed spec; contents of the wrong kind (``config``/``extra`` not dicts, ``epoch``/``step`` not
+            integers in [0, 10**9], ``history`` not a list of per-epoch dicts, ``optimizer`` neither None nor
+            an optimizer state dict: a tampered resume state is refused here); weights that are not dense
+            real tensors by string name (float8, complex, quantized, sparse, or a view expanded beyond the
+            data the file holds: refused before anything reads it densely); NaN/Inf weights; other weights
+            without ``model``. Integer weights load (buffers); :meth:`Checkpoint.model` refuses them where
+            the model holds a floating-point tensor.
     """
     path = Path(path)
     obj = _read(path)
