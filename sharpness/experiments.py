@@ -23,7 +23,6 @@ import itertools
 import json
 import multiprocessing
 import re
-import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,13 +30,8 @@ from typing import Any
 
 from .checks import require
 from .errors import SharpnessError
-from .io import write_json
+from .io import read_toml, write_json
 from .training import TrainConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["load_experiment", "expand", "run_experiment"]
 
@@ -52,18 +46,7 @@ def _set(d: dict, dotted: str, value: Any) -> None:
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dict:
     """Read an experiment TOML; ``overrides`` are ``section.key=value`` strings (value parsed as JSON)."""
     path = Path(path)
-    try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SharpnessError(f"{path}: no such experiment file") from None
-    except IsADirectoryError:
-        raise SharpnessError(f"{path}: is a folder, not an experiment TOML file") from None
-    except UnicodeDecodeError:
-        raise SharpnessError(f"{path}: not a TOML file (not UTF-8 text)") from None
-    except OSError as e:
-        raise SharpnessError(f"{path}: cannot read ({e.strerror or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SharpnessError(f"{path}: not valid TOML: {' '.join(str(e).split())}") from None
+    spec = read_toml(path, "experiment TOML file")
     for item in overrides or []:
         if "=" not in item:
             raise SharpnessError(f"--set expects section.key=value (got '{item}')")

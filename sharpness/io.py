@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -148,3 +149,27 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
             np.savez(f, **arrays)
 
     return atomic_write(path, _write)
+
+
+def read_toml(path: str | Path, what: str = "TOML file") -> dict:
+    """A UTF-8 TOML file as a dict; every way it can fail is one line naming the file.
+
+    Raises:
+        SharpnessError: missing, a folder, unreadable, not UTF-8, or not valid TOML.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SharpnessError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise SharpnessError(f"{path}: is a folder, not a {what}") from None
+    except UnicodeDecodeError:
+        raise SharpnessError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    except OSError as e:
+        raise SharpnessError(f"{path}: cannot read ({e.strerror or e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SharpnessError(f"{path}: not valid TOML: {' '.join(str(e).split())}") from None

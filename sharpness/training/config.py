@@ -14,7 +14,6 @@ import functools
 import inspect
 import io
 import re
-import sys
 import textwrap
 import tokenize
 import typing
@@ -24,12 +23,8 @@ from typing import Any, Callable
 
 from ..checks import Option
 from ..errors import SharpnessError
+from ..io import read_toml
 from ..specs import _short
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["TrainConfig", "Option"]
 
@@ -133,18 +128,7 @@ class TrainConfig:
         Raises:
             SharpnessError: the file is missing, unreadable, not UTF-8 or not TOML, or holds bad options.
         """
-        try:
-            d = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SharpnessError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise SharpnessError(f"{path}: is a folder, not a TOML file") from None
-        except UnicodeDecodeError:
-            raise SharpnessError(f"{path}: not a TOML file (not UTF-8 text)") from None
-        except OSError as e:
-            raise SharpnessError(f"{path}: cannot read ({e.strerror or e})") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SharpnessError(f"{path}: not valid TOML: {e}") from None
+        d = read_toml(path, "file")
         try:
             return cls.from_dict(d.get("train", d))
         except SharpnessError as e:
