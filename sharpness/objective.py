@@ -194,14 +194,17 @@ class Objective:
                 pass
         return self.data.num_samples
 
+    def split(self, raw: Any) -> tuple[Any, Any, tuple]:
+        """A batch as ``(inputs, targets, extra)`` through ``batch_fn`` (its 2- or 3-tuple checked)."""
+        parts = self.batch_fn(raw)
+        if not isinstance(parts, (tuple, list)) or len(parts) not in (2, 3):
+            raise SharpnessError("batch_fn must return (inputs, targets) or (inputs, targets, extra)")
+        return parts[0], parts[1], tuple(parts[2]) if len(parts) == 3 else ()
+
     def batches(self) -> Iterator[tuple[int, Any, Any, tuple, int]]:
         """(index, inputs, targets, extra, n) per batch, on the device."""
         for i, raw in enumerate(self.data):
-            parts = self.batch_fn(raw)
-            if not isinstance(parts, (tuple, list)) or len(parts) not in (2, 3):
-                raise SharpnessError("batch_fn must return (inputs, targets) or (inputs, targets, extra)")
-            inputs, targets = parts[0], parts[1]
-            extra = tuple(parts[2]) if len(parts) == 3 else ()
+            inputs, targets, extra = self.split(raw)
             yield i, inputs, targets, extra, length(targets if targets is not None else inputs)
 
     def with_data(self, data: Any, *, batch_size: int | None = None) -> "Objective":

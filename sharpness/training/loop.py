@@ -96,8 +96,8 @@ def _try_model(model: nn.Module, loss_fn: Any, obj: Objective, batches: _TrainBa
     try:
         with torch.no_grad(), preserved(model):
             model.eval()
-            inputs, targets, *extra = obj.batch_fn(batches(torch.arange(min(2, batches.n))))
-            loss_fn.mean(obj.forward_fn(model, inputs), targets, tuple(extra[0]) if extra else ())
+            inputs, targets, extra = obj.split(batches(torch.arange(min(2, batches.n))))
+            loss_fn.mean(obj.forward_fn(model, inputs), targets, extra)
     except (SharpnessError, KeyboardInterrupt):
         raise
     except Exception as e:
@@ -169,7 +169,6 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         model = build_model(model_spec).to(device)
         # The one evaluator: full-data loss and accuracy in eval mode, data cached on the device once.
         evals = [Objective(model, loss_fn, d, batch_size=config.eval_batch_size) for d in (train_set, test_set)]
-        split = evals[0].batch_fn
         _try_model(model, loss_fn, evals[0], batches, config)  # before anything is written
         opt = _optimizer(model, config, sched.lr(0.0))
         state = _resume_state(out, config)
@@ -217,8 +216,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                inputs, targets, *extra = split(batches(idx))
-                loss = loss_fn.mean(evals[0].forward_fn(model, inputs), targets, tuple(extra[0]) if extra else ())
+                inputs, targets, extra = evals[0].split(batches(idx))
+                loss = loss_fn.mean(evals[0].forward_fn(model, inputs), targets, extra)
                 if not torch.isfinite(loss):
                     raise SharpnessError(f"training diverged at epoch {epoch + 1}, update {step + 1} "
                                          f"(loss {loss.item()}); lower the learning rate")
