@@ -145,6 +145,20 @@ def _check(measures: list[str] | None, device: str, batch_size: Any, max_samples
     return names
 
 
+def _check_settings(settings: Any, names: list[str]) -> dict[str, dict]:
+    """Per-measure setting overrides: measures that run, keys they have (values are the measure's to check)."""
+    require("settings", settings, dict, optional=True)
+    for name, over in (settings or {}).items():
+        require(f"settings.{name}", over, dict)
+        if name not in names:
+            raise SharpnessError(f"settings names measure {name!r}, which does not run; measures: {', '.join(names)}")
+        unknown = sorted(set(over) - set(MEASURES[name].settings))
+        if unknown:
+            raise SharpnessError(f"settings.{name}: unknown key(s) {', '.join(unknown)}; "
+                                 f"{name} has {', '.join(MEASURES[name].settings) or 'no settings'}")
+    return dict(settings or {})
+
+
 def _context(label: str, ckpt: Checkpoint, *, device: str, loss: Any, loss_args: dict | None,
              batch_size: int | None, max_samples: int | None, seed: int, progress: bool | None) -> Context:
     """The checkpoint's model and objectives, tried on two examples so bad input fails before any work."""
@@ -220,9 +234,9 @@ class _Run:
     """One analysis writing one folder: runs measures, reuses cached ones, saves arrays → figures → report."""
 
     def __init__(self, out: Path | None, quick: bool, seed: int, force: bool, figures: bool, arrays: dict,
-                 report: dict):
+                 report: dict, overrides: dict):
         self.out, self.quick, self.seed, self.force, self.figures = out, quick, seed, force, figures
-        self.arrays, self.report = arrays, report
+        self.arrays, self.report, self.overrides = arrays, report, overrides
 
     def cached(self, old: dict | None, settings: dict, tags: dict) -> bool:
         """An earlier result for the same settings, seed, data and inputs, with its arrays and figures."""
@@ -233,7 +247,8 @@ class _Run:
 
     def measure(self, measure: Measure, ctxs: tuple, key: str, entry: dict, old: dict | None, tags: dict) -> None:
         """Run (or reuse) one measure; record it in ``entry`` once its arrays and figures are written."""
-        settings = _plain(measure.settings_for(self.quick))
+        chosen = {**measure.settings_for(self.quick), **self.overrides.get(measure.name, {})}
+        settings = _plain(chosen)
         if self.cached(old, settings, tags):
             entry[measure.name] = old
             return
@@ -245,7 +260,7 @@ class _Run:
             return
         t0 = time.perf_counter()
         try:
-            rec = measure.run(*ctxs, settings=measure.settings_for(self.quick))
+            rec = measure.run(*ctxs, settings=chosen)
             keys = [f"{key}/{measure.name}/{k}" for k in rec.arrays]
             self.arrays.update({k: np.asarray(v) for k, v in zip(keys, rec.arrays.values())})
             if self.out is not None and rec.arrays:
@@ -275,7 +290,7 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
             max_samples: int | None = None, seed: int = 0, model: str | Callable | nn.Module | None = None,
             model_args: dict | None = None, data: Any = None, data_args: dict | None = None, loss: Any = None,
             loss_args: dict | None = None, force: bool = False, progress: bool | None = None,
-            figures: bool = True) -> Report:
+            figures: bool = True, settings: dict[str, dict] | None = None) -> Report:
     """Analyze one or more checkpoints (paths or loaded :class:`Checkpoint` objects) with every measure.
 
     Every measure is of the mean loss over the data set (:mod:`sharpness.losses`).
@@ -300,6 +315,8 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
         force: recompute measures already in the report.
         progress: progress bars (None: on a terminal only).
         figures: write the measures' figures.
+        settings: per-measure settings over the defaults (and the quick ones), e.g.
+            ``{"interpolation": {"path": "sin"}}``; each key must be one the measure has.
 
     Raises:
         SharpnessError: bad input of any kind, before anything is written.
@@ -307,6 +324,7 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
     from . import __version__
 
     names = _check(measures, device, batch_size, max_samples, seed)
+    overrides = _check_settings(settings, names)
     for name, flag in (("quick", quick), ("force", force), ("figures", figures)):
         require(name, flag, bool)
     if out is not None and not isinstance(out, (str, Path)):
@@ -333,7 +351,7 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
                                "max_samples": max_samples},
                   # what an earlier run left here is kept unless this run replaces it
                   "checkpoints": dict(previous.get("checkpoints", {})), "pairs": dict(previous.get("pairs", {}))}
-        run = _Run(out, quick, seed, force, figures, arrays, report)
+        run = _Run(out, quick, seed, force, figures, arrays, report, overrides)
         for ctx, ckpt in zip(ctxs, ckpts):
             prev = previous.get("checkpoints", {}).get(ctx.label, {})
             entry = report["checkpoints"][ctx.label] = {

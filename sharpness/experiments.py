@@ -5,10 +5,15 @@ An experiment file (``experiments/NAME.toml``) has::
     name = "quickstart"
     [base]      TrainConfig fields shared by every run
     [grid]      fields whose values are crossed (e.g. batch_size = [32, 800], seed = [0, 1])
-    [analysis]  measures = [...], quick, max_samples, pairs = [[run_a, run_b], ...] for interpolation,
-                along_training = [...] measures at every saved checkpoint (quick settings unless
-                along_quick = false)
+    [analysis]  measures = [...], quick, max_samples, settings = {measure = {key = value}},
+                pairs = [[run_a, run_b], ...] for interpolation ([run_a, run_b, "sin"] for Keskar's
+                curved path), along_training = [...] measures at every saved checkpoint (quick
+                settings unless along_quick = false)
     [figures]   kinds = [...] (see sharpness.plots.experiments.FIGURES)
+
+A variant may start from another run's checkpoint: ``init_from = "@SB/ckpt_epoch3.pt"`` names the run of
+variant ``SB`` with the same grid values (the same seed, say); such runs train after the runs they start
+from (Keskar's warm starts, Fig. 5).
 
 Runs live in ``runs/NAME/<label>-<hash of config>/`` (resumed, and skipped when their ``done`` marker
 exists); ``--jobs N`` trains independent runs in parallel processes. The results — every run's config,
@@ -27,6 +32,8 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .checks import require
 from .errors import SharpnessError
@@ -67,7 +74,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dic
 # [analysis] keys and their allowed values (read by _validate; the runner reads the same keys)
 _ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_samples": (int, {"optional": True, "ge": 1}),
              "seed": (int, {}), "pairs": (list, {"item": list}), "along_training": (list, {"item": str}),
-             "along_quick": (bool, {})}
+             "along_quick": (bool, {}), "settings": (dict, {})}
 _FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep")
 _FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", s) is not None,
            "a folder name of at most 100 letters, digits, '_', '.', '-', not starting with '.'")
@@ -100,9 +107,17 @@ def _validate(spec: dict) -> None:
             require(f"analysis.{key}", an[key], typ, **rules)
     for m in an.get("measures", []) + an.get("along_training", []):
         require("analysis measure", m, str, choices=tuple(MEASURES))
+    for m, over in an.get("settings", {}).items():
+        require("analysis.settings measure", m, str, choices=tuple(MEASURES))
+        unknown = sorted(set(require(f"analysis.settings.{m}", over, dict)) - set(MEASURES[m].settings))
+        if unknown:
+            raise SharpnessError(f"analysis.settings.{m}: unknown key(s) {', '.join(unknown)}; "
+                                 f"{m} has {', '.join(MEASURES[m].settings)}")
     for pair in an.get("pairs", []):
-        if len(require("analysis.pairs[]", pair, list, item=str)) != 2:
-            raise SharpnessError(f"analysis.pairs[] must be a pair [run_a, run_b] (got {pair!r})")
+        require("analysis.pairs[]", pair, list, item=str)
+        if len(pair) not in (2, 3) or (len(pair) == 3 and pair[2] not in ("linear", "sin")):
+            raise SharpnessError(f"analysis.pairs[] must be [run_a, run_b] or [run_a, run_b, path] with path "
+                                 f"'linear' or 'sin' (got {pair!r})")
     figures = spec.get("figures", {})
     extra = sorted(set(figures) - set(_FIGURE_OPTIONS))
     if extra:
@@ -116,8 +131,15 @@ def _label(values: dict) -> str:
                     for k, v in values.items()).replace(" ", "")
 
 
+def _run_label(variant: str, values: dict) -> str:
+    return "-".join(s for s in (variant, _label(values)) if s)
+
+
 def expand(spec: dict) -> list[tuple[str, TrainConfig]]:
-    """The (label, config) of every run: the base crossed with the grid, then any named variants."""
+    """The (label, config) of every run: the base crossed with the grid, then any named variants.
+
+    An ``init_from`` of ``"@VARIANT/FILE"`` stays a reference here (see :func:`resolve_references`).
+    """
     base = dict(spec.get("base", {}))
     grid = spec.get("grid", {})
     keys = list(grid)
@@ -127,9 +149,44 @@ def expand(spec: dict) -> list[tuple[str, TrainConfig]]:
         for variant in spec.get("variants", [{"name": ""}]):
             v = {k: val for k, val in variant.items() if k != "name"}
             cfg = TrainConfig.from_dict({**base, **values, **v})
-            label = "-".join(s for s in (variant.get("name", ""), _label(values)) if s)
-            runs.append((label, cfg))
+            init = cfg.init_from
+            if init is not None and init.startswith("@"):  # "@VARIANT/FILE": that variant, same grid values
+                ref, _, file = init[1:].partition("/")
+                cfg.init_from = f"@{_run_label(ref, values)}/{file}"
+            runs.append((_run_label(variant.get("name", ""), values), cfg))
     return runs
+
+
+_STARTS = re.compile(r"init\.pt|final\.pt|ckpt_epoch(\d+)\.pt|ckpt_step(\d+)\.pt")
+
+
+def resolve_references(runs: list[tuple[str, TrainConfig]], root: Path, name: str) -> dict[str, Path]:
+    """Each run's folder, with ``init_from = "@LABEL/FILE"`` replaced by that run's file (checked it will exist).
+
+    The referenced run's folder (its config hash) becomes part of the referring run's config, so a
+    changed starting run is a new warm-started run too.
+    """
+    configs = dict(runs)
+    dirs = {label: run_dir(root, name, label, cfg) for label, cfg in runs
+            if not (cfg.init_from or "").startswith("@")}
+    for label, cfg in runs:
+        if not (cfg.init_from or "").startswith("@"):
+            continue
+        ref, _, file = cfg.init_from[1:].partition("/")
+        if ref not in dirs:
+            raise SharpnessError(f"run {label}: init_from names run {ref!r}, which is not a run of this experiment "
+                                 f"that starts from scratch; runs: {', '.join(dirs)}")
+        m = _STARTS.fullmatch(file)
+        src = configs[ref]
+        if m is None or (m.group(1) and (not src.save_every or int(m.group(1)) % src.save_every
+                                         or int(m.group(1)) > src.epochs)) \
+                or (m.group(2) and int(m.group(2)) not in src.save_steps):
+            raise SharpnessError(f"run {label}: init_from '@{ref}/{file}' is not a checkpoint run {ref} writes "
+                                 "(init.pt, final.pt, ckpt_epochN.pt every save_every epochs, ckpt_stepS.pt "
+                                 "for save_steps)")
+        cfg.init_from = str(dirs[ref] / file)
+        dirs[label] = run_dir(root, name, label, cfg)
+    return {label: dirs[label] for label, _ in runs}
 
 
 def run_dir(root: Path, name: str, label: str, cfg: TrainConfig) -> Path:
@@ -170,6 +227,11 @@ def _check_runs(runs: list, figures_root: Path) -> None:
         raise SharpnessError(f"--figures {figures_root}: is a file, not a folder")
 
 
+def _settings(an: dict, measures: list[str]) -> dict:
+    """The [analysis] settings of the measures that run."""
+    return {m: v for m, v in an.get("settings", {}).items() if m in measures}
+
+
 def _warn_failed(report, where) -> None:
     for name, why in report.failed.items():
         warnings.warn(f"{where}: measure {name} failed: {why}", stacklevel=3)
@@ -190,20 +252,24 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     spec = load_experiment(path, overrides)
     name = spec["name"]
     runs = expand(spec)
-    dirs = {label: run_dir(Path(runs_root), name, label, cfg) for label, cfg in runs}
+    dirs = resolve_references(runs, Path(runs_root), name)
     _check_runs(runs, Path(figures_root))
-    for a, b in spec.get("analysis", {}).get("pairs", []):  # before training, not after
-        if a not in dirs or b not in dirs:
-            raise SharpnessError(f"analysis.pairs names unknown runs {a!r}, {b!r}; runs are {list(dirs)}")
-    todo = [(cfg.to_dict(), str(dirs[label]), progress if jobs == 1 else False) for label, cfg in runs
-            if not (dirs[label] / "done").exists()]
-    if jobs > 1 and len(todo) > 1:
-        # spawn, not fork: a forked child of a process whose OpenMP pool is running can deadlock.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(_train_one, todo))
-    else:
-        for t in todo:
-            _train_one(t)
+    for pair in spec.get("analysis", {}).get("pairs", []):  # before training, not after
+        if pair[0] not in dirs or pair[1] not in dirs:
+            raise SharpnessError(f"analysis.pairs names unknown runs {pair[0]!r}, {pair[1]!r}; runs are {list(dirs)}")
+    started = {str(d) for d in dirs.values()}
+    # Two phases: runs that start from another run's checkpoint train after every run from scratch.
+    for phase in (False, True):
+        todo = [(cfg.to_dict(), str(dirs[label]), progress if jobs == 1 else False) for label, cfg in runs
+                if not (dirs[label] / "done").exists()
+                and (cfg.init_from is not None and str(Path(cfg.init_from).parent) in started) == phase]
+        if jobs > 1 and len(todo) > 1:
+            # spawn, not fork: a forked child of a process whose OpenMP pool is running can deadlock.
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(_train_one, todo))
+        else:
+            for t in todo:
+                _train_one(t)
 
     an = spec.get("analysis", {})
     results: dict = {"name": name, "spec": spec, "runs": {}, "pairs": {}}
@@ -216,21 +282,23 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
         measures = [m for m in an.get("measures", []) if m != "interpolation"]
         if measures:
             rep = analyze(d / "final.pt", out=d / "analysis", measures=measures, quick=an.get("quick", False),
+                          settings=_settings(an, measures),
                           max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=progress,
                           figures=False)
             _warn_failed(rep, d)
             entry["final"] = {m: v["summary"] for m, v in rep.data["checkpoints"]["final"]["measures"].items()
                               if "summary" in v}
-            wanted = {"density/grid", "density/density", "landscape2d/loss", "landscape2d/acc",
-                      "landscape2d/axis0", "landscape2d/axis1"}
-            entry["arrays"] = {k.split("/", 1)[1]: v.tolist() for k, v in rep.arrays.items()
+            wanted = {"density/grid", "density/density", "density/nodes", "density/weights", "landscape2d/loss",
+                      "landscape2d/acc", "landscape2d/axis0", "landscape2d/axis1"}
+            # NaN nodes (a Lanczos run that stopped early) carry weight 0: stored as 0 in strict JSON
+            entry["arrays"] = {k.split("/", 1)[1]: np.nan_to_num(v).tolist() for k, v in rep.arrays.items()
                                if k.startswith("final/") and k.split("/", 1)[1] in wanted}
         along = an.get("along_training")
         if along:  # sharpness at the checkpoints saved along the way (Keskar Fig. 6)
             entry["along"] = []
             for p in sorted(d.glob("ckpt_epoch*.pt"), key=lambda q: int(q.stem.replace("ckpt_epoch", ""))):
                 rep = analyze(p, out=d / "analysis_along" / p.stem, measures=along,
-                              quick=an.get("along_quick", True), max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=False,
+                              quick=an.get("along_quick", True), settings=_settings(an, along), max_samples=an.get("max_samples"), seed=an.get("seed", 0), progress=False,
                               figures=False)
                 lab = next(iter(rep.data["checkpoints"]))
                 c = load_checkpoint(p)
@@ -239,14 +307,15 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
                                        **{m: v["summary"] for m, v in rep.data["checkpoints"][lab]["measures"].items()
                                           if "summary" in v}})
         results["runs"][label] = entry
-    for a, b in an.get("pairs", []):
-        if a not in dirs or b not in dirs:
-            raise SharpnessError(f"analysis.pairs names unknown runs {a!r}, {b!r}; runs are {list(dirs)}")
-        rep = analyze([dirs[a] / "final.pt", dirs[b] / "final.pt"], out=dirs[a] / f"pair_{b}",
-                      measures=["interpolation"], quick=an.get("quick", False), progress=progress, figures=False)
+    for a, b, *path in an.get("pairs", []):
+        path = path[0] if path else "linear"
+        curved = "" if path == "linear" else f"_{path}"
+        rep = analyze([dirs[a] / "final.pt", dirs[b] / "final.pt"], out=dirs[a] / f"pair_{b}{curved}",
+                      measures=["interpolation"], quick=an.get("quick", False), progress=progress, figures=False,
+                      settings={"interpolation": {**an.get("settings", {}).get("interpolation", {}), "path": path}})
         key = next(iter(rep.data["pairs"]))
         arr = {k.split("/")[-1]: v.tolist() for k, v in rep.arrays.items() if k.startswith(key)}
-        results["pairs"][f"{a}→{b}"] = arr
+        results["pairs"][f"{a}→{b}" + (f" ({path})" if curved else "")] = arr
     out = Path(figures_root) / name
     path = write_json(out / "results.json", results)
     draw(path, out)

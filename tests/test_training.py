@@ -30,12 +30,12 @@ def test_same_seed_same_run_and_history(tmp_path):
     c = train_model(tiny_config(epochs=2, seed=1), tmp_path / "c", progress=False)
     assert _same(a.state_dict, b.state_dict) and not _same(a.state_dict, c.state_dict)
     h = json.loads((tmp_path / "a" / "history.json").read_text())["history"]
-    assert [e["epoch"] for e in h] == [1, 2] and [e["step"] for e in h] == [12, 24]
-    assert [e["examples"] for e in h] == [192, 384]
+    assert [e["epoch"] for e in h] == [0, 1, 2] and [e["step"] for e in h] == [0, 12, 24]  # epoch 0: before training
+    assert [e["examples"] for e in h] == [0, 192, 384]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "wall_time", "lr", "batch_size",
                 "dist_from_init"):
         assert all(math.isfinite(e[key]) for e in h), key
-    assert h[1]["dist_from_init"] > h[0]["dist_from_init"] > 0
+    assert h[2]["dist_from_init"] > h[1]["dist_from_init"] > h[0]["dist_from_init"] == 0
     assert (tmp_path / "a" / "done").exists() and (tmp_path / "a" / "init.pt").exists()
     # a finished run is returned, not retrained; a different config in the same folder is refused
     assert _same(train_model(cfg, tmp_path / "a", progress=False).state_dict, a.state_dict)
@@ -114,7 +114,8 @@ def test_history_follows_schedule_smith_and_warmup(tmp_path):
                       lr=0.01, warmup_epochs=1, warmup_from=0.001, optimizer="sgd")
     ckpt = train_model(cfg, tmp_path, progress=False)
     sched = Schedule.from_config(cfg)
-    h = ckpt.history
+    assert ckpt.history[0]["step"] == 0 and ckpt.history[0]["lr"] == sched.lr(0.0)  # epoch 0: before training
+    h = ckpt.history[1:]
     assert [e["batch_size"] for e in h] == [16, 16, 32, 32]  # ×2 at 2; cap 40 → LR decays at 3
     assert math.isclose(h[3]["lr"], 0.005) and math.isclose(h[1]["lr"], sched.lr(1.99))
     assert [e["step"] for e in h] == [12, 24, 30, 36]
@@ -147,18 +148,18 @@ def test_toml_config_and_cli_flags(tmp_path, capsys):
 
 def test_target_train_loss_stops_the_run_and_resume_does_not_train_past_it(tmp_path):
     free = train_model(tiny_config(epochs=8), tmp_path / "free", progress=False)
-    losses = [e["train_loss"] for e in free.history]
+    losses = [e["train_loss"] for e in free.history[1:]]  # history[0]: epoch 0, before training
     target = losses[2] * 1.0001  # reached at the end of epoch 3, not before (the loss falls here)
-    assert min(losses[:2]) > target
+    assert min(losses[:2]) > target and free.history[0]["train_loss"] > target
     cfg = tiny_config(epochs=8, target_train_loss=target)
     stopped = train_model(cfg, tmp_path / "run", progress=False)
-    assert [e["epoch"] for e in stopped.history] == [1, 2, 3] and stopped.epoch == 3
+    assert [e["epoch"] for e in stopped.history] == [0, 1, 2, 3] and stopped.epoch == 3
     assert stopped.history[-1]["train_loss"] <= target
     assert _same(stopped.state_dict, _weights(tmp_path / "run" / "last.pt"))
     # killed between the last epoch's resume state and final.pt: a rerun must not train further
     (tmp_path / "run" / "done").unlink()
     (tmp_path / "run" / "final.pt").unlink()
     again = train_model(cfg, tmp_path / "run", progress=False)
-    assert len(again.history) == 3 and _same(again.state_dict, stopped.state_dict)
+    assert len(again.history) == 4 and _same(again.state_dict, stopped.state_dict)
     with pytest.raises(SharpnessError, match="target_train_loss"):
         tiny_config(target_train_loss=0.0).validated()

@@ -22,7 +22,7 @@ from ..progress import progress_bar
 from .lanczos import lanczos_tridiagonal
 from .operator import as_operator
 
-__all__ = ["DensityResult", "spectral_density", "quadrature"]
+__all__ = ["DensityResult", "spectral_density", "quadrature", "smooth"]
 
 
 @dataclass
@@ -56,6 +56,23 @@ def quadrature(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.nd
     return theta, S[0] ** 2
 
 
+def smooth(nodes: np.ndarray, weights: np.ndarray, sigma: float,
+           grid: np.ndarray | None = None, grid_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density): SLQ nodes (runs × steps, NaN where a run stopped) broadened by Gaussians of width σ.
+
+    Densities drawn side by side must share one absolute σ: a width relative to each model's own node
+    range widens the density of the model with the larger spectrum and draws tails that are not there.
+    Without ``grid``: the nodes' range ± 5σ. The density integrates to 1 over the grid.
+    """
+    nodes, weights = np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float)
+    ok = ~np.isnan(nodes) & (weights > 0)
+    if grid is None:
+        grid = np.linspace(nodes[ok].min() - 5 * sigma, nodes[ok].max() + 5 * sigma, grid_size)
+    th, wt = nodes[ok], weights[ok] / len(nodes)
+    density = (wt[:, None] * np.exp(-0.5 * ((grid[None, :] - th[:, None]) / sigma) ** 2)).sum(0)
+    return grid, density / trapezoid(density, grid)
+
+
 def spectral_density(op, *, n_runs: int = 10, steps: int = 80, sigma: float | None = None,
                      grid_size: int = 1000, seed: int = 0, progress: bool | None = None) -> DensityResult:
     """Estimate the Hessian's eigenvalue density by SLQ.
@@ -87,11 +104,7 @@ def spectral_density(op, *, n_runs: int = 10, steps: int = 80, sigma: float | No
         nodes[r, :len(theta)], weights[r, :len(theta)] = theta, w
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     sigma = sigma or max(0.01 * (hi - lo), 1e-12 * max(1.0, abs(hi)))
-    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size)
-    ok = ~np.isnan(nodes)
-    th, wt = nodes[ok], weights[ok] / n_runs
-    density = (wt[:, None] * np.exp(-0.5 * ((grid[None, :] - th[:, None]) / sigma) ** 2)).sum(0)
-    density /= trapezoid(density, grid)
+    grid, density = smooth(nodes, weights, sigma, np.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size))
     return DensityResult(grid=grid, density=density, nodes=nodes, weights=weights, sigma=float(sigma),
                          n_hvps=getattr(op, "n_hvps", 0) - hvps0, seconds=time.perf_counter() - start,
                          seed=seed)

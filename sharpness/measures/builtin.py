@@ -104,14 +104,15 @@ def _eps(ctx: Context, st: dict) -> Record:
             if p is not None and p > n:  # A is n × p: a subspace cannot have more dimensions than the space
                 details[eps_key(eps, p)] = {"skipped": f"subspace_dim {p} > {n} parameters"}
                 continue
-            r = eps_sharpness(ctx.work, eps=eps, subspace_dim=p, max_iter=st["max_iter"], seed=ctx.seed)
+            r = eps_sharpness(ctx.work, eps=eps, subspace_dim=p, subspace_draw=st["subspace_draw"],
+                              max_iter=st["max_iter"], seed=ctx.seed)
             summary[eps_key(eps, p)] = r.value
             details[eps_key(eps, p)] = r.to_dict()
     summary["n_evals"] = sum(d.get("n_evals", 0) for d in details.values())
     return Record(summary, details)
 
 
-_EPS = {"eps": [1e-3, 5e-4], "subspace_dims": [None, 100], "max_iter": 10}
+_EPS = {"eps": [1e-3, 5e-4], "subspace_dims": [None, 100], "subspace_draw": "normal", "max_iter": 10}
 register_measure("eps_sharpness", _eps, settings=_EPS, quick={"eps": [1e-3]},
                  keys=[Key(eps_key(e, p), _eps_label(e, p), "{:.3f}") for p in _EPS["subspace_dims"]
                        for e in _EPS["eps"]],
@@ -185,7 +186,7 @@ def _surface_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> 
 register_measure("landscape1d", _landscape(1), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
                  quick={"steps": 21}, figures=_line_figures,
                  description="1D loss landscape along a filter-normalized direction (Li et al. 2018)")
-register_measure("landscape2d", _landscape(2), settings={"steps": 25, "span": 1.0, "normalization": "filter"},
+register_measure("landscape2d", _landscape(2), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
                  quick={"steps": 11}, figures=_surface_figures,
                  description="2D loss surface on a filter-normalized plane (Li et al. 2018)")
 

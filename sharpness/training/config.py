@@ -90,6 +90,10 @@ class TrainConfig:
     target_train_loss: float | None = _opt(None, gt=0)  # stop after the first epoch whose training loss is
                                           # ≤ this (time-to-target, McCandlish 2018; matched-loss comparisons)
 
+    init_from: str | None = None          # start from this checkpoint's weights instead of a fresh
+                                          # initialization (Keskar 2017 Fig. 5 warm starts); the optimizer
+                                          # state starts fresh, and ‖w − w₀‖ is measured from these weights
+
     # --- bookkeeping ---
     seed: int = _opt(0, ge=0, le=2**32 - 1)  # initialisation, data order and dropout (torch seeds each
                                           # epoch with seed·1000003 + epoch)

@@ -117,6 +117,19 @@ def _specs(c: TrainConfig, train_set, test_set) -> tuple[Spec, Spec]:
     return Spec(c.model, args), Spec(c.dataset, dict(c.data_args))
 
 
+def _warm_start(c: TrainConfig, model: nn.Module) -> dict | None:
+    """The weights (and buffers) of ``c.init_from``'s checkpoint, checked against the model; None without one."""
+    if c.init_from is None:
+        return None
+    state = load_checkpoint(c.init_from).state_dict  # the safe loader: a checkpoint cannot run code
+    want = model.state_dict()
+    bad = sorted(set(want) ^ set(state)) or [k for k in want if tuple(want[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise SharpnessError(f"init_from {c.init_from}: its weights do not fit model '{c.model}' "
+                             f"(first mismatch: {bad[0]})")
+    return state
+
+
 def _normalized(saved: dict) -> dict:
     """A stored config with the defaults of fields added since it was written (so old runs still resume)."""
     defaults = TrainConfig().to_dict()
@@ -167,15 +180,23 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = build_model(model_spec).to(device)
+        warm = _warm_start(config, model)  # before anything is written: a bad path is bad input
         # The one evaluator: full-data loss and accuracy in eval mode, data cached on the device once.
         evals = [Objective(model, loss_fn, d, batch_size=config.eval_batch_size) for d in (train_set, test_set)]
         _try_model(model, loss_fn, evals[0], batches, config)  # before anything is written
         opt = _optimizer(model, config, sched.lr(0.0))
         state = _resume_state(out, config)
         if state is None:
+            if warm is not None:
+                model.load_state_dict(warm)
             save_checkpoint(out / "init.pt", model=model, model_spec=model_spec, data_spec=data_spec,
                             config=cfg)
             epoch0, step, history, trace = 0, 0, [], []
+            # Epoch 0: the model before any update, so curves start where training starts.
+            (train_loss, train_acc), (test_loss, test_acc) = (e.evaluate() for e in evals)
+            history.append({"epoch": 0, "step": 0, "examples": 0, "wall_time": 0.0, "lr": sched.lr(0.0),
+                            "batch_size": sched.batch_size(0), "train_loss": train_loss, "train_acc": train_acc,
+                            "test_loss": test_loss, "test_acc": test_acc, "dist_from_init": 0.0})
         else:
             model.load_state_dict(state.state_dict)
             opt.load_state_dict(state.optimizer)
