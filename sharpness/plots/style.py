@@ -1,32 +1,166 @@
-"""Shared figure helpers: a headless backend, one style, atomic PNG writes."""
+"""One place for how figures look and are written: venue styles, sizes, formats, resolution.
+
+Every plot function runs inside :func:`styled` (the active style's rcParams), makes its figure with
+:func:`new_axes` (single-column size unless told otherwise) and writes it with :func:`save`, which picks
+the format from the path's suffix (``.pdf``, ``.svg``, ``.png``) or, under :func:`figure_options` with
+``formats`` (``--format pdf,png``), writes each of those formats under the path's stem instead.
+
+Styles: ``"default"`` (a 3.3-inch column, 8-pt text: readable when a paper prints it at column width)
+and the venue bundles of the ``tueplots`` library (``"neurips"``, ``"icml"``, ``"iclr"``: column widths
+and font sizes of the venues' templates, without LaTeX so no TeX installation is needed).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 from pathlib import Path
+from typing import Callable, Iterator
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..errors import SharpnessError  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 
-__all__ = ["plt", "new_axes", "save"]
+__all__ = ["plt", "new_axes", "save", "styled", "figure_options", "check_path", "FORMATS", "STYLES",
+           "parse_formats"]
+
+FORMATS = ("pdf", "svg", "png")
+
+# Shared by every style: fonts embedded as TrueType (journals reject Type 3), no clipped labels.
+_COMMON = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "path", "savefig.bbox": "tight",
+           "savefig.pad_inches": 0.02, "figure.constrained_layout.use": True, "axes.grid": True,
+           "grid.alpha": 0.3, "grid.linewidth": 0.5, "legend.frameon": False, "lines.linewidth": 1.2,
+           "lines.markersize": 3.5, "axes.spines.top": False, "axes.spines.right": False}
+_DEFAULT = {"figure.figsize": (3.3, 2.4), "font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8,
+            "legend.fontsize": 7, "xtick.labelsize": 7, "ytick.labelsize": 7, "font.family": "sans-serif"}
 
 
-def new_axes(ax=None, figsize=(5.0, 3.6)):
-    """Return (fig, ax): the given axes' figure, or a new figure."""
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return fig, ax
+def _tueplots(name: str) -> Callable[[], dict]:
+    def rc() -> dict:
+        from tueplots import bundles
+
+        return {**getattr(bundles, name)(**({"column": "half"} if name.startswith("icml") else {}),
+                                         usetex=False)}
+    return rc
 
 
-def save(fig, path: str | Path | None, dpi: int = 150) -> Path | None:
-    """Write ``fig`` as PNG atomically (if ``path``) and close it."""
+STYLES: dict[str, Callable[[], dict]] = {
+    "default": lambda: dict(_DEFAULT),
+    "neurips": _tueplots("neurips2024"),   # one column, 5.5 in
+    "icml": _tueplots("icml2024"),         # half of two columns, 3.25 in
+    "iclr": _tueplots("iclr2024"),         # one column, 5.5 in
+}
+
+_options = {"formats": (), "dpi": 300, "style": "default"}
+
+
+def parse_formats(value: str | list | tuple | None) -> tuple[str, ...]:
+    """``"pdf,png"`` or ``["pdf", "png"]`` → ("pdf", "png"), each checked against :data:`FORMATS`."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = tuple(str(f).strip().lower().lstrip(".") for f in items if str(f).strip())
+    bad = [f for f in out if f not in FORMATS]
+    if bad or not out:
+        raise SharpnessError(f"format must be one or more of {', '.join(FORMATS)} (got {value!r})")
+    return out
+
+
+@contextlib.contextmanager
+def figure_options(formats: str | list | tuple | None = None, dpi: int | None = None,
+                   style: str | None = None) -> Iterator[None]:
+    """Within the block, :func:`save` writes ``formats`` (instead of the suffix's), rasters at ``dpi``, in ``style``.
+
+    Raises:
+        SharpnessError: an unknown format or style, or a dpi outside 10–2400.
+    """
+    new = dict(_options)
+    if formats is not None:
+        new["formats"] = parse_formats(formats)
+    if dpi is not None:
+        if isinstance(dpi, bool) or not isinstance(dpi, int) or not 10 <= dpi <= 2400:
+            raise SharpnessError(f"dpi must be an integer from 10 to 2400 (got {dpi!r})")
+        new["dpi"] = dpi
+    if style is not None:
+        if style not in STYLES:
+            raise SharpnessError(f"style must be one of {', '.join(STYLES)} (got {style!r})")
+        new["style"] = style
+    old = dict(_options)
+    _options.update(new)
+    try:
+        yield
+    finally:
+        _options.clear()
+        _options.update(old)
+
+
+def styled(fn: Callable) -> Callable:
+    """Run a plot function under the active style's rcParams (fonts, sizes), quietly about missing fonts."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        font_log = logging.getLogger("matplotlib.font_manager")
+        level = font_log.level
+        font_log.setLevel(logging.ERROR)  # a venue's Times/Helvetica absent: matplotlib falls back, once
+        try:
+            with plt.rc_context({**STYLES[_options["style"]](), **_COMMON}):
+                return fn(*args, **kwargs)
+        finally:
+            font_log.setLevel(level)
+    return wrapper
+
+
+def check_path(path: str | Path | None) -> Path | None:
+    """The output path, its suffix checked before anything is drawn.
+
+    Raises:
+        SharpnessError: the suffix is not .pdf, .svg or .png.
+    """
     if path is None:
         return None
     path = Path(path)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
-    plt.close(fig)
+    if path.suffix.lower().lstrip(".") not in FORMATS:
+        raise SharpnessError(f"figure path {str(path)!r}: the suffix names the format; use .pdf, .svg or .png")
     return path
+
+
+def new_axes(ax=None, figsize: tuple[float, float] | None = None, rows: int = 1, cols: int = 1, **subplot_kw):
+    """(fig, ax): the given axes' figure, or a new figure of ``figsize``.
+
+    Without ``figsize``, a grid of ``rows`` × ``cols`` panels at the style's column width: panels are
+    stacked, not squeezed, so each stays readable when the figure is printed at column width.
+    """
+    if ax is not None:
+        return ax.figure, ax
+    if figsize is None:
+        w, h = matplotlib.rcParams["figure.figsize"]
+        figsize = (w * (1 if cols == 1 else 0.62 * cols), h * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=figsize, layout="constrained", squeeze=rows * cols == 1,
+                             **subplot_kw)
+    return fig, axes
+
+
+def save(fig, path: str | Path | None, *, close: bool = True) -> Path | None:
+    """Write ``fig`` in the format the path's suffix names, or, under :func:`figure_options` with
+    ``formats``, in each of those formats instead (the suffix replaced); then close it.
+
+    Raster formats use the active dpi (300 by default). Each file is written atomically. ``close=False``
+    leaves a figure the caller owns (one they passed ``ax=`` of) open.
+
+    Returns:
+        The first file written (None when ``path`` is None).
+    """
+    path = check_path(path)
+    if path is None:
+        return None
+    targets = [path.with_suffix(f".{fmt}") for fmt in _options["formats"]] or [path]
+    for target in targets:
+        fmt = target.suffix.lower().lstrip(".")
+        atomic_write(target, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=_options["dpi"]))
+    if close:
+        plt.close(fig)
+    return targets[0]
