@@ -145,8 +145,10 @@ def new_axes(ax=None, figsize: tuple[float, float] | None = None, rows: int = 1,
 
 
 def save(fig, path: str | Path | None, *, close: bool = True) -> Path | None:
-    """Write ``fig`` in the format the path's suffix names, or, under :func:`figure_options` with
-    ``formats``, in each of those formats instead (the suffix replaced); then close it.
+    """Write ``fig`` in the format its path's suffix names (or the active ``formats``); close it.
+
+    Under :func:`figure_options` with ``formats``, each of those formats is written under the path's stem
+    instead of the suffix's.
 
     Raster formats use the active dpi (300 by default). Each file is written atomically. ``close=False``
     leaves a figure the caller owns (one they passed ``ax=`` of) open.
