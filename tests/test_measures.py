@@ -45,6 +45,39 @@ def test_eps_sharpness_quadratic_closed_form():
     assert torch.equal(model.w, model.m)
 
 
+class Linear(nn.Module):
+    """f(w) = gᵀw as a module + loss (with quad_loss): its maximum over a box is at a known corner."""
+
+    def __init__(self, g, w):
+        super().__init__()
+        self.register_buffer("g", torch.as_tensor(g, dtype=torch.float64))
+        self.w = nn.Parameter(torch.as_tensor(w, dtype=torch.float64))
+
+    def forward(self, x):
+        return (self.g @ self.w).expand(len(x))
+
+
+@pytest.mark.parametrize("draw", ["normal", "unit"])
+def test_eps_sharpness_random_subspace_closed_form(draw):
+    # max over y in ±ε(|A⁺w|+1) of gᵀ(w + Ay) − gᵀw = Σ_j |(Aᵀg)_j| ε(|(A⁺w)_j|+1), with A drawn as documented:
+    # N(0, 1) entries (Keskar Table 4 as this toolkit reads it) or N(0, 1/n) ("unit"), from the seed.
+    rng = np.random.default_rng(1)
+    n, p, eps, seed = 30, 4, 1e-3, 3
+    g, w = rng.normal(size=n), rng.normal(size=n)
+    model = Linear(g, w)
+    data = (torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2))
+    r = eps_sharpness(model, quad_loss, data, eps=eps, subspace_dim=p, subspace_draw=draw, seed=seed)
+    A = torch.randn(n, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    A = A / np.sqrt(n) if draw == "unit" else A
+    hw = eps * (np.abs(np.linalg.pinv(A) @ w) + 1)
+    f0 = g @ w
+    closed = 100 * np.sum(np.abs(A.T @ g) * hw) / (1 + f0)
+    assert r.subspace_draw == draw and abs(r.f0 - f0) < 1e-12
+    assert abs(r.value - closed) <= 1e-6 * abs(closed), (r.value, closed)
+    with pytest.raises(ValueError, match="subspace_draw"):
+        eps_sharpness(model, quad_loss, data, subspace_dim=p, subspace_draw="uniform")
+
+
 def test_eps_sharpness_subspace_box_and_model_unchanged():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
