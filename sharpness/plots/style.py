@@ -27,7 +27,7 @@ from ..errors import SharpnessError  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 
 __all__ = ["plt", "new_axes", "save", "styled", "figure_options", "check_path", "FORMATS", "STYLES",
-           "parse_formats"]
+           "parse_formats", "targets"]
 
 FORMATS = ("pdf", "svg", "png")
 
@@ -156,13 +156,24 @@ def save(fig, path: str | Path | None, *, close: bool = True) -> Path | None:
     Returns:
         The first file written (None when ``path`` is None).
     """
-    path = check_path(path)
-    if path is None:
+    files = targets(path)
+    if not files:
         return None
-    targets = [path.with_suffix(f".{fmt}") for fmt in _options["formats"]] or [path]
-    for target in targets:
+    for target in files:
         fmt = target.suffix.lower().lstrip(".")
         atomic_write(target, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=_options["dpi"]))
     if close:
         plt.close(fig)
-    return targets[0]
+    return files[0]
+
+
+def targets(path: str | Path | None) -> list[Path]:
+    """The files :func:`save` writes for ``path``: the path itself, or one per active format; [] for None.
+
+    Raises:
+        SharpnessError: the suffix is not .pdf, .svg or .png.
+    """
+    path = check_path(path)
+    if path is None:
+        return []
+    return [path.with_suffix(f".{fmt}") for fmt in _options["formats"]] or [path]
