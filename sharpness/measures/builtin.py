@@ -77,10 +77,11 @@ def _density(ctx: Context, st: dict) -> Record:
 
 def _density_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
     from ..plots import plot_spectral_density
+    from ..plots.style import targets
 
     path = out / f"density_{labels[0]}.png"
-    plot_spectral_density(rec.arrays, path=path, title=f"Hessian eigenvalue density: {labels[0]}")
-    return [path]
+    plot_spectral_density(rec.arrays, path=path, title=f"Hessian density: {labels[0]}")
+    return targets(path)
 
 
 register_measure("density", _density, settings={"n_runs": 3, "steps": 50}, quick={"n_runs": 2, "steps": 30},
@@ -164,22 +165,25 @@ def _landscape(dims: int):
 
 def _line_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
     from ..plots import plot_line
+    from ..plots.style import targets
 
     path = out / f"landscape1d_{labels[0]}.png"
     norm = rec.details["directions"]["normalization"]
-    plot_line(rec.arrays, path=path, loss_label=loss_label, title=f"1D landscape ({norm}-normalized): {labels[0]}")
-    return [path]
+    plot_line(rec.arrays, path=path, loss_label=loss_label, title=f"{labels[0]}: {norm}-normalized direction")
+    return targets(path)
 
 
 def _surface_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
     from ..plots import plot_surface
+    from ..plots.style import targets
 
     norm = rec.details["directions"]["normalization"]
     paths = []
     for kind, stem in (("contour", "landscape2d"), ("3d", "landscape3d")):
-        paths.append(out / f"{stem}_{labels[0]}.png")
-        plot_surface(rec.arrays, kind=kind, path=paths[-1], loss_label=loss_label,
-                     title=f"Loss surface ({norm}-normalized): {labels[0]}")
+        path = out / f"{stem}_{labels[0]}.png"
+        plot_surface(rec.arrays, kind=kind, path=path, loss_label=loss_label,
+                     title=f"{labels[0]}: {norm}-normalized plane")
+        paths += targets(path)
     return paths
 
 
@@ -202,10 +206,11 @@ def _interpolation(a: Context, b: Context, st: dict) -> Record:
 
 def _parametric_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
     from ..plots import plot_parametric
+    from ..plots.style import targets
 
     path = out / f"parametric_{labels[0]}_{labels[1]}.png"
     plot_parametric(rec.arrays, path=path, labels=labels, loss_label=loss_label)
-    return [path]
+    return targets(path)
 
 
 register_measure("interpolation", _interpolation,
