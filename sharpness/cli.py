@@ -72,6 +72,44 @@ def _numbers(text: str) -> list:
     return [_json_or_text(v.strip()) for v in text.split(",") if v.strip()]
 
 
+def _add_figure_flags(p: argparse.ArgumentParser) -> None:
+    """``--format``, ``--dpi`` and ``--style``: how the command's figures are written."""
+    g = p.add_argument_group("figures")
+    g.add_argument("--format", default="png", metavar="FMT[,FMT...]",
+                   help="figure formats, comma-separated, from pdf, svg, png (default: png)")
+    g.add_argument("--dpi", default="300", metavar="INT", help="resolution of PNGs (default: 300)")
+    g.add_argument("--style", default="default", metavar="{default,neurips,icml,iclr}",
+                   help="sizes and fonts: default (3.3-inch column, 8 pt) or a venue's template (default: default)")
+
+
+def _figure_options(a: argparse.Namespace):
+    """The checked ``figure_options`` of ``--format``/``--dpi``/``--style``, before any work is done.
+
+    Raises:
+        SharpnessError: a bad value, named with its flag.
+    """
+    from .plots.style import FORMATS, STYLES, figure_options, parse_formats
+
+    try:
+        formats = parse_formats(a.format)
+    except SharpnessError:
+        raise SharpnessError(f"--format must be one or more of {', '.join(FORMATS)}, comma-separated "
+                             f"(got {a.format!r})") from None
+    try:
+        dpi = int(a.dpi)
+    except ValueError:
+        dpi = None
+    if dpi is None or not 10 <= dpi <= 2400:
+        raise SharpnessError(f"--dpi must be an integer from 10 to 2400 (got {a.dpi!r})")
+    if a.style not in STYLES:
+        raise SharpnessError(f"--style must be one of {', '.join(STYLES)} (got {a.style!r})")
+    try:
+        STYLES[a.style]()
+    except ImportError:
+        raise SharpnessError(f"--style {a.style} needs the tueplots package (pip install tueplots)") from None
+    return figure_options(formats=formats, dpi=dpi, style=a.style)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors are bad input too: one line, exit 2
         self.exit(2, f"error: {message} (see --help)\n")
@@ -230,16 +268,19 @@ def analyze_main(argv: list[str] | None = None) -> int:
     p.add_argument("--plugin", action="append", default=[], metavar="PKG.MODULE",
                    help="import a module that registers measures (sharpness.register_measure); repeatable")
     p.add_argument("--no-progress", action="store_true")
+    _add_figure_flags(p)
     a = p.parse_args(argv)
+    options = _figure_options(a)
 
     out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
     measures = [m.strip() for m in a.measures.split(",") if m.strip()] if a.measures else None
-    report = analysis.analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=a.device,
-                              batch_size=a.batch_size, max_samples=a.max_samples, seed=a.seed, model=a.model,
-                              model_args=dict(a.model_arg) or None, data=a.data,
-                              data_args=dict(a.data_arg) or None, loss=a.loss,
-                              loss_args=dict(a.loss_arg) or None, force=a.force,
-                              progress=False if a.no_progress else None)
+    with options:
+            report = analysis.analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=a.device,
+                                  batch_size=a.batch_size, max_samples=a.max_samples, seed=a.seed,
+                                  model=a.model, model_args=dict(a.model_arg) or None, data=a.data,
+                                  data_args=dict(a.data_arg) or None, loss=a.loss,
+                                  loss_args=dict(a.loss_arg) or None, force=a.force,
+                                  progress=False if a.no_progress else None)
     print(report.table())
     print(f"report: {Path(out) / 'report.json'}" + ("  (quick settings)" if a.quick else ""))
     if report.failed:  # the report is written; the exit code says that some measures are missing from it
@@ -275,9 +316,11 @@ def run_main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="where run folders go")
     p.add_argument("--figures", default="figures", help="where results.json and figures go")
     p.add_argument("--no-progress", action="store_true")
+    _add_figure_flags(p)
     a = p.parse_args(argv)
-    path = run_experiment(a.experiment, runs_root=a.runs, figures_root=a.figures, jobs=a.jobs, overrides=a.set,
-                          progress=False if a.no_progress else None)
+    with _figure_options(a):
+        path = run_experiment(a.experiment, runs_root=a.runs, figures_root=a.figures, jobs=a.jobs,
+                              overrides=a.set, progress=False if a.no_progress else None)
     print(f"results: {path}")
     return 0
 
@@ -291,17 +334,21 @@ def figures_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m sharpness.figures", description="Redraw figures from saved results only.")
     p.add_argument("names", nargs="*", help="experiment names (default: every folder of --figures)")
     p.add_argument("--figures", default="figures")
+    _add_figure_flags(p)
     a = p.parse_args(argv)
+    options = _figure_options(a)
     root = Path(a.figures)
     names = a.names or sorted(d.name for d in root.iterdir() if (d / "results.json").exists()) if root.is_dir() else []
     if not names:
         raise SharpnessError(f"no results.json under '{root}'; run an experiment first")
-    for n in names:
-        res = root / n / "results.json"
-        if not res.exists():
-            raise SharpnessError(f"{res}: no such results file")
-        for fig in draw(res):
-            print(fig)
+    results = [root / n / "results.json" for n in names]
+    missing = [r for r in results if not r.exists()]
+    if missing:
+        raise SharpnessError(f"{missing[0]}: no such results file")
+    with options:
+        for res in results:
+            for fig in draw(res):
+                print(fig)
     return 0
 
 
