@@ -95,6 +95,11 @@ def _end_points(ax, labels) -> None:
     top.tick_params(length=0, colors="0.3")
 
 
+def _ink(color: str | None) -> str:
+    """An axis label's colour: ``color``, or the style's label colour."""
+    return color or matplotlib.rcParams["axes.labelcolor"]
+
+
 def _bn(obj) -> str:
     bn = getattr(obj, "bn", None)
     return f", BN {bn}" if bn else ""
@@ -140,9 +145,9 @@ def plot_parametric(interp: Interpolation | dict, *, ax=None, figsize=None, path
                       label=f"{prefix}{name} accuracy")
     ax.set_yscale("log")
     ax.set_xlabel(r"$\alpha$" + (" (curved path)" if kind == "sin" else ""))
-    ax.set_ylabel(f"{loss_label} (log)", color="tab:blue" if not label else None)
+    ax.set_ylabel(f"{loss_label} (log)", color=_ink(None if label else "tab:blue"))
     if twin is not None:
-        twin.set_ylabel("accuracy (%)", color="tab:red" if not label else None)
+        twin.set_ylabel("accuracy (%)", color=_ink(None if label else "tab:red"))
         twin.set_ylim(0, 100)
     _end_points(ax, labels)
     _legend(ax, twin, below=True)
@@ -176,13 +181,13 @@ def plot_line(surf: Surface | dict, *, ax=None, figsize=None, path: str | Path |
     a = coords[0]
     line, = ax.semilogy(a, loss, color=None if label else "tab:blue", label=label or "loss")
     ax.set_xlabel("step along direction")
-    ax.set_ylabel(f"{loss_label} (log)", color=None if label else "tab:blue")
+    ax.set_ylabel(f"{loss_label} (log)", color=_ink(None if label else "tab:blue"))
     twin = None
     if acc is not None:
         twin = _twin(ax)
         twin.plot(a, 100 * acc, color=line.get_color() if label else "tab:red", ls="--",
                   label=f"{label} accuracy" if label else "accuracy")
-        twin.set_ylabel("accuracy (%)", color=None if label else "tab:red")
+        twin.set_ylabel("accuracy (%)", color=_ink(None if label else "tab:red"))
         twin.set_ylim(0, 100)
     if label:
         _legend(ax, twin, below=True)
