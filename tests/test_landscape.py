@@ -91,6 +91,80 @@ def test_filter_normalization_of_conv2d_conv3d_and_embedding_weights():
     assert s.loss.shape == (5, 5) and np.isfinite(s.loss).all()
 
 
+class _AllRanks(nn.Module):
+    """Embedding (2-D), Conv1d (3-D), Conv2d (4-D), Conv3d (5-D) and Linear weights, BN between."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.c1 = nn.Conv1d(4, 3, 2)
+        self.c2 = nn.Conv2d(1, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(5)
+        self.c3 = nn.Conv3d(1, 2, (2, 2, 2))
+        self.fc = nn.Linear(3 + 5 + 2, 3)
+
+    def forward(self, ids, img, vol):
+        h1 = self.c1(self.emb(ids).transpose(1, 2)).mean(2)
+        h2 = torch.relu(self.bn(self.c2(img))).mean((2, 3))
+        return self.fc(torch.cat([h1, h2, self.c3(vol).mean((2, 3, 4))], 1))
+
+
+def _per_filter_reference(model, n, seed):
+    """Li et al.'s filter normalization, one filter at a time in float64, from the same Gaussian draws."""
+    gen = torch.Generator().manual_seed(seed)
+    norm_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                   for p in m.parameters(recurse=False)}
+    out = []
+    for _ in range(n):
+        pieces = []
+        for p in model.parameters():
+            d = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype).double()
+            w = p.detach().double()
+            if p.dim() <= 1 or id(p) in norm_params:
+                d = torch.zeros_like(w)
+            else:
+                for f in range(w.shape[0]):  # filter f: every weight feeding output channel / row f
+                    scale = float(torch.sqrt((w[f] ** 2).sum())) / float(torch.sqrt((d[f] ** 2).sum()))
+                    d[f] = d[f] * scale
+            pieces.append(d.reshape(-1))
+        out.append(torch.cat(pieces))
+    return torch.stack(out)
+
+
+def test_filter_normalization_equals_a_per_filter_loop_for_weights_of_every_rank():
+    torch.manual_seed(2)
+    model = _AllRanks()
+    ranks = sorted({p.dim() for p in model.parameters()})
+    assert ranks == [1, 2, 3, 4, 5]
+    for seed in (0, 7):
+        D = random_directions(model, 2, normalization="filter", seed=seed)
+        want = _per_filter_reference(model, 2, seed)
+        assert D.vectors.shape == want.shape and D.vectors.dtype == torch.float32
+        assert torch.allclose(D.vectors.double(), want, rtol=1e-5, atol=1e-7), seed
+    batch = ((torch.randint(0, 6, (8, 5)), torch.randn(8, 1, 4, 4), torch.randn(8, 1, 3, 3, 3)),
+             torch.randint(0, 3, (8,)))
+    s = surface(model, None, batch, dims=1, steps=5, span=0.5)
+    assert np.isfinite(s.loss).all() and s.directions.normalization == "filter"
+
+
+def test_surface_of_a_conv2d_batchnorm_net_frozen_and_recomputed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 3),
+                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 1, 6, 6, generator=g), torch.randint(0, 3, (24,), generator=g)
+    model = warm_bn(model, x)
+    snap = snapshot(model)
+    with torch.no_grad():
+        own = float(nn.functional.cross_entropy(model(x), y))
+    for bn in ("frozen", "recompute"):
+        s = surface(model, None, (x, y), steps=3, span=0.3, bn=bn, seed=1)
+        assert s.loss.shape == (3, 3) and np.isfinite(s.loss).all() and s.bn == bn
+        assert s.loss.max() > s.loss.min()  # the directions move the loss
+        if bn == "frozen":
+            assert s.loss[1, 1] == pytest.approx(own, abs=1e-6)
+    assert_unchanged(model, snap)
+
 def test_interpolation_endpoints_exact_and_model_unchanged():
     x, y = data()
     a = warm_bn(conv_bn_net(0), x)
