@@ -262,3 +262,45 @@ def test_a_plugin_name_that_is_not_a_module_is_one_line(name, tmp_path, capsys):
     assert analyze_main(["x.pt", f"--plugin={name}", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --plugin {name!r}: cannot import it (") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("main", ["analyze", "run", "figures"])
+def test_figure_flags_reach_the_command_body(main, monkeypatch, tmp_path, capsys):
+    import sharpness.analysis
+    import sharpness.experiments
+    import sharpness.plots.experiments
+    from sharpness import cli
+    from sharpness.plots.style import _options
+
+    seen = []
+    monkeypatch.setattr(sharpness.analysis, "analyze", lambda *a, **kw: seen.append(dict(_options)) or _FakeReport())
+    monkeypatch.setattr(sharpness.experiments, "run_experiment", lambda *a, **kw: seen.append(dict(_options)) or "r")
+    monkeypatch.setattr(sharpness.plots.experiments, "draw", lambda res: seen.append(dict(_options)) or [])
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "results.json").write_text("{}")
+    first = {"analyze": ["a.pt", "--out", str(tmp_path)], "run": ["x.toml", "--figures", str(tmp_path)],
+             "figures": ["--figures", str(tmp_path)]}[main]
+    fn = getattr(cli, f"{main}_main")
+    assert fn(first + ["--format", "pdf, SVG", "--dpi", "150", "--style", "iclr"]) == 0
+    assert fn(first) == 0
+    assert seen == [{"formats": ("pdf", "svg"), "dpi": 150, "style": "iclr"},
+                    {"formats": ("png",), "dpi": 300, "style": "default"}]
+    assert _options == {"formats": (), "dpi": 300, "style": "default"}
+    with pytest.raises(SystemExit):
+        fn(["--help"])
+    text = capsys.readouterr().out
+    assert all(f in text for f in ("--format", "--dpi", "--style", "neurips"))
+
+
+@pytest.mark.parametrize("argv, flag", [(["--format", "tiff"], "--format"), (["--format="], "--format"),
+                                        (["--dpi", "0"], "--dpi"), (["--dpi", "2.5"], "--dpi"),
+                                        (["--style", "Default"], "--style")])
+def test_bad_figure_flags_of_run_are_one_line_before_any_work(argv, flag, monkeypatch, tmp_path, capsys):
+    import sharpness.experiments
+    from sharpness.cli import run_main
+
+    monkeypatch.setattr(sharpness.experiments, "run_experiment", lambda *a, **kw: pytest.fail("ran"))
+    assert run_main(["x.toml", "--runs", str(tmp_path / "runs"), "--figures", str(tmp_path / "figs")] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} must be") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
