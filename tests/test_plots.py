@@ -124,21 +124,29 @@ def test_sizes_come_from_the_style(name, style):
     assert sizes and sizes <= allowed, (sizes, allowed)  # nothing hard-coded
 
 
+def _legend_texts(ax):
+    """The texts of the one legend of ``ax`` (on it, its twin or, below it, its figure's)."""
+    legends = [a.get_legend() for a in ax.figure.axes if a.get_legend()] + ax.figure.legends
+    assert len(legends) == 1
+    return [t.get_text() for t in legends[0].get_texts()]
+
+
 def test_labels_let_several_series_share_one_axes():
     ax = plot_line(LINE, label="SB")
     plot_line({**LINE, "loss": LINE["loss"] * 2}, ax=ax, label="LB")
-    texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert texts == ["SB", "LB", "SB accuracy", "LB accuracy"]
+    assert _legend_texts(ax) == ["SB", "LB", "SB accuracy", "LB accuracy"]
+    ax = plot_line(LINE, label="SB", path=None)
+    assert ax.figure.legends and _legend_texts(ax) == ["SB", "SB accuracy"]  # own figure: below the axes
     assert len(ax.figure.axes) == 2  # one accuracy axis, shared
     twin = ax.figure.axes[1]
     assert twin.get_ylabel() == "accuracy (%)" and twin.get_ylim() == (0, 100)
     assert np.allclose(twin.lines[0].get_ydata(), 100 * LINE["acc"])  # accuracy in %
     ax = plot_spectral_density(ESD, label="SB")
     plot_spectral_density(ESD, ax=ax, label="LB")
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["SB", "LB"]
+    assert _legend_texts(ax) == ["SB", "LB"]
     ax = plot_parametric(INTERP, label="SB")
     plot_parametric(INTERP, ax=ax, label="LB")
-    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    texts = _legend_texts(ax)
     assert "SB train loss" in texts and "LB test accuracy" in texts
     assert ax.figure.axes[1].get_ylabel() == "accuracy (%)"
 

@@ -71,16 +71,26 @@ def _twin(ax):
     return twin
 
 
-def _legend(ax, twin=None, *, below: bool = False) -> None:
-    """One legend of the series on ``ax`` and its twin: in the best corner, or below the axes."""
+def _legend(ax, twin=None, *, own: bool) -> None:
+    """One legend of the series on ``ax`` and its twin, replacing the one an earlier call drew.
+
+    In a figure of its own, the legend goes below the axes (outside: it never covers a curve), and
+    stays there when later calls add series; in the caller's axes, which may be one panel of many, in
+    the corner that covers the least.
+    """
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = twin.get_legend_handles_labels() if twin is not None else ([], [])
     if not h1 + h2:
         return
+    old = getattr(ax, "_sharpness_legend", None)
+    below = own or (old is not None and old in ax.figure.legends)
+    if old is not None:
+        old.remove()
     if below:
-        ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+        new = ax.figure.legend(h1 + h2, l1 + l2, loc="outside lower center", ncol=2)
     else:
-        (twin or ax).legend(h1 + h2, l1 + l2, loc="best")
+        new = (twin or ax).legend(h1 + h2, l1 + l2, loc="best")
+    ax._sharpness_legend = new
 
 
 def _end_points(ax, labels) -> None:
@@ -93,6 +103,7 @@ def _end_points(ax, labels) -> None:
     top = ax.secondary_xaxis("top")
     top.set_xticks([0, 1], [str(t) for t in labels])
     top.tick_params(length=0, colors="0.3")
+    top.spines[:].set_visible(False)
 
 
 def _ink(color: str | None) -> str:
@@ -142,7 +153,7 @@ def plot_parametric(interp: Interpolation | dict, *, ax=None, figsize=None, path
         c_loss = c_loss or line.get_color()
         if name in accs:
             twin.plot(alphas, 100 * accs[name], ls, color=c_acc or line.get_color(), alpha=0.8,
-                      label=f"{prefix}{name} accuracy")
+                      marker=None if c_acc else ".", label=f"{prefix}{name} accuracy")
     ax.set_yscale("log")
     ax.set_xlabel(r"$\alpha$" + (" (curved path)" if kind == "sin" else ""))
     ax.set_ylabel(f"{loss_label} (log)", color=_ink(None if label else "tab:blue"))
@@ -150,7 +161,7 @@ def plot_parametric(interp: Interpolation | dict, *, ax=None, figsize=None, path
         twin.set_ylabel("accuracy (%)", color=_ink(None if label else "tab:red"))
         twin.set_ylim(0, 100)
     _end_points(ax, labels)
-    _legend(ax, twin, below=True)
+    _legend(ax, twin, own=own)
     _set_title(ax, title, f"Parametric plot{_bn(interp)}" if own else None)
     save(fig, path, close=own)
     return ax
@@ -190,7 +201,7 @@ def plot_line(surf: Surface | dict, *, ax=None, figsize=None, path: str | Path |
         twin.set_ylabel("accuracy (%)", color=_ink(None if label else "tab:red"))
         twin.set_ylim(0, 100)
     if label:
-        _legend(ax, twin, below=True)
+        _legend(ax, twin, own=own)
     _set_title(ax, title, f"Loss along {f'a {name} direction' if name else 'a direction'}{', BN ' + bn if bn else ''}"
                if own else None)
     save(fig, path, close=own)
@@ -402,7 +413,7 @@ def plot_trajectory(surf: Surface | dict, coords, *, ax=None, figsize=None, path
     ax.set_xlabel(pcs[0])
     ax.set_ylabel(pcs[1])
     ax.grid(False)
-    _legend(ax, below=True)
+    _legend(ax, own=own)
     _set_title(ax, title, "Training path on the PCA plane" if own else None)
     save(fig, path, close=own)
     return ax
