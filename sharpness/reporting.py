@@ -9,21 +9,39 @@ Plots and tables read what this module returns; nothing here draws, trains or co
 - :func:`groups` — runs that differ only in their seed;
 - :func:`time_to_target` — updates, examples and wall-clock to a training loss (McCandlish 2018);
 - :func:`fit_critical_batch` — S = S_min(1 + B_crit/B) fitted to steps-to-target;
-- :func:`best_lr_per_batch` — the LR that reaches the target in the fewest updates, per batch size.
+- :func:`best_lr_per_batch` — the LR that reaches the target in the fewest updates, per batch size;
+- :func:`mean_ci` / :func:`format_ci` — mean ± 95 % confidence interval over seeds (Student t);
+- :func:`arm`, :func:`batch_size`, :func:`warm_start_epoch` — what a run varies, from its label and config;
+- :func:`gap_rows` — the generalization gap against batch size per arm (Keskar 2017, Hoffer 2017);
+- :func:`scatter_rows`, :func:`kendall` — per-run sharpness against gap and their rank correlation
+  (Jiang et al. 2020);
+- :func:`binned_ci` — a measure along training, averaged over log-spaced bins of training loss
+  (Keskar 2017, Fig. 6);
+- :func:`warm_start_rows` — warm-started LB runs against the SB epochs before the switch (Keskar Fig. 5).
+
+Every interval is the 95 % confidence interval of the mean over seeds with Student's t at n − 1 degrees
+of freedom, ``t_{0.975, n−1} · s / √n`` (s the sample standard deviation); one seed has no interval.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from scipy import stats
 
 from .measures.registry import headline_keys
 
 __all__ = ["long_table", "report_rows", "groups", "final", "time_to_target", "fit_critical_batch",
-           "best_lr_per_batch", "mean_std", "headline_columns"]
+           "best_lr_per_batch", "headline_columns", "CI_NOTE", "CI_LEVEL", "mean_ci", "format_ci", "seeds_note", "ci_by",
+           "arm", "batch_size", "warm_start_epoch", "gap_rows", "scatter_rows", "SCATTER_MEASURES", "kendall",
+           "binned_ci", "warm_start_rows"]
+
+CI_LEVEL = 0.95
+CI_NOTE = "mean ± 95 % CI (Student t)"  # how every table and figure names its intervals
 
 
 def groups(runs: dict) -> dict[str, list[str]]:
@@ -82,12 +100,219 @@ def headline_columns(rows: list[dict]) -> list[tuple[str, Any]]:
     return [(m, k) for m, k in headline_keys() if (m, k.name) in have]
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` (sample std) over seeds; the value alone for one; "—" for none."""
+def mean_ci(values, level: float = CI_LEVEL) -> tuple[float, float, int]:
+    """(mean, half-width, n) of the ``level`` confidence interval of the mean, Student t with n − 1 dof.
+
+    The half-width is ``t_{(1+level)/2, n−1} · s / √n`` with s the sample standard deviation (ddof 1).
+    None and NaN values are dropped; one value has no interval (half-width NaN); none gives (NaN, NaN, 0).
+    """
     v = np.array([x for x in values if x is not None], dtype=float)
-    if len(v) == 0:
+    v = v[~np.isnan(v)]
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(v[0]), math.nan, 1
+    half = stats.t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(half), n
+
+
+def format_ci(values, fmt: str = "{:.4g}") -> str:
+    """``mean ± half-width`` of :func:`mean_ci` (95 % CI, Student t); the value alone for one; "—" for none."""
+    m, h, n = mean_ci(values)
+    if n == 0:
         return "—"
-    return f"{v.mean():.4g}" if len(v) == 1 else f"{v.mean():.4g} ± {v.std(ddof=1):.2g}"
+    return fmt.format(m) if n == 1 else f"{fmt.format(m)} ± {h:.2g}"
+
+
+def seeds_note(counts) -> str:
+    """"mean ± 95 % CI (Student t), n = 3 seeds" (or "n = 2–3 seeds"); "one seed" when every n is 1."""
+    counts = sorted({int(c) for c in counts if c})
+    if not counts or counts[-1] <= 1:
+        return "one seed"
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"{CI_NOTE}, n = {n} seeds"
+
+
+def batch_size(run: dict) -> int:
+    """The run's (initial) batch size, from its config."""
+    return int(run["config"]["batch_size"])
+
+
+def arm(label: str, run: dict) -> str:
+    """The arm of a batch-size sweep: the run label without its batch-size and seed parts.
+
+    ``"fixed-B32-seed0"`` → ``"fixed"``, ``"B256-sqrt-seed1"`` → ``"sqrt"``, ``"B32-seed0"`` → ``""`` (a
+    single-arm sweep). Runs of one arm differ only in batch size and seed (e.g. gap.toml's LR rules).
+    """
+    b = batch_size(run)
+    parts = [p for p in label.split("-") if p and p != f"B{b}" and not re.fullmatch(r"seed\d+", p)]
+    return "-".join(parts)
+
+
+def warm_start_epoch(run: dict) -> int | None:
+    """k, the SB epochs a warm-started run starts after (Keskar 2017, Fig. 5), from its ``init_from``.
+
+    ``.../ckpt_epochK.pt`` → K, ``.../init.pt`` → 0 (SB's own initialization), no ``init_from`` → None.
+
+    Raises:
+        ValueError: an ``init_from`` that names neither.
+    """
+    src = run["config"].get("init_from")
+    if not src:
+        return None
+    name = re.split(r"[/\\]", str(src))[-1]
+    if name == "init.pt":
+        return 0
+    m = re.fullmatch(r"ckpt_epoch(\d+)\.pt", name)
+    if m is None:
+        raise ValueError(f"init_from {src!r} is neither init.pt nor ckpt_epochK.pt")
+    return int(m.group(1))
+
+
+def ci_by(results: dict, key: Callable[[str, dict], Any], columns: dict[str, Callable[[dict], Any]]) -> list[dict]:
+    """Runs grouped by ``key(label, run)`` (None: left out), each column's mean ± 95 % CI over the group.
+
+    ``columns`` maps a name to a function of a run giving its value (or None: not counted).
+
+    Returns:
+        Rows sorted by key: {key, labels, NAME: {mean, ci, n}} (ci NaN for one value, mean NaN for none).
+    """
+    cells: dict[Any, list[str]] = {}
+    for label, run in results["runs"].items():
+        k = key(label, run)
+        if k is not None:
+            cells.setdefault(k, []).append(label)
+    rows = []
+    for k, labels in sorted(cells.items()):
+        row = {"key": k, "labels": labels}
+        for name, fn in columns.items():
+            m, h, n = mean_ci([fn(results["runs"][lb]) for lb in labels])
+            row[name] = {"mean": m, "ci": h, "n": n}
+        rows.append(row)
+    return rows
+
+
+def gap_rows(results: dict) -> list[dict]:
+    """The generalization gap per (arm, batch size), mean ± 95 % CI over seeds.
+
+    Per run: ``gap_loss`` = final test − train loss, ``gap_acc`` = 100 · (train − test accuracy) in points,
+    and the final ``train_loss`` (the gap is compared at matched training loss: Keskar et al. 2017, Hoffer
+    et al. 2017; Jiang et al. 2020 stop every run at one training loss). Runs without final train and test
+    loss are left out.
+
+    Returns:
+        Rows sorted by (arm, batch): {arm, batch, labels, gap_loss, gap_acc, train_loss}, each of the last
+        three {mean, ci, n} (ci NaN for one seed; gap_acc n = 0 where accuracy is undefined).
+
+    Raises:
+        ValueError: no run has final train and test loss.
+    """
+    def has_loss(label: str) -> bool:
+        run = results["runs"][label]
+        return final(run, "loss", "train_loss") is not None and final(run, "loss", "test_loss") is not None
+
+    def acc_gap(r: dict) -> float | None:
+        tr, te = final(r, "loss", "train_acc"), final(r, "loss", "test_acc")
+        return None if tr is None or te is None else 100.0 * (tr - te)
+
+    rows = ci_by(results, lambda lb, r: (arm(lb, r), batch_size(r)) if has_loss(lb) else None,
+                 {"gap_loss": lambda r: final(r, "loss", "test_loss") - final(r, "loss", "train_loss"),
+                  "gap_acc": acc_gap, "train_loss": lambda r: final(r, "loss", "train_loss")})
+    if not rows:
+        raise ValueError("gap: no run has a final train and test loss")
+    return [{"arm": row["key"][0], "batch": row["key"][1], **{k: v for k, v in row.items() if k != "key"}}
+            for row in rows]
+
+
+# (measure, key) → axis label of the sharpness measures a gap scatter shows, in this order
+SCATTER_MEASURES: dict[tuple[str, str], str] = {
+    ("eigenvalues", "lambda_max"): "λ_max",
+    ("eps_sharpness", "eps0.001_full"): "ε-sharpness φ (ε = 1e-3)",
+    ("adaptive", "worst"): "adaptive sharpness, worst",
+    ("adaptive", "average"): "adaptive sharpness, average",
+}
+
+
+def scatter_rows(results: dict) -> list[dict]:
+    """One row per run with final train and test loss: {label, arm, batch, gap_loss, (measure, key): value}.
+
+    ``gap_loss`` = test − train loss; the sharpness values are those of :data:`SCATTER_MEASURES` the run has.
+    """
+    rows = []
+    for label, run in results["runs"].items():
+        tr, te = final(run, "loss", "train_loss"), final(run, "loss", "test_loss")
+        if tr is None or te is None:
+            continue
+        row = {"label": label, "arm": arm(label, run), "batch": batch_size(run), "gap_loss": te - tr}
+        for m, k in SCATTER_MEASURES:
+            v = final(run, m, k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                row[(m, k)] = float(v)
+        rows.append(row)
+    return rows
+
+
+def kendall(x, y) -> tuple[float, float, int]:
+    """(τ, two-sided p-value, n) of Kendall's rank correlation (τ-b, scipy.stats.kendalltau; Jiang 2020)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return math.nan, math.nan, len(x)
+    r = stats.kendalltau(x, y)
+    return float(r.statistic), float(r.pvalue), len(x)
+
+
+def binned_ci(series: list[tuple[list[float], list[float]]], bins: int = 8) -> dict[str, np.ndarray]:
+    """A measure along training per seed, averaged over log-spaced bins of the training loss.
+
+    ``series`` holds one (training losses, values) pair per seed. The losses' union range is cut into
+    ``bins`` log-spaced bins; in each bin every seed contributes the mean of its values there, and the bin
+    shows the mean ± 95 % CI (Student t) over those seeds (Keskar et al. 2017, Fig. 6, without the zigzag
+    of single checkpoints).
+
+    Returns:
+        {center (geometric bin centre), mean, ci, n}, bins without any value dropped.
+    """
+    xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in series]) if series else np.array([])
+    xs = xs[np.isfinite(xs) & (xs > 0)]
+    if len(xs) == 0:
+        return {k: np.array([]) for k in ("center", "mean", "ci", "n")}
+    lo, hi = xs.min(), xs.max()
+    edges = np.geomspace(lo, hi * (1 + 1e-9), bins + 1) if hi > lo else np.array([lo * 0.999, hi * 1.001])
+    out: dict[str, list] = {"center": [], "mean": [], "ci": [], "n": []}
+    for a, b in zip(edges[:-1], edges[1:]):
+        per_seed = []
+        for x, y in series:
+            x, y = np.asarray(x, dtype=float), np.asarray([np.nan if v is None else v for v in y], dtype=float)
+            sel = (x >= a) & (x < b) & np.isfinite(y)
+            if sel.any():
+                per_seed.append(float(y[sel].mean()))
+        if per_seed:
+            m, h, n = mean_ci(per_seed)
+            for k, v in zip(("center", "mean", "ci", "n"), (math.sqrt(a * b), m, h, n)):
+                out[k].append(v)
+    return {k: np.array(v, dtype=float) for k, v in out.items()}
+
+
+def warm_start_rows(results: dict, columns: dict[str, Callable[[dict], Any]]) -> tuple[list[dict], dict]:
+    """Warm-started runs per k (SB epochs before the switch; Keskar 2017, Fig. 5), and the cold runs.
+
+    ``columns`` maps a name to a function of a run (its value, or None). Runs with an ``init_from`` are
+    grouped by :func:`warm_start_epoch`; runs without one (SB) form the reference.
+
+    Returns:
+        (rows sorted by k: {k, labels, NAME: {mean, ci, n}}, reference {labels, NAME: {mean, ci, n}}).
+
+    Raises:
+        ValueError: no warm-started run.
+    """
+    rows = ci_by(results, lambda lb, r: warm_start_epoch(r), columns)
+    if not rows:
+        raise ValueError("warm_start: no run has an init_from (no warm-started run)")
+    ref = ci_by(results, lambda lb, r: 0 if warm_start_epoch(r) is None else None, columns)
+    ref = ref[0] if ref else {"labels": [], **{c: {"mean": math.nan, "ci": math.nan, "n": 0} for c in columns}}
+    return ([{"k": r["key"], **{k: v for k, v in r.items() if k != "key"}} for r in rows],
+            {k: v for k, v in ref.items() if k != "key"})
 
 
 def time_to_target(history: list[dict], target: float) -> dict | None:
@@ -117,7 +342,8 @@ def best_lr_per_batch(results: dict, target: float) -> tuple[dict[int, dict], li
     the target, and its costs are means over seeds (McCandlish et al. tune the LR per batch size).
 
     Returns:
-        ({batch: {lr, labels, step, examples, wall_time, *_std, b_simple: [...]}} sorted by batch,
+        ({batch: {lr, labels, step, examples, wall_time, *_ci (95 % CI half-widths, NaN for one seed),
+        b_simple: [...]}} sorted by batch,
         the batch sizes that never reached the target).
     """
     cells: dict[str, list[str]] = {}
@@ -131,8 +357,7 @@ def best_lr_per_batch(results: dict, target: float) -> tuple[dict[int, dict], li
             continue  # some seed never reached the target with this LR
         c = json.loads(key)
         row = {k: float(np.mean([t[k] for t in reach])) for k in ("step", "examples", "wall_time")}
-        row.update({f"{k}_std": float(np.std([t[k] for t in reach], ddof=1)) if len(reach) > 1 else 0.0
-                    for k in ("step", "examples", "wall_time")})
+        row.update({f"{k}_ci": mean_ci([t[k] for t in reach])[1] for k in ("step", "examples", "wall_time")})
         noise = [final(results["runs"][lb], "noise_scale", "b_simple") for lb in labels]
         row.update(lr=c["lr"], labels=labels, b_simple=[v for v in noise if v is not None])
         b = int(c["batch_size"])
