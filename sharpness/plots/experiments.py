@@ -1,36 +1,60 @@
 """Figures and tables of an experiment, drawn from its ``results.json`` only (never trains or computes).
 
-Runs that differ only in their seed form a group; tables and curves show the mean ± std over seeds. What
-is shown comes from :mod:`sharpness.reporting` (the long table, fits and selections) and the measures'
-registered keys; this module only draws.
+Runs that differ only in their seed form a group; tables and figures show the mean ± 95 % confidence
+interval over seeds (Student t, n − 1 degrees of freedom; :func:`sharpness.reporting.mean_ci`) and say n.
+What is shown comes from :mod:`sharpness.reporting` (the long table, gaps, bins, fits and selections) and
+the measures' registered keys; this module only draws. Every figure is sized for one 3.3-inch column
+(:mod:`sharpness.plots.style`): several panels are stacked, accuracies are in %, titles come from the
+figure's spec (``title``) or are left out.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import textwrap
 from pathlib import Path
 
+import matplotlib
 import numpy as np
-from matplotlib.ticker import NullFormatter
+from matplotlib.colors import LogNorm
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
+from ..curvature.density import smooth
 from ..errors import SharpnessError
 from ..io import atomic_write
 from ..losses import loss_label
 from ..measures.builtin import eps_key
 from ..reporting import (
+    CI_NOTE,
+    SCATTER_MEASURES,
+    arm,
+    batch_size,
     best_lr_per_batch,
+    binned_ci,
+    ci_by,
     final,
     fit_critical_batch,
+    format_ci,
+    gap_rows,
     groups,
     headline_columns,
+    kendall,
     long_table,
-    mean_std,
+    mean_ci,
+    scatter_rows,
+    seeds_note,
+    warm_start_rows,
 )
 from .landscape import plot_parametric, plot_surface
 from .spectrum import plot_spectral_density
-from .style import new_axes, save
+from .style import new_axes, save, styled
 
 __all__ = ["draw", "FIGURES"]
+
+PANEL_HEIGHT = 1.45  # inches per stacked panel (shared x axis): four panels fit a column's page height
 
 
 def _loss_label(res: dict) -> str:
@@ -39,250 +63,580 @@ def _loss_label(res: dict) -> str:
     return loss_label(names.pop()) if len(names) == 1 else "loss"
 
 
+def _options(res: dict, kind: str) -> dict:
+    """The ``[figures] KIND = {...}`` options of the experiment (empty when none)."""
+    opts = res["spec"].get("figures", {}).get(kind, {})
+    return opts if isinstance(opts, dict) else {}
+
+
+def _palette(n: int) -> list:
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", max(n, 1))
+
+
+def _stack(n: int, *, sharex: bool = True, height: float = PANEL_HEIGHT):
+    """(fig, [axes]) of ``n`` panels stacked at the style's column width, sharing the x axis."""
+    width = matplotlib.rcParams["figure.figsize"][0]
+    fig, axes = new_axes(figsize=(width, height * n + 0.35), rows=n, sharex=sharex)
+    return fig, list(np.atleast_1d(axes).ravel())
+
+
+def _header(fig, ax, title: str | None, note: str | None) -> None:
+    """The figure's human title (if any) and, above the first panel, what the bands are (n stated)."""
+    if title:  # wrapped to the figure's width: a long title must not widen a column figure
+        fig.suptitle(textwrap.fill(title, max(20, int(fig.get_figwidth() * 15))))
+    if note:
+        ax.set_title(note, loc="left", fontsize="small", color="0.3")
+
+
+def _fig_legend(fig, handles, labels, title: str | None = None, ncol: int | None = None) -> None:
+    """One legend for the whole figure, above the panels (below them when the figure has a title)."""
+    if handles:
+        where = "lower" if fig.get_suptitle() else "upper"
+        title = textwrap.fill(title, max(20, int(fig.get_figwidth() * 16))) if title else None
+        fig.legend(handles, labels, loc=f"outside {where} center", ncol=ncol or min(len(labels), 3), title=title,
+                   title_fontsize="small")
+
+
+def _g(v: float) -> str:
+    return f"{v:g}"
+
+
+def _log_axis(ax, which: str = "y") -> None:
+    """Log scale with plain-number tick labels; a short span (under ~1.5 decades) gets 1-2-5 or 1…9 labels."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    ax.autoscale_view()
+    lo, hi = (ax.get_ylim() if which == "y" else ax.get_xlim())
+    lo, hi = min(lo, hi), max(lo, hi)
+    decades = math.log10(hi / lo) if lo > 0 else 0
+    if decades < 1.5:
+        subs = np.arange(1.0, 10.0) if decades < 0.35 else (1.0, 2.0, 3.0, 5.0) if decades < 0.8 else (1.0, 2.0, 5.0)
+        axis.set_major_locator(LogLocator(subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: _g(v)))
+    elif decades <= 6:
+        axis.set_major_formatter(FuncFormatter(lambda v, _: _g(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _maybe_log(ax, values, which: str = "y") -> None:
+    """Log scale when every value is positive and they span more than a factor 20."""
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) and (v > 0).all() and v.max() / v.min() > 20:
+        _log_axis(ax, which)
+
+
+def _batch_axis(ax, bs) -> None:
+    """Batch sizes on a log₂ axis, each labelled."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(bs), [str(int(b)) for b in bs])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("batch size")
+
+
+def _errorbar(ax, x, cells, **kw):
+    """Means with 95 % CI bars from :func:`sharpness.reporting.ci_by` cells ({mean, ci, n})."""
+    m = np.array([c["mean"] for c in cells], dtype=float)
+    e = np.nan_to_num(np.array([c["ci"] for c in cells], dtype=float))
+    return ax.errorbar(x, m, yerr=e, capsize=2, marker="o", **kw)
+
+
 def table(res: dict, out: Path) -> Path:
-    """Markdown table, one row per group (mean ± std over seeds), of every headline key the runs have."""
+    """Markdown table, one row per group (mean ± 95 % CI over its n seeds), of every headline key the runs have."""
     runs, grouped = res["runs"], groups(res["runs"])
     cols = headline_columns(long_table(res))
-    lines = ["| run | seeds | updates | " + " | ".join(k.column() for _, k in cols) + " |",
+    lines = [f"Final values per group: {CI_NOTE} over the group's n seeds (n = 1: the value alone).", "",
+             "| run | n (seeds) | updates | " + " | ".join(k.column() for _, k in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for g, labels in grouped.items():
         cells = []
         for m, k in cols:
             vals = [final(runs[lb], m, k.name) for lb in labels]
-            cells.append(mean_std([v * (100 if k.percent else 1) for v in vals if v is not None]))
+            cells.append(format_ci([v * (100 if k.percent else 1) for v in vals if v is not None]))
         counts = [runs[lb]["history"][-1]["step"] for lb in labels if runs[lb]["history"]]
-        steps = str(counts[0]) if len(set(counts)) == 1 else mean_std(counts)  # differ with target_train_loss
+        steps = str(counts[0]) if len(set(counts)) == 1 else format_ci(counts)  # differ with target_train_loss
         lines.append(f"| {g} | {len(labels)} | {steps} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     return atomic_write(out / "table.md", lambda p: p.write_text(text))
 
 
 AXIS_LABELS = {"epoch": "epoch", "step": "parameter updates", "examples": "training examples seen",
-               "wall_time": "training wall-clock (s)", "test_loss": "test (validation) loss",
-               "test_acc": "test accuracy", "train_loss": "training loss", "train_acc": "training accuracy",
-               "dist_from_init": "‖w − w₀‖", "lr": "learning rate", "batch_size": "batch size"}
+               "wall_time": "training wall-clock (s)", "test_loss": "test loss", "test_acc": "test accuracy (%)",
+               "train_loss": "training loss", "train_acc": "training accuracy (%)", "dist_from_init": "‖w − w₀‖",
+               "lr": "learning rate", "batch_size": "batch size", "batch_loss": "mini-batch loss"}
+PERCENT = {"test_acc", "train_acc"}  # fractions drawn ×100
 DEFAULT_CURVES = {"file": "curves.png", "panels": [{"x": "epoch", "y": "test_loss"}, {"x": "epoch", "y": "test_acc"}]}
 
 
+@styled
 def _curve_figure(res: dict, out: Path, fig_spec: dict) -> Path:
-    import matplotlib.pyplot as plt
-
     grouped = groups(res["runs"])
     wanted = fig_spec.get("groups", list(grouped))
     unknown = [g for g in wanted if g not in grouped]
     if unknown:
         raise ValueError(f"figures.curves names unknown groups {unknown}; groups are {list(grouped)}")
     panels = fig_spec["panels"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), layout="constrained", squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    same_x = len({(p["x"], p.get("xscale", "linear"), p.get("source", "history")) for p in panels}) == 1
+    fig, axes = _stack(len(panels), sharex=same_x, height=PANEL_HEIGHT if len(panels) > 1 else 2.2)
+    colors = _palette(len(wanted))
+    seeds = []
+    for ax, panel in zip(axes, panels):
         xk, yk, source = panel["x"], panel["y"], panel.get("source", "history")
+        log_x = panel.get("xscale") == "log"
+        scale = 100.0 if yk in PERCENT else 1.0
         for i, g in enumerate(wanted):
             hs = [res["runs"][lb].get(source, []) for lb in grouped[g]]
             if not all(hs):
                 continue  # e.g. source = "trace" for runs trained without trace_log_steps
             n = min(len(h) for h in hs)
-            x = np.array([[e[xk] for e in h[:n]] for h in hs]).mean(0)
-            v = np.array([[e[yk] for e in h[:n]] for h in hs])
-            m = v.mean(0)
-            style = fig_spec.get("styles", {}).get(g, "-")
-            line, = ax.plot(x, m, style, label=g, color=f"C{i}", lw=1.4)
+            x = np.array([[e[xk] for e in h[:n]] for h in hs], dtype=float).mean(0)
+            v = scale * np.array([[e[yk] for e in h[:n]] for h in hs], dtype=float)
+            cells = [mean_ci(col) for col in v.T]
+            m = np.array([c[0] for c in cells])
+            keep = x > 0 if log_x else np.ones_like(x, bool)  # epoch / update 0 has no place on a log axis
+            ax.plot(x[keep], m[keep], fig_spec.get("styles", {}).get(g, "-"), label=g, color=colors[i])
             if len(hs) > 1:
-                sd = v.std(0, ddof=1)
-                ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2, lw=0)
-        ax.set_xscale(panel.get("xscale", "linear"))
-        ax.set_yscale(panel.get("yscale", "linear"))
-        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones collide on log axes
+                h = np.array([c[1] for c in cells])
+                ax.fill_between(x[keep], (m - h)[keep], (m + h)[keep], color=colors[i], alpha=0.2, lw=0)
+            seeds.append(len(hs))
+        if log_x:
+            _log_axis(ax, "x")
+        if panel.get("yscale") == "log":
+            _log_axis(ax, "y")
         if "ylim" in panel:
             ax.set_ylim(*panel["ylim"])
-        ax.set_xlabel(AXIS_LABELS.get(xk, xk) + (" (log)" if panel.get("xscale") == "log" else ""))
         ax.set_ylabel(AXIS_LABELS.get(yk, yk))
-        ax.grid(alpha=0.3, which="both" if panel.get("xscale") == "log" else "major")
-    axes[0][-1].legend(fontsize=8)
-    seeds = max(len(grouped[g]) for g in wanted)
-    band = f"mean over {seeds} seeds, band ±1 std" if seeds > 1 else "one seed"
-    fig.suptitle(f"{res['name']}: {fig_spec.get('title', 'curves')} ({band})")
+        if not same_x or ax is axes[-1]:
+            ax.set_xlabel(AXIS_LABELS.get(xk, xk))
+    _header(fig, axes[0], fig_spec.get("title"), None)
+    handles, labels = axes[0].get_legend_handles_labels()
+    _fig_legend(fig, handles, labels, title=seeds_note(seeds) + (" (band)" if max(seeds, default=0) > 1 else ""))
     return save(fig, out / fig_spec["file"])
 
 
+@styled
 def curves(res: dict, out: Path) -> list[Path]:
-    """Training curves per group (mean over seeds, band = ±1 std).
+    """Training curves per group: mean over seeds, band = 95 % CI (Student t), n in the legend title.
 
     Each ``[[figures.curves]]`` entry is one figure (``file``, ``title``, optional ``groups``, ``styles``
-    and ``panels`` = [{x, y, xscale, yscale, ylim, source}], x and y being keys of the per-epoch history, or
-    of the log-spaced ``trace`` when ``source = "trace"``); without entries, test loss and accuracy
-    against epochs.
+    and ``panels`` = [{x, y, xscale, yscale, ylim, source}], x and y being keys of the per-epoch history
+    (from epoch 0 in new runs), or of the log-spaced ``trace`` when ``source = "trace"``); without entries,
+    test loss and accuracy against epochs. Panels are stacked; accuracies are in %. On a log x axis the
+    point at x = 0 (epoch 0, update 0) is left out.
     """
     specs = res["spec"].get("figures", {}).get("curves") or [DEFAULT_CURVES]
     return [_curve_figure(res, out, f) for f in specs]
 
 
+_PATHS = {"sin": "curved path sin(απ/2)·θ_B + cos(απ/2)·θ_A"}  # Keskar Fig. 7
+
+
+def _pair(key: str) -> tuple[str, str, str]:
+    """("SB-seed0", "LB-seed0", "sin") of a results.json pair key ``"SB-seed0→LB-seed0 (sin)"``."""
+    m = re.fullmatch(r"(.+?)→(.+?)(?: \((\w+)\))?", key)
+    if m is None:
+        raise ValueError(f"pair key {key!r} is not 'A→B' or 'A→B (path)'")
+    return m.group(1), m.group(2), m.group(3) or "linear"
+
+
+def _safe(name: str) -> str:
+    """A folder-safe file-name part: anything but letters, digits, '.', '_' and '-' becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+@styled
 def parametric(res: dict, out: Path) -> list[Path]:
-    """Keskar Fig. 3 for every pair in the results."""
+    """Keskar Fig. 3 (linear path) and Fig. 7 (curved path, key suffix " (sin)") for every pair in the results.
+
+    Files: ``parametric_A_B.png`` (linear) and ``parametric_A_B_sin.png`` (curved); the title names the path.
+    """
     paths = []
     for key, arr in res.get("pairs", {}).items():
-        a, b = key.split("→")
-        p = out / f"parametric_{a}_{b}.png"
-        plot_parametric(arr, path=p, labels=(a, b), title=f"Parametric plot: {a} (α=0) → {b} (α=1)")
-        paths.append(p)
+        a, b, kind = _pair(key)
+        name = "_".join(_safe(s) for s in (a, b) + (() if kind == "linear" else (kind,)))
+        title = f"{a} (α = 0) → {b} (α = 1), {'linear path' if kind == 'linear' else _PATHS.get(kind, kind + ' path')}"
+        title = textwrap.fill(title, max(20, int(matplotlib.rcParams["figure.figsize"][0] * 15)))
+        ax = plot_parametric(arr, labels=(a, b), title=title, loss_label=_loss_label(res))
+        paths.append(save(ax.figure, out / f"parametric_{name}.png"))
     return paths
 
 
+@styled
 def esd(res: dict, out: Path) -> Path:
-    """Spectral densities of the final models, overlaid."""
-    fig, ax = new_axes(figsize=(6, 4))
-    for label, r in res["runs"].items():
-        arr = r.get("arrays", {})
-        if "density/grid" in arr:
-            plot_spectral_density({"grid": arr["density/grid"], "density": arr["density/density"]}, ax=ax,
-                                  label=label)
-    ax.set_title(f"{res['name']}: Hessian eigenvalue density (SLQ)")
+    """Hessian eigenvalue densities (SLQ; Yao et al. 2020) of the final models, overlaid in ``esd.png``.
+
+    Runs with SLQ ``nodes``/``weights`` arrays are re-broadened with one absolute Gaussian width σ = 1 % of
+    the union of all those runs' node ranges, on one grid, so their widths compare (a width relative to
+    each run's own range would widen the sharper model's density). Older results hold only each run's own
+    smoothed ``grid``/``density`` (σ = 1 % of that run's range): those are drawn as stored, and the legend
+    says so.
+    """
+    fig, ax = new_axes()
+    runs = {lb: {k.split("/", 1)[1]: v for k, v in r.get("arrays", {}).items() if k.startswith("density/")}
+            for lb, r in res["runs"].items()}
+    with_nodes = {lb: a for lb, a in runs.items() if "nodes" in a and "weights" in a}
+    stored = {lb: a for lb, a in runs.items() if lb not in with_nodes and "grid" in a and "density" in a}
+    if not with_nodes and not stored:
+        raise ValueError("esd: no run has density arrays (nodes/weights or grid/density)")
+    note = None
+    if with_nodes:
+        ok = [np.asarray(a["nodes"], float)[np.asarray(a["weights"], float) > 0] for a in with_nodes.values()]
+        lo, hi = min(o.min() for o in ok), max(o.max() for o in ok)
+        sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
+        grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 2000)
+        for lb, a in with_nodes.items():
+            g, d = smooth(a["nodes"], a["weights"], sigma, grid)
+            plot_spectral_density({"grid": g, "density": d}, ax=ax, label=lb)
+        note = f"one Gaussian width σ = {sigma:.2g} (1 % of the nodes' range)"
+    for lb, a in stored.items():
+        plot_spectral_density({"grid": a["grid"], "density": a["density"]}, ax=ax, label=lb)
+    if stored:
+        note = (note + "; " if note else "") + "each run's own smoothing (stored densities)"
+    ax.set_title(_options(res, "esd").get("title", ""))
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylabel("density")
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    handles, labels = ax.get_legend_handles_labels()
+    _fig_legend(fig, handles, labels, title=note, ncol=min(len(labels), 4))
     return save(fig, out / "esd.png")
 
 
-def surface(res: dict, out: Path) -> list[Path]:
-    """2D filter-normalized contour for every run that has one."""
-    paths = []
+@styled
+def surface(res: dict, out: Path) -> Path:
+    """Li et al. 2018's filter-normalized 2D loss surfaces, one panel per run, in ``surface.png``.
+
+    The panels (e.g. SB and LB) share one colour scale: the same log-spaced loss levels from the smallest
+    to the largest loss over all panels, so a contour means one loss value in every panel.
+    """
+    grids = {}
     for label, r in res["runs"].items():
         arr = r.get("arrays", {})
         if "landscape2d/loss" in arr:
-            grid = {k.split("/", 1)[1]: v for k, v in arr.items() if k.startswith("landscape2d/")}
-            p = out / f"surface_{label}.png"
-            plot_surface(grid, kind="contour", path=p, title=f"Loss surface (filter-normalized): {label}")
-            paths.append(p)
-    return paths
+            grids[label] = {k.split("/", 1)[1]: np.asarray(v) for k, v in arr.items()
+                            if k.startswith("landscape2d/")}
+    if not grids:
+        raise ValueError("surface: no run has landscape2d arrays")
+    losses = np.concatenate([g["loss"].ravel() for g in grids.values()])
+    losses = losses[np.isfinite(losses) & (losses > 0)]
+    vmin, vmax = float(losses.min()), float(losses.max())
+    levels = np.geomspace(vmin, vmax, 25)
+    width = matplotlib.rcParams["figure.figsize"][0]
+    n = len(grids)
+    fig, axes = new_axes(figsize=(width, width / n * 0.95 + 0.5), rows=1, cols=n, sharey=True)
+    axes = list(np.atleast_1d(axes).ravel())
+    for i, (ax, (label, g)) in enumerate(zip(axes, grids.items())):
+        plot_surface(g, kind="contour", ax=ax, title=label, loss_label=_loss_label(res), levels=levels,
+                     vmin=vmin, vmax=vmax, colorbar=i == n - 1)
+        if i:
+            ax.set_ylabel("")
+    _header(fig, ax, _options(res, "surface").get("title"), None)
+    return save(fig, out / "surface.png")
 
 
+@styled
 def sharpness_vs_loss(res: dict, out: Path) -> Path:
-    """Keskar Fig. 6: sharpness against training cross-entropy along training, per group."""
-    fig, ax = new_axes(figsize=(5.6, 4))
+    """Keskar Fig. 6: ε-sharpness against training loss along training, per group.
+
+    Thin faint lines: each seed's checkpoints. Bold: per log-spaced bin of training loss, the mean over
+    seeds (each seed's mean in the bin) ± 95 % CI (Student t). The x axis decreases to the right, as
+    training proceeds. Key: ``[figures] sharpness_vs_loss = { sharpness = "eps0.001_full" }``.
+    """
+    key = _options(res, "sharpness_vs_loss").get("sharpness", eps_key(1e-3, None))
+    fig, ax = new_axes()
     grouped = groups(res["runs"])
-    for g, labels in grouped.items():
-        for i, lb in enumerate(labels):
+    colors = _palette(len(grouped))
+    values, seeds = [], []
+    for i, (g, labels) in enumerate(grouped.items()):
+        series = []
+        for lb in labels:
             along = res["runs"][lb].get("along", [])
-            if along:
-                x = [e["train_loss"] for e in along]
-                y = [e.get("eps_sharpness", {}).get(eps_key(1e-3, None)) for e in along]
-                ax.plot(x, y, "o-", ms=3, color=f"C{list(grouped).index(g)}", alpha=0.8,
-                        label=g if i == 0 else None)
-    ax.set_xscale("log")
+            pts = [(e["train_loss"], e.get("eps_sharpness", {}).get(key)) for e in along]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None]
+            if pts:
+                x, y = zip(*pts)
+                series.append((list(x), list(y)))
+                ax.plot(x, y, "-", color=colors[i], lw=0.5, alpha=0.3)
+                values.extend(y)
+        if not series:
+            continue
+        b = binned_ci(series)
+        ax.plot(b["center"], b["mean"], "o-", color=colors[i], label=g)
+        h = np.nan_to_num(b["ci"])
+        ax.fill_between(b["center"], b["mean"] - h, b["mean"] + h, color=colors[i], alpha=0.2, lw=0)
+        seeds.extend(b["n"])
+    if not values:
+        raise ValueError(f"sharpness_vs_loss: no run has eps_sharpness {key} along training")
+    _log_axis(ax, "x")
     ax.invert_xaxis()
-    ax.set_xlabel(f"training {_loss_label(res)} (log, decreasing →)")
-    ax.set_ylabel("ε-sharpness φ (ε = 1e-3, full space)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{res['name']}: sharpness along training")
+    _maybe_log(ax, values)
+    ax.set_xlabel(f"training {_loss_label(res)} (decreasing →)")
+    eps = key.split("_")[0].replace("eps", "")
+    ax.set_ylabel(f"ε-sharpness φ (ε = {eps})")
+    _header(fig, ax, _options(res, "sharpness_vs_loss").get("title"), None)
+    handles, labels = ax.get_legend_handles_labels()
+    _fig_legend(fig, handles, labels, title=f"{seeds_note(seeds)} per loss bin; thin: single seeds")
     return save(fig, out / "sharpness_vs_loss.png")
 
 
-def _by_batch(res: dict) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for label, r in res["runs"].items():
-        out.setdefault(int(r["config"]["batch_size"]), []).append(label)
-    return dict(sorted(out.items()))
+def _arm_name(label: str, runs: list[dict]) -> str:
+    """An arm's legend name: its label part, with the LR rule its runs use."""
+    rules = {r["config"].get("lr_scaling", "none") for r in runs}
+    rule = {"sqrt": "LR ∝ √B", "linear": "LR ∝ B", "none": "fixed LR"}.get(rules.pop(), "") if len(rules) == 1 else ""
+    if label and rule and label.lower() not in rule.lower():
+        return f"{label} ({rule})"
+    return rule if label and rule else (label or "runs")
 
 
-def _errorbar(ax, x, values, **kw):
-    m = [np.mean(v) if len(v) else np.nan for v in values]
-    e = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
-    return ax.errorbar(x, m, yerr=e, capsize=3, marker="o", ms=4, **kw)
+def _sweep(res: dict, out: Path, file: str, panels: list[tuple[str, str, callable, bool]], kind: str) -> Path:
+    """Stacked panels of per-run values against batch size, one line per arm, mean ± 95 % CI over seeds.
 
-
-def batch_sweep(res: dict, out: Path) -> Path:
-    """Keskar Fig. 4: test accuracy and sharpness of the final models against batch size (mean ± std).
-
-    A second panel gives λ_max and the final training loss, which sharpness must be read against.
+    ``panels``: (name, y label, run → value, log y or "auto").
     """
-    import matplotlib.pyplot as plt
+    columns = {name: fn for name, _, fn, _ in panels}
+    rows = ci_by(res, lambda lb, r: (arm(lb, r), batch_size(r)), columns)
+    arms = sorted({r["key"][0] for r in rows})
+    bs = sorted({r["key"][1] for r in rows})
+    fig, axes = _stack(len(panels))
+    colors = _palette(len(arms))
+    ns = []
+    for ax, (name, ylabel, _, log) in zip(axes, panels):
+        for i, a in enumerate(arms):
+            mine = [r for r in rows if r["key"][0] == a and r[name]["n"]]
+            if not mine:
+                continue
+            label = _arm_name(a, [res["runs"][lb] for r in mine for lb in r["labels"]])
+            _errorbar(ax, [r["key"][1] for r in mine], [r[name] for r in mine], color=colors[i], label=label)
+            ns.extend(r[name]["n"] for r in mine)
+        if log == "auto":
+            _maybe_log(ax, [r[name]["mean"] for r in rows])
+        elif log:
+            _log_axis(ax, "y")
+        ax.set_ylabel(ylabel)
+    _batch_axis(axes[-1], bs)
+    handles, labels = axes[0].get_legend_handles_labels()
+    _header(fig, axes[0], _options(res, kind).get("title"), None if len(arms) > 1 else seeds_note(ns))
+    if len(arms) > 1:
+        _fig_legend(fig, handles, labels, title=seeds_note(ns))
+    return save(fig, out / file)
 
-    key = res["spec"].get("figures", {}).get("batch_sweep", {}).get("sharpness", eps_key(1e-3, None))
-    by_b = _by_batch(res)
-    bs = list(by_b)
 
-    def vals(measure, k, scale=1.0):
-        per_b = [[final(res["runs"][lb], measure, k) for lb in by_b[b]] for b in bs]
-        return [[v * scale for v in vs if v is not None] for vs in per_b]
+def _eps_name(key: str) -> str:
+    eps, space = key.split("_", 1)
+    return f"φ, ε = {eps.replace('eps', '')}" + ("" if space == "full" else f", {space.replace('p', 'p = ')}")
 
-    fig, (a1, a3) = plt.subplots(1, 2, figsize=(11.5, 3.9), layout="constrained")
-    _errorbar(a1, bs, vals("loss", "test_acc", 100), color="C0", label="test accuracy")
-    a1.set_ylabel("test accuracy (%)", color="C0")
-    a2 = a1.twinx()
-    _errorbar(a2, bs, vals("eps_sharpness", key), color="C3", label="ε-sharpness")
-    eps = key.split("_")[0].replace("eps", "")
-    a2.set_ylabel(f"ε-sharpness φ (ε = {eps}, {key.split('_')[1]})", color="C3")
-    a3.set_yscale("log")
-    _errorbar(a3, bs, vals("eigenvalues", "lambda_max"), color="C2", label="λ_max")
-    a3.set_ylabel("top Hessian eigenvalue λ_max", color="C2")
-    a4 = a3.twinx()
-    _errorbar(a4, bs, vals("loss", "train_loss"), color="C7", label="final training loss", ls="--")
-    a4.set_yscale("log")
-    a4.set_ylabel("final training loss", color="C7")
-    for ax in (a1, a3):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(bs, [str(b) for b in bs])
-        ax.minorticks_off()
-        ax.set_xlabel("batch size")
-        ax.grid(alpha=0.3)
-    seeds = max(len(v) for v in by_b.values())
-    fig.suptitle(f"{res['name']}: accuracy and sharpness against batch size (mean ± std, {seeds} seeds)")
-    return save(fig, out / "batch_sweep.png")
+
+@styled
+def batch_sweep(res: dict, out: Path) -> Path:
+    """Keskar Fig. 4: test accuracy, ε-sharpness, λ_max and final training loss against batch size.
+
+    Four stacked panels sharing the batch-size axis, mean ± 95 % CI over seeds; one line per arm (runs that
+    differ in more than batch size and seed). The final training loss is the one the others must be read
+    against (curvature shrinks with the loss). Key: ``[figures] batch_sweep = { sharpness = "eps0.001_full" }``.
+    """
+    key = _options(res, "batch_sweep").get("sharpness", eps_key(1e-3, None))
+
+    def get(measure, k, scale=1.0):
+        return lambda r: None if final(r, measure, k) is None else scale * final(r, measure, k)
+
+    return _sweep(res, out, "batch_sweep.png", [
+        ("test_acc", "test accuracy (%)", get("loss", "test_acc", 100.0), False),
+        ("phi", f"ε-sharpness ({_eps_name(key)})", get("eps_sharpness", key), "auto"),
+        ("lambda_max", "λ_max", get("eigenvalues", "lambda_max"), "auto"),
+        ("train_loss", f"final training\n{_loss_label(res)}", get("loss", "train_loss"), True)], "batch_sweep")
+
+
+@styled
+def gap(res: dict, out: Path) -> Path:
+    """The generalization gap against batch size at matched training loss, in ``gap.png``.
+
+    Panels (stacked): test − train loss, train − test accuracy (points of %), and the final training loss
+    (so the reader sees the runs stop at one training loss). One line per arm (e.g. gap.toml's fixed and
+    √B-scaled learning rates), mean ± 95 % CI over seeds; the numbers are
+    :func:`sharpness.reporting.gap_rows` (Keskar et al. 2017; Hoffer et al. 2017).
+    """
+    rows = gap_rows(res)
+    arms = sorted({r["arm"] for r in rows})
+    bs = sorted({r["batch"] for r in rows})
+    has_acc = any(r["gap_acc"]["n"] for r in rows)
+    panels = [("gap_loss", "test − train loss", False)] + (
+        [("gap_acc", "train − test accuracy\n(points of %)", False)] if has_acc else []) + [
+        ("train_loss", f"final training\n{_loss_label(res)}", True)]
+    fig, axes = _stack(len(panels))
+    colors = _palette(len(arms))
+    for ax, (name, ylabel, log) in zip(axes, panels):
+        for i, a in enumerate(arms):
+            mine = [r for r in rows if r["arm"] == a and r[name]["n"]]
+            label = _arm_name(a, [res["runs"][lb] for r in mine for lb in r["labels"]])
+            _errorbar(ax, [r["batch"] for r in mine], [r[name] for r in mine], color=colors[i], label=label)
+        if log:
+            _log_axis(ax, "y")
+        ax.set_ylabel(ylabel)
+    _batch_axis(axes[-1], bs)
+    note = seeds_note(r["gap_loss"]["n"] for r in rows)
+    _header(fig, axes[0], _options(res, "gap").get("title"), None if len(arms) > 1 else note)
+    if len(arms) > 1:
+        handles, labels = axes[0].get_legend_handles_labels()
+        _fig_legend(fig, handles, labels, title=note)
+    return save(fig, out / "gap.png")
+
+
+@styled
+def gap_scatter(res: dict, out: Path) -> Path:
+    """Each run's sharpness against its generalization gap (test − train loss), in ``gap_scatter.png``.
+
+    One stacked panel per measure the runs have (λ_max; ε-sharpness φ at ε = 1e-3, full space; adaptive
+    sharpness, worst and average, Andriushchenko et al. 2023), points coloured by batch size (log colour
+    scale), marker by arm; each panel states Kendall's τ (scipy.stats.kendalltau), its two-sided p-value
+    and n over the runs, the rank correlation Jiang et al. 2020 use to judge a measure.
+    """
+    import seaborn as sns
+
+    rows = scatter_rows(res)
+    present = [mk for mk in SCATTER_MEASURES if sum(mk in r for r in rows) >= 2]
+    if not present:
+        raise ValueError("gap_scatter: fewer than two runs have any of λ_max, eps0.001_full, adaptive")
+    bs = sorted({r["batch"] for r in rows})
+    arms = sorted({r["arm"] for r in rows})
+    norm = LogNorm(min(bs), max(bs) if max(bs) > min(bs) else min(bs) * 2)
+    cmap = matplotlib.colormaps["viridis"]
+    markers = dict(zip(arms, "o^sDv<>"))
+    fig, axes = _stack(len(present), height=1.6)
+    for ax, mk in zip(axes, present):
+        mine = [r for r in rows if mk in r]
+        data = {"gap": [r["gap_loss"] for r in mine], "value": [r[mk] for r in mine],
+                "batch": [r["batch"] for r in mine], "arm": [r["arm"] for r in mine]}
+        sns.scatterplot(data=data, x="gap", y="value", hue="batch", hue_norm=norm, palette=cmap,
+                        style="arm" if len(arms) > 1 else None, markers=markers if len(arms) > 1 else True,
+                        ax=ax, legend=False, s=14, edgecolor="none")
+        tau, p, n = kendall(data["gap"], data["value"])
+        ax.text(0.02, 0.97, f"Kendall τ = {tau:.2f}, p = {p:.2g}, n = {n}", transform=ax.transAxes,
+                va="top", ha="left", fontsize="small",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+        _maybe_log(ax, data["value"])
+        lo, hi = ax.get_ylim()
+        if ax.get_yscale() == "log":
+            ax.set_ylim(lo, hi * (hi / lo) ** 0.25)  # room for the τ line above the points
+        else:
+            ax.set_ylim(lo, hi + 0.25 * (hi - lo))
+        ax.set_ylabel(SCATTER_MEASURES[mk])
+        ax.set_xlabel("")
+    axes[-1].set_xlabel(f"generalization gap: test − train {_loss_label(res)}")
+    handles = [Line2D([], [], ls="", marker="o", color=cmap(norm(b)), ms=4) for b in bs]
+    labels = [str(b) for b in bs]
+    if len(arms) > 1:
+        handles += [Line2D([], [], ls="", marker=markers[a], color="0.4", ms=4) for a in arms]
+        labels += [a or "runs" for a in arms]
+    _header(fig, ax, _options(res, "gap_scatter").get("title"), None)
+    _fig_legend(fig, handles, labels, title="batch size" + (" / arm" if len(arms) > 1 else ""),
+                ncol=min(len(labels), 5))
+    return save(fig, out / "gap_scatter.png")
+
+
+@styled
+def warm_start(res: dict, out: Path) -> Path:
+    """Keskar Fig. 5: LB runs warm-started from SB's iterate after k epochs, in ``warm_start.png``.
+
+    k comes from each run's ``init_from`` (``ckpt_epochK.pt`` → K, ``init.pt`` → 0). Stacked panels: test
+    accuracy (%), ε-sharpness φ (ε = 1e-3, full space) and λ_max of the warm-started final models against
+    k, mean ± 95 % CI over seeds; the dashed line and band are the cold (SB) runs' final values.
+    """
+    key = _options(res, "warm_start").get("sharpness", eps_key(1e-3, None))
+
+    def get(measure, k, scale=1.0):
+        return lambda r: None if final(r, measure, k) is None else scale * final(r, measure, k)
+
+    cols = [("test_acc", "test accuracy (%)", get("loss", "test_acc", 100.0)),
+            ("phi", f"ε-sharpness ({_eps_name(key)})", get("eps_sharpness", key)),
+            ("lambda_max", "λ_max", get("eigenvalues", "lambda_max"))]
+    rows, ref = warm_start_rows(res, {name: fn for name, _, fn in cols})
+    cols = [c for c in cols if any(r[c[0]]["n"] for r in rows)]
+    ks = [r["k"] for r in rows]
+    ref_names = sorted(groups({lb: None for lb in ref["labels"]}))
+    fig, axes = _stack(len(cols))
+    c_lb, c_ref = _palette(2)
+    for ax, (name, ylabel, _) in zip(axes, cols):
+        _errorbar(ax, ks, [r[name] for r in rows], color=c_lb, label="warm-started, final")
+        if ref[name]["n"]:
+            m, h = ref[name]["mean"], ref[name]["ci"]
+            ax.axhline(m, color=c_ref, ls="--", lw=1, label=f"{', '.join(ref_names) or 'cold'} (no warm start), final")
+            if np.isfinite(h):
+                ax.axhspan(m - h, m + h, color=c_ref, alpha=0.15, lw=0)
+        _maybe_log(ax, [r[name]["mean"] for r in rows] + [ref[name]["mean"]])
+        ax.set_ylabel(ylabel)
+    ax = axes[-1]
+    ax.set_xscale("symlog", base=2, linthresh=1, linscale=0.5)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("k: small-batch epochs before the switch")
+    handles, labels = axes[0].get_legend_handles_labels()
+    _header(fig, axes[0], _options(res, "warm_start").get("title"), None)
+    _fig_legend(fig, handles, labels, title=seeds_note([r[c[0]]["n"] for r in rows for c in cols]), ncol=1)
+    return save(fig, out / "warm_start.png")
+
+
+@styled
+def _cost_figure(res: dict, out: Path, best: dict, bs: np.ndarray, fit, noise: np.ndarray, target: float) -> Path:
+    fig, axes = _stack(3)
+
+    def column(k: str) -> np.ndarray:
+        return np.array([r[k] for r in best.values()], dtype=float)
+
+    c_meas, c_fit, c_noise = _palette(3)
+    seeds = [len(r["labels"]) for r in best.values()]
+    for ax, key, name in zip(axes, ("step", "examples", "wall_time"),
+                             ("updates", "training examples", "wall-clock (s)")):
+        ax.errorbar(bs, column(key), yerr=np.nan_to_num(column(f"{key}_ci")), fmt="o-", capsize=2,
+                    color=c_meas, label="measured (best LR per batch size)")
+        if fit is not None and key != "wall_time":
+            s_min, b_crit = fit
+            grid = np.geomspace(bs.min(), bs.max(), 100)
+            model = s_min * (1 + b_crit / grid) if key == "step" else s_min * (grid + b_crit)
+            ax.plot(grid, model, "--", color=c_fit, label=f"fit S_min(1 + B_crit/B): B_crit = {b_crit:.0f}")
+        if fit is not None:
+            ax.axvline(fit[1], color=c_fit, ls="--", lw=0.8)
+        if len(noise):
+            ax.axvline(np.median(noise), color=c_noise, ls=":", lw=1.2,
+                       label=f"measured B_simple = {np.median(noise):.0f} (median over the kept runs)")
+            if len(noise) > 1:
+                ax.axvspan(noise.min(), noise.max(), color=c_noise, alpha=0.08, lw=0,
+                           label="B_simple, range over the kept runs")
+        _log_axis(ax, "y")
+        ax.set_ylabel(name)
+    _batch_axis(axes[-1], bs)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(noise) and not any(lb.startswith("measured B_simple") for lb in labels):
+        handles2, labels2 = axes[1].get_legend_handles_labels()
+        handles, labels = handles2, labels2
+    _header(fig, axes[0], _options(res, "cost").get("title"), None)
+    _fig_legend(fig, handles, labels, title=f"to reach training loss {target:g}; bars: {seeds_note(seeds)}", ncol=1)
+    return save(fig, out / "cost.png")
 
 
 def cost(res: dict, out: Path) -> list[Path]:
     """McCandlish et al. 2018: updates, examples and wall-clock to reach a training loss, against batch size.
 
     For each batch size the learning rate that reaches the target in the fewest updates is kept (mean over
-    seeds first), as the paper tunes the LR per batch size. Marked: the fitted critical batch size of
-    S = S_min(1 + B_crit/B) (E = E_min(1 + B/B_crit) follows) and the measured simple noise scale B_simple
-    of the kept runs' final (target-loss) checkpoints. Also writes ``cost.md``.
+    seeds first), as the paper tunes the LR per batch size; bars are 95 % CIs over seeds. Marked: the fitted
+    critical batch size of S = S_min(1 + B_crit/B) (E = E_min(1 + B/B_crit) follows) and the measured simple
+    noise scale B_simple of the kept runs' final (target-loss) checkpoints. Writes ``cost.png``, ``cost.md``.
     """
-    import matplotlib.pyplot as plt
-
-    opts = res["spec"].get("figures", {}).get("cost", {})
+    opts = _options(res, "cost")
     target = opts.get("target") or next(r["config"].get("target_train_loss") for r in res["runs"].values())
     best, missing = best_lr_per_batch(res, target)
     bs = np.array(list(best), dtype=float)
-
-    def column(k: str) -> np.ndarray:
-        return np.array([r[k] for r in best.values()])
-
-    fit = fit_critical_batch(bs, column("step")) if len(bs) >= 3 else None
+    fit = fit_critical_batch(bs, np.array([r["step"] for r in best.values()])) if len(bs) >= 3 else None
     noise = np.array([v for r in best.values() for v in r["b_simple"]])
+    png = _cost_figure(res, out, best, bs, fit, noise, target)
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9), layout="constrained")
-    for ax, key, name in zip(axes, ("step", "examples", "wall_time"),
-                             ("parameter updates", "training examples", "training wall-clock (s)")):
-        ax.errorbar(bs, column(key), yerr=column(f"{key}_std"), fmt="o-", ms=4, capsize=3, color="C0",
-                    label="measured (best LR per batch size; mean ± std over seeds)")
-        if fit is not None and key != "wall_time":
-            s_min, b_crit = fit
-            grid = np.geomspace(bs.min(), bs.max(), 100)
-            model = s_min * (1 + b_crit / grid) if key == "step" else s_min * (grid + b_crit)
-            ax.plot(grid, model, "--", color="C1", label=f"fit S_min(1+B_crit/B): B_crit = {b_crit:.0f}")
-        if fit is not None:
-            ax.axvline(fit[1], color="C1", ls="--", lw=1)
-        if len(noise):
-            ax.axvline(np.median(noise), color="C3", ls=":", lw=1.5,
-                       label=f"measured B_simple = {np.median(noise):.0f} (median)")
-            if len(noise) > 1:
-                ax.axvspan(noise.min(), noise.max(), color="C3", alpha=0.08, lw=0,
-                           label="B_simple, range over the kept runs")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(bs, [str(int(b)) for b in bs])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(f"{name} to reach train loss {target:g}")
-        ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=7, loc="upper left")  # the emptiest corner of the three panels
-    fig.suptitle(f"{res['name']}: cost of reaching training loss {target:g} against batch size")
-    png = save(fig, out / "cost.png")
-
-    lines = [f"Target training loss {target:g}; best LR per batch size (fewest updates; mean over seeds).", "",
-             "| batch | lr | updates | examples | wall-clock (s) | B_simple, final checkpoint |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Target training loss {target:g}; best LR per batch size (fewest updates; mean over seeds); "
+             f"B_simple: {CI_NOTE} over the kept runs' n seeds.", "",
+             "| batch | lr | n (seeds) | updates | examples | wall-clock (s) | B_simple, final checkpoint |",
+             "|---|---|---|---|---|---|---|"]
     for b, r in best.items():
-        lines.append(f"| {b} | {r['lr']:g} | {r['step']:.0f} | {r['examples']:.0f} | {r['wall_time']:.1f} | "
-                     f"{mean_std(r['b_simple'])} |")
+        lines.append(f"| {b} | {r['lr']:g} | {len(r['labels'])} | {r['step']:.0f} | {r['examples']:.0f} | "
+                     f"{r['wall_time']:.1f} | {format_ci(r['b_simple'])} |")
     lines.append("")
     lines.append(f"Fit S = S_min(1 + B_crit/B): S_min = {fit[0]:.0f}, B_crit = {fit[1]:.0f}, E_min = "
                  f"{fit[0] * fit[1]:.0f}." if fit else "Fit S = S_min(1 + B_crit/B): no positive fit.")
@@ -294,7 +648,8 @@ def cost(res: dict, out: Path) -> list[Path]:
 
 
 FIGURES = {"table": table, "curves": curves, "parametric": parametric, "esd": esd, "surface": surface,
-           "sharpness_vs_loss": sharpness_vs_loss, "batch_sweep": batch_sweep, "cost": cost}
+           "sharpness_vs_loss": sharpness_vs_loss, "batch_sweep": batch_sweep, "cost": cost, "gap": gap,
+           "gap_scatter": gap_scatter, "warm_start": warm_start}
 
 
 def draw(results_path: str | Path, out: str | Path | None = None) -> list[Path]:
