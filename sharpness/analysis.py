@@ -43,8 +43,9 @@ from .errors import SharpnessError
 from .io import to_jsonable, write_json, write_npz
 from .losses import make_loss
 from .measures import builtin  # noqa: F401 - registers the toolkit's measures
-from .measures.registry import MEASURES, Context, Measure, headline_keys, measure_names
+from .measures.registry import MEASURES, Context, Measure, Record, headline_keys, measure_names
 from .objective import Objective
+from .plots.style import targets
 
 __all__ = ["analyze", "Report", "measure_names", "SCHEMA", "SCHEMA_VERSION"]
 
@@ -239,17 +240,29 @@ class _Run:
         self.arrays, self.report, self.overrides = arrays, report, overrides
 
     def cached(self, old: dict | None, settings: dict, tags: dict) -> bool:
-        """An earlier result for the same settings, seed, data and inputs, with its arrays and figures."""
+        """An earlier result for the same settings, seed, data and inputs, with its arrays."""
         return not self.force and bool(old) and "summary" in old and old.get("settings") == settings \
             and old.get("seed") == self.seed and all(old.get(t) == v for t, v in tags.items()) \
-            and all(k in self.arrays for k in old.get("arrays", [])) \
-            and all((self.out / f).exists() for f in old.get("figures", []))
+            and all(k in self.arrays for k in old.get("arrays", []))
+
+    def redraw(self, measure: Measure, old: dict, ctxs: tuple) -> None:
+        """Draw a cached result's figures again when a file is missing (deleted, or another --format asked)."""
+        if not (self.figures and self.out is not None and old.get("figures")):
+            return
+        stems = {Path(f).with_suffix(".png").name for f in old["figures"]}
+        if all(t.exists() for s in stems for t in targets(self.out / s)):
+            return
+        arrays = {k.rsplit("/", 1)[1]: self.arrays[k] for k in old.get("arrays", [])}
+        rec = Record(old["summary"], old.get("details", {}), arrays)
+        made = measure.draw(rec, self.out, tuple(c.label for c in ctxs), ctxs[0].train.loss.label)
+        old["figures"] = sorted({*old["figures"], *(p.name for p in made)})
 
     def measure(self, measure: Measure, ctxs: tuple, key: str, entry: dict, old: dict | None, tags: dict) -> None:
         """Run (or reuse) one measure; record it in ``entry`` once its arrays and figures are written."""
         chosen = {**measure.settings_for(self.quick), **self.overrides.get(measure.name, {})}
         settings = _plain(chosen)
         if self.cached(old, settings, tags):
+            self.redraw(measure, old, ctxs)
             entry[measure.name] = old
             return
         loss = entry.get("loss", {}).get("summary", {}).get("train_loss", 0.0)
@@ -278,6 +291,20 @@ class _Run:
         entry[measure.name] = {**result, "settings": settings, "seed": self.seed, **tags,
                                "seconds": time.perf_counter() - t0}
         self.save()
+
+    def together(self, names: list[str], labels: list[str], loss_label: str) -> dict[str, list[str]]:
+        """The measures' figures of all checkpoints at once: {measure: files} (a failure is warned, not fatal)."""
+        made = {}
+        for name in names:
+            measure = MEASURES[name]
+            arrays = {lb: {k.split("/", 2)[2]: v for k, v in self.arrays.items() if k.startswith(f"{lb}/{name}/")}
+                      for lb in labels}
+            arrays = {lb: a for lb, a in arrays.items() if a}
+            try:
+                made[name] = [p.name for p in measure.draw_together(arrays, self.out, loss_label)]
+            except Exception as e:  # a figure must not cost the computed results
+                warnings.warn(f"{name}: the figure of all checkpoints failed ({type(e).__name__}: {e})", stacklevel=3)
+        return {k: v for k, v in made.items() if v}
 
     def save(self) -> None:
         """Rewrite report.json (atomically)."""
@@ -364,6 +391,8 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
             tags = {"loss": entry["loss"], "max_samples": max_samples}
             for name in (n for n in names if not MEASURES[n].pair):
                 run.measure(MEASURES[name], (ctx,), ctx.label, entry["measures"], entry["measures"].get(name), tags)
+        if figures and out is not None:  # each measure of every checkpoint here, on one scale
+            report["together"] = run.together(names, [c.label for c in ctxs], ctxs[0].train.loss.label)
         for (i, a), (j, b) in itertools.combinations(enumerate(ctxs), 2):
             key = f"{a.label}→{b.label}"
             tags = {"sha256": [ckpts[i].sha256, ckpts[j].sha256], "loss": a.train.loss.to_dict()}

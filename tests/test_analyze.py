@@ -328,3 +328,27 @@ def test_later_analyses_of_a_folder_keep_what_earlier_ones_wrote(runs, tmp_path)
         p.write_bytes((root / "sb" / "final.pt").read_bytes())
     rep = analyze([a, b], out=tmp_path / "two", measures=["loss"], progress=False)
     assert len(rep.data["checkpoints"]) == 2
+
+
+def test_densities_and_surfaces_of_several_checkpoints_on_one_scale_and_redrawn_in_a_new_format(runs, tmp_path):
+    root = runs[0]
+    ckpts = [root / "sb" / "final.pt", root / "lb" / "final.pt"]
+    out = tmp_path / "an"
+    rep = analyze(ckpts, out=out, measures=["density", "landscape2d"], quick=True)
+    assert rep.data["together"] == {"density": ["density_all.png"], "landscape2d": ["landscape2d_all.png"]}
+    assert nontrivial_png(out / "density_all.png") and nontrivial_png(out / "landscape2d_all.png")
+    # one absolute width: σ = 1 % of the union of both models' node ranges, not of each one's own
+    from sharpness.plots.spectrum import shared_sigma
+    arrays = {lb: {k.rsplit("/", 1)[1]: v for k, v in rep.arrays.items() if k.startswith(f"{lb}/density/")}
+              for lb in rep.data["checkpoints"]}
+    nodes = np.concatenate([a["nodes"][a["weights"] > 0] for a in arrays.values()])
+    assert shared_sigma(arrays) == pytest.approx(0.01 * (nodes.max() - nodes.min()))
+    # cached measures: a new --format draws the figures again without recomputing
+    before = {lb: e["measures"]["density"]["seconds"] for lb, e in rep.data["checkpoints"].items()}
+    with sharpness.plots.figure_options(formats="pdf"):
+        again = analyze(ckpts, out=out, measures=["density", "landscape2d"], quick=True)
+    assert {lb: e["measures"]["density"]["seconds"] for lb, e in again.data["checkpoints"].items()} == before
+    for lb in again.data["checkpoints"]:
+        assert (out / f"density_{lb}.pdf").read_bytes()[:4] == b"%PDF"
+        assert f"density_{lb}.pdf" in again.data["checkpoints"][lb]["measures"]["density"]["figures"]
+    assert (out / "density_all.pdf").exists() and (out / "landscape2d_all.pdf").exists()

@@ -84,8 +84,18 @@ def _density_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> 
     return targets(path)
 
 
+def _density_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
+    from ..plots import plot_spectral_densities
+    from ..plots.style import targets
+
+    path = out / "density_all.png"
+    plot_spectral_densities(arrays, path=path)
+    return targets(path)
+
+
 register_measure("density", _density, settings={"n_runs": 3, "steps": 50}, quick={"n_runs": 2, "steps": 30},
-                 figures=_density_figures, description="Hessian spectral density (stochastic Lanczos quadrature)")
+                 figures=_density_figures, together=_density_together,
+                 description="Hessian spectral density (stochastic Lanczos quadrature)")
 
 
 def eps_key(eps: float, p: int | None) -> str:
@@ -190,8 +200,17 @@ def _surface_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> 
 register_measure("landscape1d", _landscape(1), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
                  quick={"steps": 21}, figures=_line_figures,
                  description="1D loss landscape along a filter-normalized direction (Li et al. 2018)")
+def _surface_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
+    from ..plots import plot_surfaces
+    from ..plots.style import targets
+
+    path = out / "landscape2d_all.png"
+    plot_surfaces(arrays, path=path, loss_label=loss_label)
+    return targets(path)
+
+
 register_measure("landscape2d", _landscape(2), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
-                 quick={"steps": 11}, figures=_surface_figures,
+                 quick={"steps": 11}, figures=_surface_figures, together=_surface_together,
                  description="2D loss surface on a filter-normalized plane (Li et al. 2018)")
 
 

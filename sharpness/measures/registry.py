@@ -90,6 +90,11 @@ class Measure:
     pair: bool = False           # computed on pairs of checkpoints (interpolation)
     figures: Callable[..., list] | None = None   # figures(record, out, labels, loss_label) → written paths
     description: str = ""
+    together: Callable[..., list] | None = None  # together({label: arrays}, out, loss_label) → written paths
+
+    def draw_together(self, arrays: dict[str, dict], out: Path, loss_label: str) -> list[Path]:
+        """Write the figure that shows this measure of several checkpoints at once (on one scale)."""
+        return list(self.together(arrays, out, loss_label)) if self.together and len(arrays) > 1 else []
 
     def settings_for(self, quick: bool) -> dict:
         """The settings a run uses: the defaults, with the quick overrides when ``quick``."""
@@ -115,7 +120,7 @@ MEASURES: dict[str, Measure] = {}
 
 def register_measure(name: str, fn: Callable | None = None, *, settings: dict | None = None,
                      quick: dict | None = None, keys: list | tuple = (), pair: bool = False,
-                     figures: Callable | None = None, description: str = ""):
+                     figures: Callable | None = None, description: str = "", together: Callable | None = None):
     """Register a measure (usable as a decorator); a later registration of the same name replaces it.
 
     Args:
@@ -128,6 +133,9 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
         figures: ``figures(record, out, labels, loss_label) → [paths]``: writes the measure's figures into
             the folder ``out``; the file names are the measure's own (e.g. ``density_<label>.png``).
         description: one line for ``--help``.
+        together: ``together({label: arrays}, out, loss_label) → [paths]``: one figure of the measure for
+            every analyzed checkpoint at once, on one scale (densities overlaid with one smoothing width,
+            surfaces side by side with one colour scale); drawn when two or more checkpoints have it.
     """
     def add(f: Callable) -> Callable:
         if not isinstance(name, str) or not name or "/" in name:
@@ -135,7 +143,7 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
         if not callable(f):
             raise SharpnessError(f"measure '{name}': the function must be callable (got {type(f).__name__})")
         MEASURES[name] = Measure(name, f, dict(settings or {}), dict(quick or {}), tuple(keys), pair, figures,
-                                 description)
+                                 description, together)
         return f
 
     return add(fn) if fn is not None else add

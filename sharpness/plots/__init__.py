@@ -5,9 +5,9 @@ Every plot function draws into ``ax`` when given (or a new figure at the style's
 resolution and venue style of everything drawn inside it.
 """
 
-from .landscape import plot_line, plot_parametric, plot_surface, plot_trajectory
-from .spectrum import plot_spectral_density
-from .style import figure_options
+from .landscape import plot_line, plot_parametric, plot_surface, plot_surfaces, plot_trajectory
+from .spectrum import plot_spectral_densities, plot_spectral_density
+from .style import STYLES, figure_options
 
-__all__ = ["plot_spectral_density", "plot_parametric", "plot_line", "plot_surface", "plot_trajectory",
-           "figure_options"]
+__all__ = ["plot_spectral_density", "plot_spectral_densities", "plot_parametric", "plot_line", "plot_surface",
+           "plot_surfaces", "plot_trajectory", "figure_options", "STYLES"]

@@ -17,7 +17,7 @@ from ..errors import SharpnessError
 from ..landscape.grid import Interpolation, Surface
 from .style import check_path, new_axes, save, styled
 
-__all__ = ["plot_parametric", "plot_line", "plot_surface", "plot_trajectory"]
+__all__ = ["plot_parametric", "plot_line", "plot_surface", "plot_surfaces", "plot_trajectory"]
 
 KINDS = ("contour", "filled", "heatmap", "3d")
 
@@ -417,3 +417,41 @@ def plot_trajectory(surf: Surface | dict, coords, *, ax=None, figsize=None, path
     _set_title(ax, title, "Training path on the PCA plane" if own else None)
     save(fig, path, close=own)
     return ax
+
+
+@styled
+def plot_surfaces(surfs: dict, *, kind: str = "contour", figsize=None, path: str | Path | None = None,
+                  title: str | None = None, loss_label: str = "cross-entropy", levels: int = 25):
+    """Several 2D landscapes ({label: surface}) side by side on one colour scale.
+
+    Every panel gets the same log-spaced loss levels from the smallest to the largest finite loss over
+    all panels, so a contour line means one loss value in every panel (Li et al. 2018 compare SB and LB
+    surfaces this way). ``kind``: ``"contour"``, ``"filled"`` or ``"heatmap"``.
+
+    Returns:
+        The list of axes.
+    """
+    check_path(path)
+    if not surfs:
+        raise SharpnessError("no surfaces to draw")
+    if kind == "3d":
+        raise SharpnessError("plot_surfaces draws flat panels: kind must be contour, filled or heatmap")
+    losses = np.concatenate([np.asarray(_grid(s)[2], float).ravel() for s in surfs.values()])
+    losses = losses[np.isfinite(losses) & (losses > 0)]
+    vmin, vmax = float(losses.min()), float(losses.max())
+    shared = np.geomspace(vmin, vmax, levels) if vmax > vmin else levels
+    n = len(surfs)
+    if figsize is None:
+        w = matplotlib.rcParams["figure.figsize"][0]
+        figsize = (w, w / n * 0.95 + 0.5)
+    fig, axes = new_axes(None, figsize, rows=1, cols=n, sharey=True)
+    axes = list(np.atleast_1d(axes).ravel())
+    for i, (ax, (label, surf)) in enumerate(zip(axes, surfs.items())):
+        plot_surface(surf, kind=kind, ax=ax, title=label, loss_label=loss_label, levels=shared, vmin=vmin,
+                     vmax=vmax, colorbar=i == n - 1)
+        if i:
+            ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    save(fig, path)
+    return axes

@@ -12,7 +12,7 @@ from ..curvature.density import DensityResult, smooth
 from ..errors import SharpnessError
 from .style import check_path, new_axes, save, styled
 
-__all__ = ["plot_spectral_density"]
+__all__ = ["plot_spectral_density", "plot_spectral_densities", "shared_sigma"]
 
 
 def _density_arrays(esd: DensityResult | dict, sigma: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -75,5 +75,51 @@ def plot_spectral_density(esd: DensityResult | dict, *, ax=None, figsize=None, p
         ax.set_title("Hessian eigenvalue density" if title is None else title)
     if label:
         ax.legend(loc="best")
+    save(fig, path, close=own)
+    return ax
+
+
+def shared_sigma(esds: dict, fraction: float = 0.01) -> float | None:
+    """One absolute width for densities drawn together: ``fraction`` of the union of their node ranges.
+
+    None when no density has quadrature nodes (then each is drawn as stored).
+    """
+    ok = []
+    for e in esds.values():
+        nodes, weights = (e.nodes, e.weights) if isinstance(e, DensityResult) else (e.get("nodes"), e.get("weights"))
+        if nodes is not None and weights is not None:
+            n, w = np.asarray(nodes, float), np.asarray(weights, float)
+            ok.append(n[(w > 0) & ~np.isnan(n)])
+    if not ok:
+        return None
+    lo, hi = min(o.min() for o in ok), max(o.max() for o in ok)
+    return fraction * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
+
+
+@styled
+def plot_spectral_densities(esds: dict, *, ax=None, figsize=None, path: str | Path | None = None,
+                            title: str | None = None, sigma: float | None = None):
+    """Several SLQ densities ({label: density}) overlaid with one absolute smoothing width.
+
+    A width relative to each model's own node range (what :func:`~sharpness.curvature.spectral_density`
+    uses for one model) widens the density of the model with the larger spectrum and draws tails that
+    are not there; here every density is smoothed again from its nodes with the same σ (default:
+    :func:`shared_sigma`, 1 % of the union of the node ranges). Densities stored without nodes are
+    drawn as stored, with a warning.
+
+    Returns:
+        The axes.
+    """
+    check_path(path)
+    if not esds:
+        raise SharpnessError("no densities to draw")
+    sigma = sigma if sigma is not None else shared_sigma(esds)
+    own = ax is None
+    fig, ax = new_axes(ax, figsize)
+    for label, esd in esds.items():
+        plot_spectral_density(esd, ax=ax, label=label, sigma=sigma, title="")
+    if title is not None or own:
+        text = "Hessian eigenvalue densities" + (f" (σ = {sigma:.2g})" if sigma else "")
+        ax.set_title(text if title is None else title)
     save(fig, path, close=own)
     return ax
