@@ -228,9 +228,9 @@ def gap_rows(results: dict) -> list[dict]:
 # (measure, key) → axis label of the sharpness measures a gap scatter shows, in this order
 SCATTER_MEASURES: dict[tuple[str, str], str] = {
     ("eigenvalues", "lambda_max"): "λ_max",
-    ("eps_sharpness", "eps0.001_full"): "ε-sharpness φ (ε = 1e-3)",
-    ("adaptive", "worst"): "adaptive sharpness, worst",
-    ("adaptive", "average"): "adaptive sharpness, average",
+    ("eps_sharpness", "eps0.001_full"): "φ (ε = 1e-3)",
+    ("adaptive", "worst"): "adaptive, worst",
+    ("adaptive", "average"): "adaptive, average",
 }
 
 

@@ -104,15 +104,16 @@ def _g(v: float) -> str:
 
 
 def _log_axis(ax, which: str = "y") -> None:
-    """Log scale with plain-number tick labels; a short span (under ~1.5 decades) gets 1-2-5 or 1…9 labels."""
+    """Log scale with plain-number tick labels; a short span (under 2.5 decades) gets 1-3, 1-2-5 or 1…9 labels."""
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     ax.autoscale_view()
     lo, hi = (ax.get_ylim() if which == "y" else ax.get_xlim())
     lo, hi = min(lo, hi), max(lo, hi)
     decades = math.log10(hi / lo) if lo > 0 else 0
-    if decades < 1.5:
-        subs = np.arange(1.0, 10.0) if decades < 0.35 else (1.0, 2.0, 3.0, 5.0) if decades < 0.8 else (1.0, 2.0, 5.0)
+    if decades < 2.5:
+        subs = (np.arange(1.0, 10.0) if decades < 0.35 else (1.0, 2.0, 3.0, 5.0) if decades < 0.8
+                else (1.0, 2.0, 5.0) if decades < 1.5 else (1.0, 3.0))
         axis.set_major_locator(LogLocator(subs=subs))
         axis.set_major_formatter(FuncFormatter(lambda v, _: _g(v)))
     elif decades <= 6:
@@ -229,7 +230,8 @@ def curves(res: dict, out: Path) -> list[Path]:
     return [_curve_figure(res, out, f) for f in specs]
 
 
-_PATHS = {"sin": "curved path sin(απ/2)·θ_B + cos(απ/2)·θ_A"}  # Keskar Fig. 7
+_PATHS = {"linear": "linear path (1 − α)·θ₀ + α·θ₁",  # Keskar Fig. 3
+          "sin": "curved path sin(απ/2)·θ₁ + cos(απ/2)·θ₀"}  # Keskar Fig. 7
 
 
 def _pair(key: str) -> tuple[str, str, str]:
@@ -255,9 +257,8 @@ def parametric(res: dict, out: Path) -> list[Path]:
     for key, arr in res.get("pairs", {}).items():
         a, b, kind = _pair(key)
         name = "_".join(_safe(s) for s in (a, b) + (() if kind == "linear" else (kind,)))
-        title = f"{a} (α = 0) → {b} (α = 1), {'linear path' if kind == 'linear' else _PATHS.get(kind, kind + ' path')}"
-        title = textwrap.fill(title, max(20, int(matplotlib.rcParams["figure.figsize"][0] * 15)))
-        ax = plot_parametric(arr, labels=(a, b), title=title, loss_label=_loss_label(res))
+        title = f"{a} (α = 0) → {b} (α = 1)\n{_PATHS.get(kind, kind + ' path')}"
+        ax = plot_parametric({**arr, "path": kind}, labels=(a, b), title=title, loss_label=_loss_label(res))
         paths.append(save(ax.figure, out / f"parametric_{name}.png"))
     return paths
 
