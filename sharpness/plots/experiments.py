@@ -425,7 +425,7 @@ def _sweep(res: dict, out: Path, file: str, panels: list[tuple[str, str, callabl
 
 def _eps_name(key: str) -> str:
     eps, space = key.split("_", 1)
-    return f"φ, ε = {eps.replace('eps', '')}" + ("" if space == "full" else f", {space.replace('p', 'p = ')}")
+    return f"ε = {eps.replace('eps', '')}" + ("" if space == "full" else f", {space.replace('p', 'p = ')}")
 
 
 @styled
@@ -443,7 +443,7 @@ def batch_sweep(res: dict, out: Path) -> Path:
 
     return _sweep(res, out, "batch_sweep.png", [
         ("test_acc", "test accuracy (%)", get("loss", "test_acc", 100.0), False),
-        ("phi", f"ε-sharpness ({_eps_name(key)})", get("eps_sharpness", key), "auto"),
+        ("phi", f"ε-sharpness φ\n({_eps_name(key)})", get("eps_sharpness", key), "auto"),
         ("lambda_max", "λ_max", get("eigenvalues", "lambda_max"), "auto"),
         ("train_loss", f"final training\n{_loss_label(res)}", get("loss", "train_loss"), True)], "batch_sweep")
 
@@ -549,7 +549,7 @@ def warm_start(res: dict, out: Path) -> Path:
         return lambda r: None if final(r, measure, k) is None else scale * final(r, measure, k)
 
     cols = [("test_acc", "test accuracy (%)", get("loss", "test_acc", 100.0)),
-            ("phi", f"ε-sharpness ({_eps_name(key)})", get("eps_sharpness", key)),
+            ("phi", f"ε-sharpness φ\n({_eps_name(key)})", get("eps_sharpness", key)),
             ("lambda_max", "λ_max", get("eigenvalues", "lambda_max"))]
     rows, ref = warm_start_rows(res, {name: fn for name, _, fn in cols})
     cols = [c for c in cols if any(r[c[0]]["n"] for r in rows)]
