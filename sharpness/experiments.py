@@ -9,7 +9,9 @@ An experiment file (``experiments/NAME.toml``) has::
                 pairs = [[run_a, run_b], ...] for interpolation ([run_a, run_b, "sin"] for Keskar's
                 curved path), along_training = [...] measures at every saved checkpoint (quick
                 settings unless along_quick = false)
-    [figures]   kinds = [...] (see sharpness.plots.experiments.FIGURES)
+    [figures]   kinds = [...] (see sharpness.plots.experiments.FIGURES: table, curves, parametric, esd,
+                surface, sharpness_vs_loss, batch_sweep, gap, gap_scatter, warm_start, cost), and per
+                kind a table of options (e.g. gap = {title = "..."})
 
 A variant may start from another run's checkpoint: ``init_from = "@SB/ckpt_epoch3.pt"`` names the run of
 variant ``SB`` with the same grid values (the same seed, say); such runs train after the runs they start
@@ -75,7 +77,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dic
 _ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_samples": (int, {"optional": True, "ge": 1}),
              "seed": (int, {}), "pairs": (list, {"item": list}), "along_training": (list, {"item": str}),
              "along_quick": (bool, {}), "settings": (dict, {})}
-_FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep")
+_FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep", "esd", "surface", "sharpness_vs_loss", "gap",
+                   "gap_scatter", "warm_start")
 _FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", s) is not None,
            "a folder name of at most 100 letters, digits, '_', '.', '-', not starting with '.'")
 

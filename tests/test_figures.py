@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 import sharpness.plots.experiments as figs
+import sharpness.plots.landscape as landscape_plots
 from sharpness.plots.experiments import FIGURES, draw
 from sharpness.plots.style import figure_options
 from sharpness.reporting import (
@@ -186,6 +187,7 @@ def _capture(monkeypatch) -> list:
         seen.append(fig)
         return real(fig, path, close=False)
     monkeypatch.setattr(figs, "save", keep)
+    monkeypatch.setattr(landscape_plots, "save", keep)  # surface: drawn by plots.plot_surfaces
     return seen
 
 

@@ -22,7 +22,6 @@ from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from ..curvature.density import smooth
 from ..errors import SharpnessError
 from ..io import atomic_write
 from ..losses import loss_label
@@ -48,9 +47,9 @@ from ..reporting import (
     seeds_note,
     warm_start_rows,
 )
-from .landscape import plot_parametric, plot_surface
-from .spectrum import plot_spectral_density
-from .style import new_axes, save, styled
+from .landscape import plot_parametric, plot_surfaces
+from .spectrum import plot_spectral_densities, plot_spectral_density, shared_sigma
+from .style import new_axes, save, styled, targets
 
 __all__ = ["draw", "FIGURES"]
 
@@ -282,13 +281,8 @@ def esd(res: dict, out: Path) -> Path:
         raise ValueError("esd: no run has density arrays (nodes/weights or grid/density)")
     note = None
     if with_nodes:
-        ok = [np.asarray(a["nodes"], float)[np.asarray(a["weights"], float) > 0] for a in with_nodes.values()]
-        lo, hi = min(o.min() for o in ok), max(o.max() for o in ok)
-        sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
-        grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 2000)
-        for lb, a in with_nodes.items():
-            g, d = smooth(a["nodes"], a["weights"], sigma, grid)
-            plot_spectral_density({"grid": g, "density": d}, ax=ax, label=lb)
+        sigma = shared_sigma(with_nodes)
+        plot_spectral_densities(with_nodes, ax=ax, sigma=sigma, title="")
         note = f"one Gaussian width σ = {sigma:.2g} (1 % of the nodes' range)"
     for lb, a in stored.items():
         plot_spectral_density({"grid": a["grid"], "density": a["density"]}, ax=ax, label=lb)
@@ -319,21 +313,9 @@ def surface(res: dict, out: Path) -> Path:
                             if k.startswith("landscape2d/")}
     if not grids:
         raise ValueError("surface: no run has landscape2d arrays")
-    losses = np.concatenate([g["loss"].ravel() for g in grids.values()])
-    losses = losses[np.isfinite(losses) & (losses > 0)]
-    vmin, vmax = float(losses.min()), float(losses.max())
-    levels = np.geomspace(vmin, vmax, 25)
-    width = matplotlib.rcParams["figure.figsize"][0]
-    n = len(grids)
-    fig, axes = new_axes(figsize=(width, width / n * 0.95 + 0.5), rows=1, cols=n, sharey=True)
-    axes = list(np.atleast_1d(axes).ravel())
-    for i, (ax, (label, g)) in enumerate(zip(axes, grids.items())):
-        plot_surface(g, kind="contour", ax=ax, title=label, loss_label=_loss_label(res), levels=levels,
-                     vmin=vmin, vmax=vmax, colorbar=i == n - 1)
-        if i:
-            ax.set_ylabel("")
-    _header(fig, ax, _options(res, "surface").get("title"), None)
-    return save(fig, out / "surface.png")
+    path = out / "surface.png"
+    plot_surfaces(grids, path=path, title=_options(res, "surface").get("title"), loss_label=_loss_label(res))
+    return targets(path)[0]
 
 
 @styled

@@ -27,8 +27,14 @@ def _density_arrays(esd: DensityResult | dict, sigma: float | None) -> tuple[np.
     if isinstance(esd, DensityResult):
         grid, density, nodes, weights = esd.grid, esd.density, esd.nodes, esd.weights
     else:
-        grid, density = np.asarray(esd["grid"]), np.asarray(esd["density"])
+        grid, density = esd.get("grid"), esd.get("density")
         nodes, weights = esd.get("nodes"), esd.get("weights")
+        if grid is None or density is None:  # quadrature only: smoothed here, 1 % of its node range
+            if nodes is None or weights is None:
+                raise SharpnessError("a density needs grid and density arrays, or quadrature nodes and weights")
+            sigma = sigma if sigma is not None else shared_sigma({"": esd})
+        else:
+            grid, density = np.asarray(grid), np.asarray(density)
     if sigma is None:
         return grid, density
     if nodes is None or weights is None:
