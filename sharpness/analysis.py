@@ -45,6 +45,7 @@ from .losses import make_loss
 from .measures import builtin  # noqa: F401 - registers the toolkit's measures
 from .measures.registry import MEASURES, Context, Measure, Record, headline_keys, measure_names
 from .objective import Objective
+from .plots.style import current as figure_style
 from .plots.style import targets
 
 __all__ = ["analyze", "Report", "measure_names", "SCHEMA", "SCHEMA_VERSION"]
@@ -235,9 +236,10 @@ class _Run:
     """One analysis writing one folder: runs measures, reuses cached ones, saves arrays → figures → report."""
 
     def __init__(self, out: Path | None, quick: bool, seed: int, force: bool, figures: bool, arrays: dict,
-                 report: dict, overrides: dict):
+                 report: dict, overrides: dict, restyle: bool):
         self.out, self.quick, self.seed, self.force, self.figures = out, quick, seed, force, figures
         self.arrays, self.report, self.overrides = arrays, report, overrides
+        self.restyle = restyle  # another style or dpi than the figures here were drawn in: draw them again
 
     def cached(self, old: dict | None, settings: dict, tags: dict) -> bool:
         """An earlier result for the same settings, seed, data and inputs, with its arrays."""
@@ -250,12 +252,13 @@ class _Run:
         if not (self.figures and self.out is not None and old.get("figures")):
             return
         stems = {Path(f).with_suffix(".png").name for f in old["figures"]}
-        if all(t.exists() for s in stems for t in targets(self.out / s)):
+        if not self.restyle and all(t.exists() for s in stems for t in targets(self.out / s)):
             return
         arrays = {k.rsplit("/", 1)[1]: self.arrays[k] for k in old.get("arrays", [])}
         rec = Record(old["summary"], old.get("details", {}), arrays)
         made = measure.draw(rec, self.out, tuple(c.label for c in ctxs), ctxs[0].train.loss.label)
-        old["figures"] = sorted({*old["figures"], *(p.name for p in made)})
+        kept = [f for f in old["figures"] if (self.out / f).exists() and not self.restyle]
+        old["figures"] = sorted({*kept, *(p.name for p in made)})
 
     def measure(self, measure: Measure, ctxs: tuple, key: str, entry: dict, old: dict | None, tags: dict) -> None:
         """Run (or reuse) one measure; record it in ``entry`` once its arrays and figures are written."""
@@ -378,7 +381,9 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
                                "max_samples": max_samples},
                   # what an earlier run left here is kept unless this run replaces it
                   "checkpoints": dict(previous.get("checkpoints", {})), "pairs": dict(previous.get("pairs", {}))}
-        run = _Run(out, quick, seed, force, figures, arrays, report, overrides)
+        report["figure_style"] = figure_style() if figures else previous.get("figure_style")
+        restyle = figures and bool(previous) and previous.get("figure_style") != report["figure_style"]
+        run = _Run(out, quick, seed, force, figures, arrays, report, overrides, restyle)
         for ctx, ckpt in zip(ctxs, ckpts):
             prev = previous.get("checkpoints", {}).get(ctx.label, {})
             entry = report["checkpoints"][ctx.label] = {
@@ -392,7 +397,10 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
             for name in (n for n in names if not MEASURES[n].pair):
                 run.measure(MEASURES[name], (ctx,), ctx.label, entry["measures"], entry["measures"].get(name), tags)
         if figures and out is not None:  # each measure of every checkpoint here, on one scale
-            report["together"] = run.together(names, [c.label for c in ctxs], ctxs[0].train.loss.label)
+            made = run.together(names, [c.label for c in ctxs], ctxs[0].train.loss.label)
+            before = {m: [f for f in fs if (out / f).exists()] for m, fs in previous.get("together", {}).items()}
+            report["together"] = {m: sorted({*before.get(m, []), *made.get(m, [])})
+                                  for m in {*before, *made} if before.get(m) or made.get(m)}
         for (i, a), (j, b) in itertools.combinations(enumerate(ctxs), 2):
             key = f"{a.label}→{b.label}"
             tags = {"sha256": [ckpts[i].sha256, ckpts[j].sha256], "loss": a.train.loss.to_dict()}

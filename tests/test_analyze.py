@@ -352,3 +352,11 @@ def test_densities_and_surfaces_of_several_checkpoints_on_one_scale_and_redrawn_
         assert (out / f"density_{lb}.pdf").read_bytes()[:4] == b"%PDF"
         assert f"density_{lb}.pdf" in again.data["checkpoints"][lb]["measures"]["density"]["figures"]
     assert (out / "density_all.pdf").exists() and (out / "landscape2d_all.pdf").exists()
+    assert again.data["together"]["density"] == ["density_all.pdf", "density_all.png"]
+    # another style or dpi: the cached figures are drawn again in it, still without recomputing
+    png = out / f"density_{lb}.png"
+    size = mpimg.imread(png).shape
+    with sharpness.plots.figure_options(dpi=100, style="icml"):
+        third = analyze(ckpts, out=out, measures=["density"], quick=True)
+    assert mpimg.imread(png).shape[1] < size[1] and third.data["figure_style"] == {"style": "icml", "dpi": 100}
+    assert {lb: e["measures"]["density"]["seconds"] for lb, e in third.data["checkpoints"].items()} == before

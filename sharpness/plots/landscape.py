@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..errors import SharpnessError
 from ..landscape.grid import Interpolation, Surface
@@ -345,6 +346,14 @@ def _colorbar(fig, ax, norm: Normalize, label: str, *, extend: str = "neither", 
     else:
         bar = fig.colorbar(mappable, cax=ax.inset_axes([1.04, 0.0, 0.05, 1.0]), label=label, extend=extend)
     bar.ax.grid(False)
+    if isinstance(norm, LogNorm):  # plain numbers (0.2, 0.5, 1, 2) rather than 2×10⁻¹, and not too many
+        decades = np.log10(norm.vmax / norm.vmin)
+        axis = bar.ax.xaxis if horizontal else bar.ax.yaxis
+        subs = (1.0,) if decades > (2 if horizontal else 4) else (1.0, 2.0, 5.0) if decades > 0.7 else \
+            (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+        axis.set_major_locator(LogLocator(subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        axis.set_minor_formatter(NullFormatter())
     return bar
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import numbers
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,8 +45,12 @@ def _tueplots(name: str) -> Callable[[], dict]:
     def rc() -> dict:
         from tueplots import bundles
 
-        return {**getattr(bundles, name)(**({"column": "half"} if name.startswith("icml") else {}),
-                                         usetex=False)}
+        rc = getattr(bundles, name)(**({"column": "half"} if name.startswith("icml") else {}), usetex=False)
+        # Without the venue's Times, fall back to matplotlib's own Times-like STIX, text and maths alike
+        rc["font.serif"] = [*rc.get("font.serif", []), "STIXGeneral"]
+        if rc.get("font.family") == "serif":
+            rc["mathtext.fontset"] = "stix"
+        return rc
     return rc
 
 
@@ -64,7 +69,7 @@ def parse_formats(value: str | list | tuple | None) -> tuple[str, ...]:
     if value is None:
         return ()
     items = value.split(",") if isinstance(value, str) else list(value)
-    out = tuple(str(f).strip().lower().lstrip(".") for f in items if str(f).strip())
+    out = tuple(dict.fromkeys(str(f).strip().lower().lstrip(".") for f in items if str(f).strip()))
     bad = [f for f in out if f not in FORMATS]
     if bad or not out:
         raise SharpnessError(f"format must be one or more of {', '.join(FORMATS)} (got {value!r})")
@@ -76,6 +81,9 @@ def figure_options(formats: str | list | tuple | None = None, dpi: int | None = 
                    style: str | None = None) -> Iterator[None]:
     """Within the block, :func:`save` writes ``formats`` (instead of the suffix's), rasters at ``dpi``, in ``style``.
 
+    Figures the caller makes inside the block (``plt.subplots`` for a layout of their own) get the style's
+    fonts and sizes too.
+
     Raises:
         SharpnessError: an unknown format or style, or a dpi outside 10–2400.
     """
@@ -83,9 +91,9 @@ def figure_options(formats: str | list | tuple | None = None, dpi: int | None = 
     if formats is not None:
         new["formats"] = parse_formats(formats)
     if dpi is not None:
-        if isinstance(dpi, bool) or not isinstance(dpi, int) or not 10 <= dpi <= 2400:
+        if isinstance(dpi, bool) or not isinstance(dpi, numbers.Integral) or not 10 <= dpi <= 2400:
             raise SharpnessError(f"dpi must be an integer from 10 to 2400 (got {dpi!r})")
-        new["dpi"] = dpi
+        new["dpi"] = int(dpi)
     if style is not None:
         if style not in STYLES:
             raise SharpnessError(f"style must be one of {', '.join(STYLES)} (got {style!r})")
@@ -93,24 +101,38 @@ def figure_options(formats: str | list | tuple | None = None, dpi: int | None = 
     old = dict(_options)
     _options.update(new)
     try:
-        yield
+        with plt.rc_context(rc()):  # figures the caller makes in the block get the style too
+            yield
     finally:
         _options.clear()
         _options.update(old)
+
+
+def rc() -> dict:
+    """The rcParams of the active style (with the settings every style shares)."""
+    return {**STYLES[_options["style"]](), **_COMMON}
+
+
+def current() -> dict:
+    """The active style and resolution (what a figure drawn now looks like), for reports."""
+    return {"style": _options["style"], "dpi": _options["dpi"]}
 
 
 def styled(fn: Callable) -> Callable:
     """Run a plot function under the active style's rcParams (fonts, sizes), quietly about missing fonts."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        font_log = logging.getLogger("matplotlib.font_manager")
-        level = font_log.level
-        font_log.setLevel(logging.ERROR)  # a venue's Times/Helvetica absent: matplotlib falls back, once
+        # a venue's Times absent: matplotlib falls back (said once); fontTools' notes on old font dates
+        logs = [logging.getLogger(n) for n in ("matplotlib.font_manager", "fontTools")]
+        levels = [log.level for log in logs]
+        for log in logs:
+            log.setLevel(logging.ERROR)
         try:
-            with plt.rc_context({**STYLES[_options["style"]](), **_COMMON}):
+            with plt.rc_context(rc()):
                 return fn(*args, **kwargs)
         finally:
-            font_log.setLevel(level)
+            for log, level in zip(logs, levels):
+                log.setLevel(level)
     return wrapper
 
 
