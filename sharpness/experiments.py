@@ -79,8 +79,8 @@ _ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_sample
              "along_quick": (bool, {}), "settings": (dict, {})}
 _FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep", "esd", "surface", "sharpness_vs_loss", "gap",
                    "gap_scatter", "warm_start")
-_FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", s) is not None,
-           "a folder name of at most 100 letters, digits, '_', '.', '-', not starting with '.'")
+_FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", s) is not None,
+           "a folder name of at most 100 letters, digits, '_', '.', '+', '-', not starting with '.'")
 
 
 def _validate(spec: dict) -> None:

@@ -97,3 +97,11 @@ def test_figures_refuse_a_results_file_of_the_wrong_shape(tmp_path, capsys):
         assert figures_main([name, "--figures", str(tmp_path)]) == 2, name
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "results" in err, (name, err)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "experiments").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_committed_experiment_loads_and_expands(path):
+    # a validation rule must never make a committed experiment unrunnable (hoffer's "LB+LR" once was)
+    runs = expand(load_experiment(path))
+    assert runs and len({label for label, _ in runs}) == len(runs)
