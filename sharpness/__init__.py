@@ -9,6 +9,7 @@ from .allocator import keep_freed_memory
 from .analysis import Report, analyze
 from .batches import Batches
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .correlation import CorrelationResult, correlate
 from .curvature import (
                         DenseOperator,
                         DensityResult,
@@ -42,7 +43,7 @@ from .training import train as train_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyze", "Report", "keep_freed_memory", "plots", "reporting",
+    "analyze", "Report", "keep_freed_memory", "plots", "reporting", "correlate", "CorrelationResult",
     "Objective", "Batches", "Loss", "make_loss", "register_loss",
     "register_measure", "measure_names", "Measure", "Key", "Record", "Context",
     "HessianOperator", "DenseOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density",

@@ -352,8 +352,49 @@ def figures_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _list(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list (got {value!r})")
+    return items
+
+
+@_guard
+def correlate_main(argv: list[str] | None = None) -> int:
+    import json
+    from pathlib import Path
+
+    from .correlation import correlate, results_rows
+    from .io import atomic_write
+
+    p = _Parser(prog="python -m sharpness.correlate",
+                description="Rank the measures of an experiment's runs against their generalization gap "
+                            "(Kendall τ and Jiang et al. 2020's granulated Ψ).")
+    p.add_argument("results", help="figures/NAME/results.json")
+    p.add_argument("--gap", default="gap", help="gap (test − train loss, default) or gap_acc (train − test accuracy)")
+    p.add_argument("--measures", type=_list, default=None, help="comma-separated measure.key columns (default: all)")
+    p.add_argument("--axes", type=_list, default=None, help="hyperparameter axes for Ψ (default: the grid and variants)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for τ's interval")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    path = Path(a.results)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        rows, measures, axes = results_rows(results)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SharpnessError(f"{path}: not a readable results file ({' '.join(str(e).split())[:200]})") from None
+    res = correlate(rows, a.measures or measures, gap=a.gap, axes=a.axes if a.axes is not None else axes,
+                    n_boot=a.n_boot, seed=a.seed)
+    text = (f"Kendall τ of each measure with `{res.gap}` over the runs of {path} (τ > 0: a larger measure goes "
+            f"with a larger gap); 95 % bootstrap interval ({res.n_boot} resamples, seed {res.seed}); Ψ and ψ "
+            f"per axis as in Jiang et al. 2020 (axes: {', '.join(res.axes) or 'none'}).\n\n" + res.table())
+    out = atomic_write(path.with_name("correlation.md"), lambda q: q.write_text(text))
+    print(text + f"\nwritten: {out}")
+    return 0
+
+
 COMMANDS = {"train": train_main, "info": info_main, "analyze": analyze_main, "run": run_main,
-            "figures": figures_main}
+            "figures": figures_main, "correlate": correlate_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,188 @@
+"""Which measures predict the generalization gap: Kendall's τ and the granulated Ψ (Jiang et al. 2020).
+
+Jiang, Neyshabur, Mobahi, Krishnan, Bengio, "Fantastic Generalization Measures and Where to Find Them"
+(ICLR 2020), §4–5:
+
+- Kendall's rank correlation τ between a measure μ and the gap g over all runs (τ-b, so ties count as
+  scipy.stats.kendalltau counts them). Sign convention: τ > 0 means a larger measure goes with a larger
+  gap, i.e. the measure "predicts" the gap.
+- The granulated coefficient: for each hyperparameter axis i, ψ_i is the mean, over every combination of
+  the *other* axes' values, of τ computed over the runs that share that combination (only axis i varies
+  inside; all seeds of those runs are included). Ψ is the mean of ψ_i over the axes. Groups whose τ is
+  undefined (fewer than two runs, or a constant measure or gap) are left out of the mean; their count is
+  reported.
+- A bootstrap 95 % interval of τ: runs resampled with replacement (seeded), percentile interval. The paper
+  reports no interval; this is ours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .checks import require
+from .errors import SharpnessError
+from .reporting import kendall
+
+__all__ = ["CorrelationResult", "correlate", "results_rows"]
+
+
+@dataclass
+class CorrelationResult:
+    """τ, its bootstrap interval, Ψ and the per-axis ψ of every measure, with what they were computed on."""
+
+    gap: str
+    axes: list[str]
+    tau: dict[str, float]
+    tau_ci: dict[str, tuple[float, float]]
+    psi: dict[str, float]
+    per_axis: dict[str, dict[str, float]]
+    n: dict[str, int]                          # runs with a value of the measure and of the gap
+    groups_used: dict[str, dict[str, int]] = field(default_factory=dict)  # groups with a defined τ per axis
+    n_boot: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for reports (intervals as lists)."""
+        d = dict(self.__dict__)
+        d["tau_ci"] = {m: list(v) for m, v in self.tau_ci.items()}
+        return d
+
+    def table(self) -> str:
+        """Markdown: one row per measure, best τ first, with the interval, Ψ and each axis' ψ."""
+        head = ["measure", "n", "τ", "95 % CI (bootstrap)", "Ψ", *(f"ψ {a}" for a in self.axes)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m in sorted(self.tau, key=lambda k: -np.nan_to_num(self.tau[k], nan=-2)):
+            lo, hi = self.tau_ci[m]
+            cells = [m, str(self.n[m]), _f(self.tau[m]), f"[{_f(lo)}, {_f(hi)}]", _f(self.psi[m]),
+                     *(_f(self.per_axis[m][a]) for a in self.axes)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _f(v: float) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:+.2f}"
+
+
+def _rows(rows: Any) -> list[dict]:
+    if hasattr(rows, "to_dict") and not isinstance(rows, dict):  # a pandas DataFrame
+        rows = rows.to_dict("records")
+    require("rows", rows, list, item=dict)
+    if not rows:
+        raise SharpnessError("rows: no runs to correlate")
+    return rows
+
+
+def _number(v: Any) -> float | None:
+    ok = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    if len(x) < 3:
+        return math.nan, math.nan
+    taus = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(x), len(x))
+        t = kendall(x[i], y[i])[0] if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0 else math.nan
+        if math.isfinite(t):
+            taus.append(t)
+    if not taus:
+        return math.nan, math.nan
+    lo, hi = np.percentile(taus, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def correlate(rows: Any, measures: list[str], *, gap: str = "gap", axes: list[str] | None = None,
+              n_boot: int = 1000, seed: int = 0) -> CorrelationResult:
+    """Kendall's τ (with a bootstrap 95 % interval) and Jiang et al.'s granulated Ψ of each measure vs the gap.
+
+    Args:
+        rows: one dict per run (a list of dicts, or a pandas DataFrame): its hyperparameters, its measures
+            and its gap, under any column names.
+        measures: the columns to rank against the gap.
+        gap: the gap's column (e.g. test − train loss).
+        axes: the hyperparameter columns for Ψ (none: Ψ and ψ are NaN).
+        n_boot: bootstrap resamples for the interval of τ.
+        seed: seeds the bootstrap.
+
+    Returns:
+        A :class:`CorrelationResult` (``.tau[m]``, ``.tau_ci[m]``, ``.psi[m]``, ``.per_axis[m][axis]``).
+
+    Raises:
+        SharpnessError: no rows, a column named here that no row has, or bad arguments.
+    """
+    rows = _rows(rows)
+    require("measures", measures, list, item=str)
+    require("gap", gap, str)
+    axes = list(require("axes", axes, list, optional=True, item=str) or [])
+    require("n_boot", n_boot, int, ge=10, le=10**6)
+    require("seed", seed, int, ge=0)
+    for col in [gap, *measures, *axes]:
+        if not any(col in r for r in rows):
+            raise SharpnessError(f"no row has a column {col!r}; columns: {', '.join(sorted({k for r in rows for k in r}))}")
+    rng = np.random.default_rng(seed)
+    res = CorrelationResult(gap, axes, {}, {}, {}, {}, {}, {}, n_boot, seed)
+    for m in measures:
+        have = [r for r in rows if _number(r.get(m)) is not None and _number(r.get(gap)) is not None]
+        x = np.array([_number(r[m]) for r in have])
+        y = np.array([_number(r[gap]) for r in have])
+        res.n[m] = len(have)
+        res.tau[m] = kendall(x, y)[0] if len(have) >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
+        res.tau_ci[m] = _bootstrap(x, y, n_boot, rng)
+        res.per_axis[m], res.groups_used[m] = {}, {}
+        for axis in axes:
+            others = [a for a in axes if a != axis]
+            cells: dict[tuple, list[dict]] = {}
+            for r in have:
+                cells.setdefault(tuple(repr(r.get(a)) for a in others), []).append(r)
+            taus = []
+            for cell in cells.values():
+                cx = np.array([_number(r[m]) for r in cell])
+                cy = np.array([_number(r[gap]) for r in cell])
+                if len({repr(r.get(axis)) for r in cell}) >= 2 and np.ptp(cx) > 0 and np.ptp(cy) > 0:
+                    taus.append(kendall(cx, cy)[0])
+            res.per_axis[m][axis] = float(np.mean(taus)) if taus else math.nan
+            res.groups_used[m][axis] = len(taus)
+        psis = [v for v in res.per_axis[m].values() if math.isfinite(v)]
+        res.psi[m] = float(np.mean(psis)) if psis and len(psis) == len(axes) else math.nan
+    return res
+
+
+def results_rows(results: dict) -> tuple[list[dict], list[str], list[str]]:
+    """An experiment's results → (rows, measure columns, axes) for :func:`correlate`.
+
+    Each run is a row of its config, its ``variant`` (the experiment's named variant, if any), ``gap`` =
+    final test − train loss, ``gap_acc`` = train − test accuracy (points of %), and every numeric final
+    summary value as ``measure.key`` (costs such as ``n_hvps`` and standard errors left out). The axes are
+    the experiment's grid keys other than ``seed``, and ``variant`` when there are several (a variant
+    changes several fields together: one axis).
+    """
+    from .reporting import final
+
+    spec = results.get("spec", {})
+    variants = sorted((v.get("name", "") for v in spec.get("variants", []) if v.get("name")), key=len, reverse=True)
+    rows, names = [], []
+    for label, run in results["runs"].items():
+        row = {"run": label, **run.get("config", {})}
+        if variants:
+            row["variant"] = next((v for v in variants if label == v or label.startswith(f"{v}-")), None)
+        tr, te = final(run, "loss", "train_loss"), final(run, "loss", "test_loss")
+        if tr is not None and te is not None:
+            row["gap"] = te - tr
+        ta, tea = final(run, "loss", "train_acc"), final(run, "loss", "test_acc")
+        if ta is not None and tea is not None:
+            row["gap_acc"] = 100 * (ta - tea)
+        for m, summary in run.get("final", {}).items():
+            if m == "loss":
+                continue
+            for k, v in summary.items():
+                if _number(v) is not None and not k.startswith("n_") and not k.endswith("stderr"):
+                    row[f"{m}.{k}"] = v
+                    names.append(f"{m}.{k}")
+        rows.append(row)
+    axes = [k for k in spec.get("grid", {}) if k != "seed"] + (["variant"] if len(variants) > 1 else [])
+    return rows, list(dict.fromkeys(names)), axes
