@@ -156,8 +156,9 @@ def results_rows(results: dict) -> tuple[list[dict], list[str], list[str]]:
     """An experiment's results → (rows, measure columns, axes) for :func:`correlate`.
 
     Each run is a row of its config, its ``variant`` (the experiment's named variant, if any), ``gap`` =
-    final test − train loss, ``gap_acc`` = train − test accuracy (points of %), and every numeric final
-    summary value as ``measure.key`` (costs such as ``n_hvps`` and standard errors left out). The axes are
+    final test − train loss, ``gap_acc`` = train − test accuracy (points of %), ``dist_from_init`` =
+    ‖w − w₀‖ from the training history, and every numeric final summary value as ``measure.key`` (costs
+    such as ``n_hvps`` and standard errors left out). The axes are
     the experiment's grid keys other than ``seed``, and ``variant`` when there are several (a variant
     changes several fields together: one axis).
     """
@@ -176,6 +177,10 @@ def results_rows(results: dict) -> tuple[list[dict], list[str], list[str]]:
         ta, tea = final(run, "loss", "train_acc"), final(run, "loss", "test_acc")
         if ta is not None and tea is not None:
             row["gap_acc"] = 100 * (ta - tea)
+        dist = (run.get("history") or [{}])[-1].get("dist_from_init")
+        if _number(dist) is not None:  # ‖w − w₀‖, recorded by the trainer (a baseline in Jiang et al.)
+            row["dist_from_init"] = dist
+            names.append("dist_from_init")
         for m, summary in run.get("final", {}).items():
             if m == "loss":
                 continue

@@ -71,6 +71,7 @@ def test_the_command_on_committed_results(tmp_path, capsys):
     from scipy import stats
     tau = stats.kendalltau([x for x, _ in rows], [g for _, g in rows]).statistic
     assert f"| eigenvalues.lambda_max | 24 | {tau:+.2f} |" in table and "ψ batch_size" in table
+    assert "| dist_from_init | 24 |" in table
     capsys.readouterr()
     assert correlate_main([str(tmp_path / "results.json"), "--gap", "nope"]) == 2
     assert "no row has a column 'nope'" in capsys.readouterr().err

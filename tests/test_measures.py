@@ -200,3 +200,43 @@ def test_noise_scale_exact_and_two_batch():
     assert two.method == "two-batch" and two.stderr > 0
     assert abs(two.b_simple - exact.b_simple) <= 3 * two.stderr, (two.b_simple, exact.b_simple, two.stderr)
     assert_unchanged(model, snap)
+
+
+def test_pacbayes_flatness_quadratic_closed_form():
+    # f(w) = Σ c_i (w_i − m_i)²/2 at w = m: E_{u∼N(0,σ²I)} f(m + u) = σ² Σc/2, so σ*² = 2δ/Σc (Jiang 2020's
+    # pacbayes.flatness is 1/σ*²); magnitude-aware, u_i ∼ N(0, α²m_i² + ε²): α*² = (2δ − ε²Σc)/Σ c m².
+    from sharpness.measures import pacbayes_flatness
+
+    rng = np.random.default_rng(0)
+    c, m = rng.uniform(0.5, 3, 200), rng.normal(0, 2, 200)
+    model = SeparableQuadratic(c, m)
+    data = (torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4))
+    snap = snapshot(model)
+    r = pacbayes_flatness(model, quad_loss, data, delta=0.1, n_draws=200, iters=30, seed=2)
+    assert_unchanged(model, snap)
+    assert r.value == pytest.approx(c.sum() / (2 * 0.1), rel=0.05) and r.value == pytest.approx(1 / r.sigma ** 2)
+    assert abs(r.perturbed_loss - r.loss - 0.1) < 1e-6  # bisection lands on the δ boundary of the estimate
+    assert r.stderr > 0 and r.n_draws == 200
+    mag = pacbayes_flatness(model, quad_loss, data, delta=0.1, magnitude_aware=True, eps=1e-3, n_draws=200,
+                            iters=30, seed=2)
+    closed = (c * m ** 2).sum() / (2 * 0.1 - 1e-6 * c.sum())
+    assert mag.value == pytest.approx(closed, rel=0.05) and mag.magnitude_aware
+    again = pacbayes_flatness(model, quad_loss, data, delta=0.1, n_draws=200, iters=30, seed=2)
+    assert again.value == r.value  # same seed, same draws
+
+
+def test_norm_baselines_closed_form_on_diagonal_and_conv_weights():
+    from sharpness.measures import norm_baselines
+
+    lin = nn.Linear(3, 3, bias=True)
+    conv = nn.Conv2d(2, 4, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.diag(torch.tensor([3.0, -4.0, 1.0])))
+        conv.weight.fill_(0.5)  # reshaped 4 × 18 of 0.5: Frobenius = spectral = 0.5·√72 (rank one)
+    model = nn.ModuleList([lin, conv])
+    r = norm_baselines(model)
+    fro_conv = 0.5 * np.sqrt(72)
+    assert r["n_layers"] == 2
+    assert r["log_prod_fro"] == pytest.approx(np.log(np.sqrt(26)) + np.log(fro_conv))
+    assert r["log_prod_spec"] == pytest.approx(np.log(4.0) + np.log(fro_conv))
+    assert r["sum_fro_sq"] == pytest.approx(26 + fro_conv ** 2)

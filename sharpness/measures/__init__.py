@@ -1,9 +1,12 @@
-"""Sharpness measures: Keskar's ε-sharpness, adaptive sharpness, the gradient noise scale, reparametrization."""
+"""Sharpness measures: ε-sharpness, adaptive sharpness, PAC-Bayes flatness, noise scale, norms, reparametrization."""
 
 from .adaptive import AdaptiveSharpnessResult, adaptive_sharpness
 from .keskar import EpsSharpnessResult, eps_sharpness
 from .noise_scale import NoiseScaleResult, gradient_noise_scale
+from .norms import norm_baselines
+from .pacbayes import PacBayesResult, pacbayes_flatness
 from .reparam import rescale_relu_layers, weight_layers
 
 __all__ = ["eps_sharpness", "EpsSharpnessResult", "adaptive_sharpness", "AdaptiveSharpnessResult",
-           "gradient_noise_scale", "NoiseScaleResult", "rescale_relu_layers", "weight_layers"]
+           "gradient_noise_scale", "NoiseScaleResult", "rescale_relu_layers", "weight_layers",
+           "pacbayes_flatness", "PacBayesResult", "norm_baselines"]

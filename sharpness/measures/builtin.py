@@ -17,6 +17,8 @@ from ..landscape import interpolate, surface
 from .adaptive import adaptive_sharpness
 from .keskar import eps_sharpness
 from .noise_scale import gradient_noise_scale
+from .norms import norm_baselines
+from .pacbayes import pacbayes_flatness
 from .registry import Context, Key, Record, register_measure
 
 __all__ = ["eps_key"]
@@ -161,6 +163,28 @@ register_measure("noise_scale", _noise,
                  quick={"batch_sizes": [32, 256], "n_batches": 16, "max_samples": None},
                  keys=[Key("b_simple", "B_simple", "{:.1f}")],
                  description="McCandlish's gradient noise scale B_simple")
+
+
+def _pacbayes(ctx: Context, st: dict) -> Record:
+    kw = dict(delta=st["delta"], n_draws=st["n_draws"], iters=st["iters"], seed=ctx.seed)
+    plain = pacbayes_flatness(ctx.work, **kw)
+    mag = pacbayes_flatness(ctx.work, magnitude_aware=True, eps=st["eps"], **kw)
+    return Record({"flatness": plain.value, "mag_flatness": mag.value, "sigma": plain.sigma, "alpha": mag.sigma,
+                   "n_evals": plain.n_evals + mag.n_evals}, {"plain": plain.to_dict(), "magnitude": mag.to_dict()})
+
+
+register_measure("pacbayes", _pacbayes, settings={"delta": 0.1, "n_draws": 16, "iters": 20, "eps": 1e-3},
+                 quick={"n_draws": 8, "iters": 10},
+                 keys=[Key("flatness", "PAC-Bayes 1/σ²", "{:.3g}"), Key("mag_flatness", "PAC-Bayes mag 1/α²", "{:.3g}")],
+                 description="Jiang et al. 2020's PAC-Bayes flatness 1/σ*² and its magnitude-aware variant")
+
+
+def _norms(ctx: Context, st: dict) -> Record:
+    return Record(norm_baselines(ctx.model))
+
+
+register_measure("norms", _norms, keys=[Key("log_prod_spec", "log Π‖W‖₂", "{:.3g}")],
+                 description="norm baselines: log products of the weights' Frobenius and spectral norms")
 
 
 def _landscape(dims: int):
