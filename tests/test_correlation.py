@@ -75,3 +75,18 @@ def test_the_command_on_committed_results(tmp_path, capsys):
     capsys.readouterr()
     assert correlate_main([str(tmp_path / "results.json"), "--gap", "nope"]) == 2
     assert "no row has a column 'nope'" in capsys.readouterr().err
+
+
+def test_the_correlation_figure_draws_what_correlate_computes(tmp_path):
+    from sharpness.correlation import results_rows
+    from sharpness.plots.experiments import FIGURES
+
+    res = json.loads((Path(__file__).parent.parent / "figures" / "gap" / "results.json").read_text())
+    res["spec"]["figures"]["correlation"] = {"n_boot": 50}
+    png, md = FIGURES["correlation"](res, tmp_path)
+    assert png.exists() and png.stat().st_size > 10_000
+    rows, measures, axes = results_rows(res)
+    assert axes == ["batch_size", "variant"]
+    r = sh.correlate(rows, measures, axes=axes, n_boot=50)
+    for m in measures:
+        assert f"| {m} | {r.n[m]} | {r.tau[m]:+.2f} |" in md.read_text()

@@ -630,7 +630,45 @@ def cost(res: dict, out: Path) -> list[Path]:
     return [png, md]
 
 
-FIGURES = {"table": table, "curves": curves, "parametric": parametric, "esd": esd, "surface": surface,
+@styled
+def correlation(res: dict, out: Path) -> list[Path]:
+    """Which measures track the gap: Kendall τ, Jiang et al. 2020's Ψ and each axis' ψ as a heat map.
+
+    Rows: every numeric final measure of the runs (and ‖w − w₀‖), best τ first; columns: τ over all runs,
+    Ψ, then ψ per hyperparameter axis of the grid (and the variants) — :func:`sharpness.correlate` on
+    :func:`sharpness.correlation.results_rows`. Colour from −1 (blue: larger measure, smaller gap) to +1.
+    Writes ``correlation.png`` and the table with bootstrap intervals, ``correlation.md``.
+    """
+    import seaborn as sns
+
+    from ..correlation import correlate, results_rows
+
+    rows, measures, axes = results_rows(res)
+    opts = _options(res, "correlation")
+    r = correlate(rows, measures, gap=opts.get("gap", "gap"), axes=axes, n_boot=opts.get("n_boot", 1000))
+    order = sorted(r.tau, key=lambda m: -np.nan_to_num(r.tau[m], nan=-2))
+    cols = ["τ", "Ψ", *(f"ψ {a}" for a in axes)]
+    grid = np.array([[r.tau[m], r.psi[m], *(r.per_axis[m][a] for a in axes)] for m in order], dtype=float)
+    w = matplotlib.rcParams["figure.figsize"][0]
+    fig, ax = new_axes(figsize=(w, 0.9 + 0.2 * len(order)))
+    sns.heatmap(grid, ax=ax, vmin=-1, vmax=1, center=0, cmap="RdBu_r", annot=True, fmt=".2f",
+                annot_kws={"fontsize": "x-small"}, xticklabels=cols, yticklabels=order,
+                cbar_kws={"label": "rank correlation with the gap"})
+    ax.tick_params(axis="y", labelsize="x-small")
+    ax.tick_params(axis="x", labelsize="x-small", labelrotation=35)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.grid(False)
+    _header(fig, ax, opts.get("title"), f"gap: {'test − train loss' if r.gap == 'gap' else r.gap}; "
+            f"n = {max(r.n.values())} runs")
+    text = (f"Kendall τ of each measure with `{r.gap}` (τ > 0: a larger measure goes with a larger gap); 95 % "
+            f"bootstrap interval ({r.n_boot} resamples); Ψ and ψ per axis (Jiang et al. 2020; axes: "
+            f"{', '.join(axes) or 'none'}).\n\n" + r.table())
+    md = atomic_write(out / "correlation.md", lambda q: q.write_text(text))
+    return [save(fig, out / "correlation.png"), md]
+
+
+FIGURES = {"correlation": correlation, "table": table, "curves": curves, "parametric": parametric, "esd": esd, "surface": surface,
            "sharpness_vs_loss": sharpness_vs_loss, "batch_sweep": batch_sweep, "cost": cost, "gap": gap,
            "gap_scatter": gap_scatter, "warm_start": warm_start}
 
