@@ -238,7 +238,8 @@ def test_every_kind_writes_its_files_at_column_width(tmp_path):
     made += draw(_write(tmp_path / "b", make_warm_start()))
     assert made[-1].name == "warm_start.png"
     assert set(FIGURES) == {"table", "curves", "parametric", "esd", "surface", "sharpness_vs_loss", "batch_sweep",
-                            "cost", "gap", "gap_scatter", "warm_start"}
+                            "cost", "gap", "gap_scatter", "warm_start", "correlation"}
+    made += FIGURES["correlation"](make_results(), tmp_path / "a")
     for p in made:
         if p.suffix == ".png":
             img = mpimg.imread(p)
