@@ -385,9 +385,7 @@ def correlate_main(argv: list[str] | None = None) -> int:
         raise SharpnessError(f"{path}: not a readable results file ({' '.join(str(e).split())[:200]})") from None
     res = correlate(rows, a.measures or measures, gap=a.gap, axes=a.axes if a.axes is not None else axes,
                     n_boot=a.n_boot, seed=a.seed)
-    text = (f"Kendall τ of each measure with `{res.gap}` over the runs of {path} (τ > 0: a larger measure goes "
-            f"with a larger gap); 95 % bootstrap interval ({res.n_boot} resamples, seed {res.seed}); Ψ and ψ "
-            f"per axis as in Jiang et al. 2020 (axes: {', '.join(res.axes) or 'none'}).\n\n" + res.table())
+    text = res.markdown(str(path))
     out = atomic_write(path.with_name("correlation.md"), lambda q: q.write_text(text))
     print(text + f"\nwritten: {out}")
     return 0

@@ -25,7 +25,7 @@ import numpy as np
 
 from .checks import require
 from .errors import SharpnessError
-from .reporting import kendall
+from .reporting import finite, kendall, run_gaps
 
 __all__ = ["CorrelationResult", "correlate", "results_rows"]
 
@@ -51,6 +51,13 @@ class CorrelationResult:
         d["tau_ci"] = {m: list(v) for m, v in self.tau_ci.items()}
         return d
 
+    def markdown(self, source: str) -> str:
+        """The table under a paragraph that says what was correlated with what (``source``: the runs)."""
+        return (f"Kendall τ of each measure with `{self.gap}` over the runs of {source} (τ > 0: a larger "
+                f"measure goes with a larger gap); 95 % bootstrap interval ({self.n_boot} resamples, seed "
+                f"{self.seed}); Ψ and ψ per axis as in Jiang et al. 2020 (axes: {', '.join(self.axes) or 'none'})."
+                "\n\n" + self.table())
+
     def table(self) -> str:
         """Markdown: one row per measure, best τ first, with the interval, Ψ and each axis' ψ."""
         head = ["measure", "n", "τ", "95 % CI (bootstrap)", "Ψ", *(f"ψ {a}" for a in self.axes)]
@@ -74,11 +81,6 @@ def _rows(rows: Any) -> list[dict]:
     if not rows:
         raise SharpnessError("rows: no runs to correlate")
     return rows
-
-
-def _number(v: Any) -> float | None:
-    ok = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
-    return float(v) if ok else None
 
 
 def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -127,9 +129,9 @@ def correlate(rows: Any, measures: list[str], *, gap: str = "gap", axes: list[st
     rng = np.random.default_rng(seed)
     res = CorrelationResult(gap, axes, {}, {}, {}, {}, {}, {}, n_boot, seed)
     for m in measures:
-        have = [r for r in rows if _number(r.get(m)) is not None and _number(r.get(gap)) is not None]
-        x = np.array([_number(r[m]) for r in have])
-        y = np.array([_number(r[gap]) for r in have])
+        have = [r for r in rows if finite(r.get(m)) is not None and finite(r.get(gap)) is not None]
+        x = np.array([finite(r[m]) for r in have])
+        y = np.array([finite(r[gap]) for r in have])
         res.n[m] = len(have)
         res.tau[m] = kendall(x, y)[0] if len(have) >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
         res.tau_ci[m] = _bootstrap(x, y, n_boot, rng)
@@ -141,8 +143,8 @@ def correlate(rows: Any, measures: list[str], *, gap: str = "gap", axes: list[st
                 cells.setdefault(tuple(repr(r.get(a)) for a in others), []).append(r)
             taus = []
             for cell in cells.values():
-                cx = np.array([_number(r[m]) for r in cell])
-                cy = np.array([_number(r[gap]) for r in cell])
+                cx = np.array([finite(r[m]) for r in cell])
+                cy = np.array([finite(r[gap]) for r in cell])
                 if len({repr(r.get(axis)) for r in cell}) >= 2 and np.ptp(cx) > 0 and np.ptp(cy) > 0:
                     taus.append(kendall(cx, cy)[0])
             res.per_axis[m][axis] = float(np.mean(taus)) if taus else math.nan
@@ -162,8 +164,6 @@ def results_rows(results: dict) -> tuple[list[dict], list[str], list[str]]:
     the experiment's grid keys other than ``seed``, and ``variant`` when there are several (a variant
     changes several fields together: one axis).
     """
-    from .reporting import final
-
     spec = results.get("spec", {})
     variants = sorted((v.get("name", "") for v in spec.get("variants", []) if v.get("name")), key=len, reverse=True)
     rows, names = [], []
@@ -171,21 +171,17 @@ def results_rows(results: dict) -> tuple[list[dict], list[str], list[str]]:
         row = {"run": label, **run.get("config", {})}
         if variants:
             row["variant"] = next((v for v in variants if label == v or label.startswith(f"{v}-")), None)
-        tr, te = final(run, "loss", "train_loss"), final(run, "loss", "test_loss")
-        if tr is not None and te is not None:
-            row["gap"] = te - tr
-        ta, tea = final(run, "loss", "train_acc"), final(run, "loss", "test_acc")
-        if ta is not None and tea is not None:
-            row["gap_acc"] = 100 * (ta - tea)
+        gap, gap_acc = run_gaps(run)
+        row.update({k: v for k, v in (("gap", gap), ("gap_acc", gap_acc)) if v is not None})
         dist = (run.get("history") or [{}])[-1].get("dist_from_init")
-        if _number(dist) is not None:  # ‖w − w₀‖, recorded by the trainer (a baseline in Jiang et al.)
+        if finite(dist) is not None:  # ‖w − w₀‖, recorded by the trainer (a baseline in Jiang et al.)
             row["dist_from_init"] = dist
             names.append("dist_from_init")
         for m, summary in run.get("final", {}).items():
             if m == "loss":
                 continue
             for k, v in summary.items():
-                if _number(v) is not None and not k.startswith("n_") and not k.endswith("stderr"):
+                if finite(v) is not None and not k.startswith("n_") and not k.endswith("stderr"):
                     row[f"{m}.{k}"] = v
                     names.append(f"{m}.{k}")
         rows.append(row)

@@ -12,6 +12,7 @@ Plots and tables read what this module returns; nothing here draws, trains or co
 - :func:`best_lr_per_batch` — the LR that reaches the target in the fewest updates, per batch size;
 - :func:`mean_ci` / :func:`format_ci` — mean ± 95 % confidence interval over seeds (Student t);
 - :func:`arm`, :func:`batch_size`, :func:`warm_start_epoch` — what a run varies, from its label and config;
+- :func:`run_gaps` — a run's final test − train loss and train − test accuracy;
 - :func:`gap_rows` — the generalization gap against batch size per arm (Keskar 2017, Hoffer 2017);
 - :func:`scatter_rows`, :func:`kendall` — per-run sharpness against gap and their rank correlation
   (Jiang et al. 2020);
@@ -38,7 +39,7 @@ from .measures.registry import headline_keys
 __all__ = ["long_table", "report_rows", "groups", "final", "time_to_target", "fit_critical_batch",
            "best_lr_per_batch", "headline_columns", "CI_NOTE", "CI_LEVEL", "mean_ci", "format_ci", "seeds_note", "ci_by",
            "arm", "batch_size", "warm_start_epoch", "gap_rows", "scatter_rows", "SCATTER_MEASURES", "kendall",
-           "binned_ci", "warm_start_rows"]
+           "binned_ci", "warm_start_rows", "finite", "run_gaps"]
 
 CI_LEVEL = 0.95
 CI_NOTE = "mean ± 95 % CI (Student t)"  # how every table and figure names its intervals
@@ -193,6 +194,20 @@ def ci_by(results: dict, key: Callable[[str, dict], Any], columns: dict[str, Cal
     return rows
 
 
+def finite(v: Any) -> float | None:
+    """``v`` as a float when it is a finite real number (not a bool), else None."""
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def run_gaps(run: dict) -> tuple[float | None, float | None]:
+    """(final test − train loss, 100 · (train − test accuracy) in points) of a run; None where undefined."""
+    tr, te = final(run, "loss", "train_loss"), final(run, "loss", "test_loss")
+    ta, tea = final(run, "loss", "train_acc"), final(run, "loss", "test_acc")
+    return (None if tr is None or te is None else te - tr,
+            None if ta is None or tea is None else 100.0 * (ta - tea))
+
+
 def gap_rows(results: dict) -> list[dict]:
     """The generalization gap per (arm, batch size), mean ± 95 % CI over seeds.
 
@@ -208,17 +223,9 @@ def gap_rows(results: dict) -> list[dict]:
     Raises:
         ValueError: no run has final train and test loss.
     """
-    def has_loss(label: str) -> bool:
-        run = results["runs"][label]
-        return final(run, "loss", "train_loss") is not None and final(run, "loss", "test_loss") is not None
-
-    def acc_gap(r: dict) -> float | None:
-        tr, te = final(r, "loss", "train_acc"), final(r, "loss", "test_acc")
-        return None if tr is None or te is None else 100.0 * (tr - te)
-
-    rows = ci_by(results, lambda lb, r: (arm(lb, r), batch_size(r)) if has_loss(lb) else None,
-                 {"gap_loss": lambda r: final(r, "loss", "test_loss") - final(r, "loss", "train_loss"),
-                  "gap_acc": acc_gap, "train_loss": lambda r: final(r, "loss", "train_loss")})
+    rows = ci_by(results, lambda lb, r: (arm(lb, r), batch_size(r)) if run_gaps(r)[0] is not None else None,
+                 {"gap_loss": lambda r: run_gaps(r)[0], "gap_acc": lambda r: run_gaps(r)[1],
+                  "train_loss": lambda r: final(r, "loss", "train_loss")})
     if not rows:
         raise ValueError("gap: no run has a final train and test loss")
     return [{"arm": row["key"][0], "batch": row["key"][1], **{k: v for k, v in row.items() if k != "key"}}
@@ -241,14 +248,13 @@ def scatter_rows(results: dict) -> list[dict]:
     """
     rows = []
     for label, run in results["runs"].items():
-        tr, te = final(run, "loss", "train_loss"), final(run, "loss", "test_loss")
-        if tr is None or te is None:
+        gap = run_gaps(run)[0]
+        if gap is None:
             continue
-        row = {"label": label, "arm": arm(label, run), "batch": batch_size(run), "gap_loss": te - tr}
+        row = {"label": label, "arm": arm(label, run), "batch": batch_size(run), "gap_loss": gap}
         for m, k in SCATTER_MEASURES:
-            v = final(run, m, k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                row[(m, k)] = float(v)
+            if finite(final(run, m, k)) is not None:
+                row[(m, k)] = finite(final(run, m, k))
         rows.append(row)
     return rows
 

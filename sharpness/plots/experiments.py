@@ -661,9 +661,7 @@ def correlation(res: dict, out: Path) -> list[Path]:
     ax.grid(False)
     _header(fig, ax, opts.get("title"), f"gap: {'test − train loss' if r.gap == 'gap' else r.gap}; "
             f"n = {max(r.n.values())} runs")
-    text = (f"Kendall τ of each measure with `{r.gap}` (τ > 0: a larger measure goes with a larger gap); 95 % "
-            f"bootstrap interval ({r.n_boot} resamples); Ψ and ψ per axis (Jiang et al. 2020; axes: "
-            f"{', '.join(axes) or 'none'}).\n\n" + r.table())
+    text = r.markdown(f"experiment `{res.get('name', '?')}`")
     md = atomic_write(out / "correlation.md", lambda q: q.write_text(text))
     return [save(fig, out / "correlation.png"), md]
 
