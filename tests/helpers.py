@@ -12,6 +12,11 @@ def tiny_config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def same_state(a: dict, b: dict) -> bool:
+    """Two state dicts with the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def snapshot(model):
     """Parameters, buffers and modes of every module, to check that an analyzer left them alone."""
     return ([p.detach().clone() for p in model.parameters()], [b.clone() for b in model.buffers()],

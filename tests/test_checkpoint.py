@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 
-from helpers import tiny_config, user_module
+from helpers import same_state, tiny_config, user_module
 from sharpness import SharpnessError, load_checkpoint, train_model
 from sharpness.checkpoint import save_checkpoint, tensor_checksum
 from sharpness.cli import info_main
@@ -291,8 +291,7 @@ def _net(width=6):
 
 
 def _same_weights(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    return same_state(a.state_dict(), b.state_dict())
 
 
 def _save(path, model, model_spec, data_spec, **kw):

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import same_state, tiny_config
 from sharpness import Schedule, SharpnessError, TrainConfig, load_checkpoint, train_model
 from sharpness.cli import train_main
 from sharpness.models import GhostBatchNorm
@@ -19,16 +19,12 @@ def _weights(path):
     return load_checkpoint(path).state_dict
 
 
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_same_seed_same_run_and_history(tmp_path):
     cfg = tiny_config(epochs=2)
     a = train_model(cfg, tmp_path / "a", progress=False)
     b = train_model(cfg, tmp_path / "b", progress=False)
     c = train_model(tiny_config(epochs=2, seed=1), tmp_path / "c", progress=False)
-    assert _same(a.state_dict, b.state_dict) and not _same(a.state_dict, c.state_dict)
+    assert same_state(a.state_dict, b.state_dict) and not same_state(a.state_dict, c.state_dict)
     h = json.loads((tmp_path / "a" / "history.json").read_text())["history"]
     assert [e["epoch"] for e in h] == [0, 1, 2] and [e["step"] for e in h] == [0, 12, 24]  # epoch 0: before training
     assert [e["examples"] for e in h] == [0, 192, 384]
@@ -38,7 +34,7 @@ def test_same_seed_same_run_and_history(tmp_path):
     assert h[2]["dist_from_init"] > h[1]["dist_from_init"] > h[0]["dist_from_init"] == 0
     assert (tmp_path / "a" / "done").exists() and (tmp_path / "a" / "init.pt").exists()
     # a finished run is returned, not retrained; a different config in the same folder is refused
-    assert _same(train_model(cfg, tmp_path / "a", progress=False).state_dict, a.state_dict)
+    assert same_state(train_model(cfg, tmp_path / "a", progress=False).state_dict, a.state_dict)
     with pytest.raises(SharpnessError, match="different"):
         train_model(tiny_config(epochs=2, lr=0.5), tmp_path / "a", progress=False)
 
@@ -61,9 +57,9 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", real_ce)
     assert not (tmp_path / "run" / "done").exists() and (tmp_path / "run" / "last.pt").exists()
     resumed = train_model(cfg, tmp_path / "run", progress=False)
-    assert _same(ref.state_dict, resumed.state_dict)
+    assert same_state(ref.state_dict, resumed.state_dict)
     assert [e["train_loss"] for e in ref.history] == [e["train_loss"] for e in resumed.history]
-    assert _same(_weights(tmp_path / "ref" / "ckpt_step30.pt"), _weights(tmp_path / "run" / "ckpt_step30.pt"))
+    assert same_state(_weights(tmp_path / "ref" / "ckpt_step30.pt"), _weights(tmp_path / "run" / "ckpt_step30.pt"))
     assert resumed.extra["trace"] == ref.extra["trace"]
 
 
@@ -106,7 +102,7 @@ def test_sigkill_mid_run_then_rerun_gives_same_weights(tmp_path):
     proc.wait()
     assert not (tmp_path / "run" / "done").exists(), "run finished before it could be killed"
     subprocess.run(cmd + ["--out", str(tmp_path / "run")], check=True, env=env, capture_output=True)
-    assert _same(_weights(tmp_path / "ref" / "final.pt"), _weights(tmp_path / "run" / "final.pt"))
+    assert same_state(_weights(tmp_path / "ref" / "final.pt"), _weights(tmp_path / "run" / "final.pt"))
 
 
 def test_history_follows_schedule_smith_and_warmup(tmp_path):
@@ -155,11 +151,11 @@ def test_target_train_loss_stops_the_run_and_resume_does_not_train_past_it(tmp_p
     stopped = train_model(cfg, tmp_path / "run", progress=False)
     assert [e["epoch"] for e in stopped.history] == [0, 1, 2, 3] and stopped.epoch == 3
     assert stopped.history[-1]["train_loss"] <= target
-    assert _same(stopped.state_dict, _weights(tmp_path / "run" / "last.pt"))
+    assert same_state(stopped.state_dict, _weights(tmp_path / "run" / "last.pt"))
     # killed between the last epoch's resume state and final.pt: a rerun must not train further
     (tmp_path / "run" / "done").unlink()
     (tmp_path / "run" / "final.pt").unlink()
     again = train_model(cfg, tmp_path / "run", progress=False)
-    assert len(again.history) == 4 and _same(again.state_dict, stopped.state_dict)
+    assert len(again.history) == 4 and same_state(again.state_dict, stopped.state_dict)
     with pytest.raises(SharpnessError, match="target_train_loss"):
         tiny_config(target_train_loss=0.0).validated()

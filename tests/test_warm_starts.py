@@ -4,10 +4,9 @@ curved-path pairs (Fig. 7) and per-measure settings in analyze."""
 import json
 
 import pytest
-import torch
 
 import sharpness as sh
-from helpers import tiny_config
+from helpers import same_state, tiny_config
 from sharpness import SharpnessError
 from sharpness.experiments import expand, load_experiment, resolve_references, run_experiment
 
@@ -41,17 +40,13 @@ kinds = ["table"]
 """
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_init_from_starts_from_the_checkpoint_and_bad_ones_are_refused(tmp_path):
     first = sh.train_model(tiny_config(epochs=2, save_every=1), tmp_path / "a", progress=False)
     start = sh.load_checkpoint(tmp_path / "a" / "ckpt_epoch1.pt")
     warm = tiny_config(epochs=1, batch_size=48, init_from=str(tmp_path / "a" / "ckpt_epoch1.pt"))
     run = sh.train_model(warm, tmp_path / "b", progress=False)
     init = sh.load_checkpoint(tmp_path / "b" / "init.pt")
-    assert _same(init.state_dict, start.state_dict)  # w₀ of the warm run is the SB iterate
+    assert same_state(init.state_dict, start.state_dict)  # w₀ of the warm run is the SB iterate
     assert run.history[0]["train_loss"] == pytest.approx(first.history[1]["train_loss"], rel=1e-6)
     assert run.history[0]["dist_from_init"] == 0 and run.history[-1]["dist_from_init"] > 0
     for bad, why in ((str(tmp_path / "nope.pt"), "nope.pt"),
@@ -73,7 +68,7 @@ def test_references_resolve_to_the_same_seeds_run_and_train_after_it(tmp_path):
                           progress=False)
     res = json.loads(path.read_text())
     sb = sh.load_checkpoint(dirs["SB-seed1"] / "ckpt_epoch1.pt")
-    assert _same(sh.load_checkpoint(dirs["LB-k1-seed1"] / "init.pt").state_dict, sb.state_dict)
+    assert same_state(sh.load_checkpoint(dirs["LB-k1-seed1"] / "init.pt").state_dict, sb.state_dict)
     # Fig. 3 and Fig. 7: the straight and the curved path between the same two solutions
     lin, sin = res["pairs"]["SB-seed0→LB-k1-seed0"], res["pairs"]["SB-seed0→LB-k1-seed0 (sin)"]
     assert lin["alphas"] == sin["alphas"] and len(lin["alphas"]) == 7  # n_alphas = 5, and the two ends
