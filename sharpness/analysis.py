@@ -148,16 +148,12 @@ def _check(measures: list[str] | None, device: str, batch_size: Any, max_samples
 
 
 def _check_settings(settings: Any, names: list[str]) -> dict[str, dict]:
-    """Per-measure setting overrides: measures that run, keys they have (values are the measure's to check)."""
+    """Per-measure setting overrides: measures that run, keys they have, values of their defaults' types."""
     require("settings", settings, dict, optional=True)
     for name, over in (settings or {}).items():
-        require(f"settings.{name}", over, dict)
         if name not in names:
             raise SharpnessError(f"settings names measure {name!r}, which does not run; measures: {', '.join(names)}")
-        unknown = sorted(set(over) - set(MEASURES[name].settings))
-        if unknown:
-            raise SharpnessError(f"settings.{name}: unknown key(s) {', '.join(unknown)}; "
-                                 f"{name} has {', '.join(MEASURES[name].settings) or 'no settings'}")
+        MEASURES[name].check_overrides(over, f"settings.{name}")
     return dict(settings or {})
 
 

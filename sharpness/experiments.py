@@ -112,10 +112,7 @@ def _validate(spec: dict) -> None:
         require("analysis measure", m, str, choices=tuple(MEASURES))
     for m, over in an.get("settings", {}).items():
         require("analysis.settings measure", m, str, choices=tuple(MEASURES))
-        unknown = sorted(set(require(f"analysis.settings.{m}", over, dict)) - set(MEASURES[m].settings))
-        if unknown:
-            raise SharpnessError(f"analysis.settings.{m}: unknown key(s) {', '.join(unknown)}; "
-                                 f"{m} has {', '.join(MEASURES[m].settings)}")
+        MEASURES[m].check_overrides(over, f"analysis.settings.{m}")
     for pair in an.get("pairs", []):
         require("analysis.pairs[]", pair, list, item=str)
         if len(pair) not in (2, 3) or (len(pair) == 3 and pair[2] not in ("linear", "sin")):

@@ -103,7 +103,9 @@ def test_analyze_settings_override_a_measure_and_are_checked(tmp_path):
     assert again.arrays["final/landscape1d/loss"].shape == (9,)
     for settings, why in (({"trace": {"rtol": 1e-3}}, "does not run"),
                           ({"landscape1d": {"stepz": 3}}, "unknown key"),
-                          ({"landscape1d": 3}, "settings.landscape1d")):
+                          ({"landscape1d": 3}, "settings.landscape1d"),
+                          ({"landscape1d": {"steps": "7"}}, "steps is '7', expected a value like 51 or 21"),
+                          ({"landscape1d": {"span": True}}, "span is True")):
         with pytest.raises(SharpnessError, match=why):
             sh.analyze(ckpt, out=tmp_path / "bad", measures=["landscape1d"], settings=settings)
         assert not (tmp_path / "bad").exists()

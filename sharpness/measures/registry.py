@@ -100,6 +100,33 @@ class Measure:
         """The settings a run uses: the defaults, with the quick overrides when ``quick``."""
         return {**self.settings, **(self.quick if quick else {})}
 
+    def check_overrides(self, over: Any, where: str) -> dict:
+        """``over`` as settings of this measure: its own keys, each of its default's or quick value's type.
+
+        Raises:
+            SharpnessError: not a dict, an unknown key, or a value of another type than the default's and
+                the quick value's (numbers are interchangeable, bools are not numbers; None allows anything).
+        """
+        if not isinstance(over, dict):
+            raise SharpnessError(f"{where} must be a table of settings (got {over!r})")
+        unknown = sorted(set(over) - set(self.settings))
+        if unknown:
+            raise SharpnessError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
+                                 f"{self.name} has {', '.join(self.settings) or 'no settings'}")
+        kinds = [(bool,), (int, float), (str,), (list, tuple), (dict,)]
+
+        def like(value: Any, example: Any) -> bool:
+            kind = next((k for k in kinds if isinstance(example, k)), None)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return kind is None or (isinstance(value, kind) and (kind != (int, float) or number))
+
+        for key, value in over.items():
+            examples = [self.settings[key], *([self.quick[key]] if key in self.quick else [])]
+            if not any(like(value, e) for e in examples):
+                raise SharpnessError(f"{where}.{key} is {value!r}, expected a value like "
+                                     f"{' or '.join(map(repr, examples))}")
+        return over
+
     def run(self, *contexts: Context, settings: dict) -> Record:
         """Compute the measure; the result must be a :class:`Record`."""
         rec = self.fn(*contexts, settings)
