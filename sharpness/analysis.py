@@ -178,7 +178,7 @@ def _context(label: str, ckpt: Checkpoint, *, device: str, loss: Any, loss_args:
         raise SharpnessError(f"{ckpt.path}: the model (with loss '{fn.name}') does not accept the data "
                              f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
     return Context(label, model, tr.subset(max_samples, seed, batch_size=batch_size), tr, te, seed, batch_size,
-                   progress)
+                   progress, ckpt.path)
 
 
 @contextlib.contextmanager

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import load_checkpoint
 from ..curvature import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
 from ..landscape import interpolate, surface
+from ..errors import SharpnessError
 from .adaptive import adaptive_sharpness
 from .keskar import eps_sharpness
 from .noise_scale import gradient_noise_scale
-from .norms import norm_baselines
+from .norms import distance_from_init, norm_baselines
 from .pacbayes import pacbayes_flatness
 from .registry import Context, Key, Record, register_measure
 
@@ -185,6 +187,27 @@ def _norms(ctx: Context, st: dict) -> Record:
 
 register_measure("norms", _norms, keys=[Key("log_prod_spec", "log Π‖W‖₂", "{:.3g}")],
                  description="norm baselines: log products of the weights' Frobenius and spectral norms")
+
+
+def _distance(ctx: Context, st: dict) -> Record:
+    # The trainer writes init.pt beside every checkpoint of a run; another file can be named. A checkpoint
+    # with neither (a user's own) skips the measure rather than failing it: nothing to measure from.
+    if st["init"]:
+        path = Path(st["init"]).expanduser()
+        if not path.is_file():
+            raise SharpnessError(f"dist_from_init: settings init: no file {path}")
+    else:
+        path = None if ctx.path is None else Path(ctx.path).parent / "init.pt"
+        if path is None or not path.is_file():
+            return Record({}, {"skipped": "no init.pt beside the checkpoint; name the initial weights with "
+                                          "settings {'dist_from_init': {'init': PATH}}"})
+    init = load_checkpoint(path).state_dict  # the safe loader: a file cannot run code
+    return Record(distance_from_init(ctx.model, init, where=str(path)), {"init": str(path)})
+
+
+register_measure("dist_from_init", _distance, settings={"init": ""},
+                 keys=[Key("distance", "‖w − w₀‖", "{:.3g}")],
+                 description="distance from the initialization ‖w − w₀‖ (init.pt beside the checkpoint)")
 
 
 def _landscape(dims: int):

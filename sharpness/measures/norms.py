@@ -1,4 +1,4 @@
-"""Norm-based baselines of Jiang et al. 2020 (§C.1): products of the weight matrices' norms.
+"""Norm-based baselines of Jiang et al. 2020 (§C.1): products of the weights' norms, distance from init.
 
 Over the weight tensors W_l (parameters with two or more dimensions — Linear, Conv, Embedding weights;
 a convolution's kernel reshaped to (out channels) × (the rest), the common reading; Jiang et al. do not
@@ -10,16 +10,33 @@ spell the reshape out):
 
 Logarithms, because the products overflow for deep networks. Jiang et al. found several of these
 correlate *negatively* with the generalization gap.
+
+Distance from the initialization w₀ (Nagarajan & Kolter 2019; Jiang et al.'s "frob.distance" and
+"dist.spec.init"):
+
+    distance      = ‖w − w₀‖₂ over every parameter (biases and norm layers too: the trainer's ‖w − w₀‖)
+    relative      = ‖w − w₀‖₂ / ‖w₀‖₂
+    spec_dist_sq  = Σ_l ‖W_l − W_l⁰‖₂²      (weight tensors only, reshaped as above)
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["norm_baselines"]
+from ..errors import SharpnessError
+
+__all__ = ["norm_baselines", "distance_from_init"]
+
+
+def _matrices(named: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weight tensors (two or more dimensions) as float64 matrices (out channels) × (the rest)."""
+    for name, p in named:
+        if p.dim() >= 2:
+            yield name, p.detach().double().reshape(p.shape[0], -1)
 
 
 def norm_baselines(model: nn.Module) -> dict[str, float]:
@@ -27,10 +44,7 @@ def norm_baselines(model: nn.Module) -> dict[str, float]:
     logs_fro, logs_spec, sq = 0.0, 0.0, 0.0
     n = 0
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() < 2:
-                continue
-            W = p.detach().double().reshape(p.shape[0], -1)
+        for _, W in _matrices(model.named_parameters()):
             fro = float(torch.linalg.matrix_norm(W, "fro"))
             spec = float(torch.linalg.matrix_norm(W, 2))
             logs_fro += math.log(fro) if fro > 0 else -math.inf
@@ -38,3 +52,23 @@ def norm_baselines(model: nn.Module) -> dict[str, float]:
             sq += fro ** 2
             n += 1
     return {"log_prod_fro": logs_fro, "log_prod_spec": logs_spec, "sum_fro_sq": sq, "n_layers": n}
+
+
+def distance_from_init(model: nn.Module, init: dict[str, torch.Tensor], *, where: str = "init") -> dict[str, float]:
+    """{distance, relative, spec_dist_sq} of ``model``'s parameters from ``init`` (a state dict; read only).
+
+    Raises:
+        SharpnessError: ``init`` lacks one of the model's parameters or holds it with another shape.
+    """
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        if name not in init or tuple(init[name].shape) != tuple(p.shape):
+            got = "missing" if name not in init else f"shape {tuple(init[name].shape)}"
+            raise SharpnessError(f"{where}: does not fit the model: parameter {name} of shape {tuple(p.shape)} "
+                                 f"is {got} there")
+    with torch.no_grad():
+        diff = {n: p.detach().double() - init[n].detach().to(p.device, torch.float64) for n, p in params.items()}
+        dist = math.sqrt(sum(float(d.square().sum()) for d in diff.values()))
+        norm0 = math.sqrt(sum(float(init[n].detach().double().square().sum()) for n in params))
+        spec = sum(float(torch.linalg.matrix_norm(W, 2)) ** 2 for _, W in _matrices(iter(diff.items())))
+    return {"distance": dist, "relative": dist / norm0 if norm0 > 0 else math.inf, "spec_dist_sq": spec}

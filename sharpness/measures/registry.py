@@ -66,6 +66,7 @@ class Context:
 
     ``work`` is the objective over the training data used for curvature and sharpness (a fixed seeded
     subset when ``max_samples`` is set); ``train`` and ``test`` cover the whole training and test sets.
+    ``path`` is the checkpoint's file (None for a model given in memory).
     """
 
     label: str
@@ -76,6 +77,7 @@ class Context:
     seed: int = 0
     batch_size: int | None = None
     progress: bool | None = None
+    path: Path | None = None
 
 
 @dataclass(frozen=True)
