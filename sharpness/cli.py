@@ -364,7 +364,7 @@ def correlate_main(argv: list[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from .correlation import correlate, results_rows
+    from .correlation import correlate, left_out_note, results_rows
     from .io import atomic_write
 
     p = _Parser(prog="python -m sharpness.correlate",
@@ -380,12 +380,12 @@ def correlate_main(argv: list[str] | None = None) -> int:
     path = Path(a.results)
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
-        rows, measures, axes = results_rows(results)
+        table = results_rows(results)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SharpnessError(f"{path}: not a readable results file ({' '.join(str(e).split())[:200]})") from None
-    res = correlate(rows, a.measures or measures, gap=a.gap, axes=a.axes if a.axes is not None else axes,
-                    n_boot=a.n_boot, seed=a.seed)
-    text = res.markdown(str(path))
+    res = correlate(table.rows, a.measures or table.measures, gap=a.gap,
+                    axes=a.axes if a.axes is not None else table.axes, n_boot=a.n_boot, seed=a.seed)
+    text = res.markdown(str(path), left_out_note(table))
     out = atomic_write(path.with_name("correlation.md"), lambda q: q.write_text(text))
     print(text + f"\nwritten: {out}")
     return 0

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .checks import require
 from .errors import SharpnessError
-from .reporting import finite, kendall, run_gaps
+from .reporting import finite, kendall, reached_target, run_gaps
 
-__all__ = ["CorrelationResult", "correlate", "results_rows"]
+__all__ = ["CorrelationResult", "RunTable", "correlate", "results_rows", "left_out_note"]
 
 
 @dataclass
@@ -51,12 +51,13 @@ class CorrelationResult:
         d["tau_ci"] = {m: list(v) for m, v in self.tau_ci.items()}
         return d
 
-    def markdown(self, source: str) -> str:
-        """The table under a paragraph that says what was correlated with what (``source``: the runs)."""
+    def markdown(self, source: str, note: str = "") -> str:
+        """The table under a paragraph that says what was correlated with what (``source``: the runs;
+        ``note``: a sentence added to the paragraph)."""
         return (f"Kendall τ of each measure with `{self.gap}` over the runs of {source} (τ > 0: a larger "
                 f"measure goes with a larger gap); 95 % bootstrap interval ({self.n_boot} resamples, seed "
                 f"{self.seed}); Ψ and ψ per axis as in Jiang et al. 2020 (axes: {', '.join(self.axes) or 'none'})."
-                "\n\n" + self.table())
+                f"{note}\n\n" + self.table())
 
     def table(self) -> str:
         """Markdown: one row per measure, best τ first, with the interval, Ψ and each axis' ψ."""
@@ -154,28 +155,42 @@ def correlate(rows: Any, measures: list[str], *, gap: str = "gap", axes: list[st
     return res
 
 
-def results_rows(results: dict) -> tuple[list[dict], list[str], list[str]]:
-    """An experiment's results → (rows, measure columns, axes) for :func:`correlate`.
+class RunTable(NamedTuple):
+    """An experiment's runs as :func:`correlate` takes them (see :func:`results_rows`)."""
+
+    rows: list[dict]
+    measures: list[str]
+    axes: list[str]
+    left_out: list[str]  # runs that did not reach their target training loss
+
+
+def results_rows(results: dict) -> RunTable:
+    """An experiment's results → (rows, measure columns, axes, left-out runs) for :func:`correlate`.
 
     Each run is a row of its config, its ``variant`` (the experiment's named variant, if any), ``gap`` =
-    final test − train loss, ``gap_acc`` = train − test accuracy (points of %), ``dist_from_init`` =
-    ‖w − w₀‖ from the training history, and every numeric final summary value as ``measure.key`` (costs
-    such as ``n_hvps`` and standard errors left out). The axes are
-    the experiment's grid keys other than ``seed``, and ``variant`` when there are several (a variant
-    changes several fields together: one axis).
+    final test − train loss, ``gap_acc`` = train − test accuracy (points of %), and every numeric final
+    summary value as ``measure.key`` (costs such as ``n_hvps`` and standard errors left out); runs analysed
+    without the ``dist_from_init`` measure get ``dist_from_init`` = ‖w − w₀‖ from the training history. The
+    axes are the experiment's grid keys other than ``seed``, and ``variant`` when there are several (a
+    variant changes several fields together: one axis). A run that did not reach its
+    ``target_train_loss`` is left out, as Jiang et al. 2020 leave out networks that miss the criterion
+    (:func:`sharpness.reporting.reached_target`); its label is in ``left_out``.
     """
     spec = results.get("spec", {})
     variants = sorted((v.get("name", "") for v in spec.get("variants", []) if v.get("name")), key=len, reverse=True)
-    rows, names = [], []
+    rows, names, left_out = [], [], []
     for label, run in results["runs"].items():
+        if not reached_target(run):
+            left_out.append(label)
+            continue
         row = {"run": label, **run.get("config", {})}
         if variants:
             row["variant"] = next((v for v in variants if label == v or label.startswith(f"{v}-")), None)
         gap, gap_acc = run_gaps(run)
         row.update({k: v for k, v in (("gap", gap), ("gap_acc", gap_acc)) if v is not None})
         dist = (run.get("history") or [{}])[-1].get("dist_from_init")
-        if finite(dist) is not None:  # ‖w − w₀‖, recorded by the trainer (a baseline in Jiang et al.)
-            row["dist_from_init"] = dist
+        if "dist_from_init" not in run.get("final", {}) and finite(dist) is not None:
+            row["dist_from_init"] = dist  # recorded by the trainer (a baseline in Jiang et al.)
             names.append("dist_from_init")
         for m, summary in run.get("final", {}).items():
             if m == "loss":
@@ -186,4 +201,13 @@ def results_rows(results: dict) -> tuple[list[dict], list[str], list[str]]:
                     names.append(f"{m}.{k}")
         rows.append(row)
     axes = [k for k in spec.get("grid", {}) if k != "seed"] + (["variant"] if len(variants) > 1 else [])
-    return rows, list(dict.fromkeys(names)), axes
+    return RunTable(rows, list(dict.fromkeys(names)), axes, left_out)
+
+
+def left_out_note(table: RunTable) -> str:
+    """The sentence that says which runs a correlation left out ("" when none)."""
+    if not table.left_out:
+        return ""
+    shown = ", ".join(table.left_out[:8]) + (", …" if len(table.left_out) > 8 else "")
+    return (f" {len(table.left_out)} of {len(table.left_out) + len(table.rows)} runs did not reach their target "
+            f"training loss and are left out ({shown}).")

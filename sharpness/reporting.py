@@ -39,7 +39,7 @@ from .measures.registry import headline_keys
 __all__ = ["long_table", "report_rows", "groups", "final", "time_to_target", "fit_critical_batch",
            "best_lr_per_batch", "headline_columns", "CI_NOTE", "CI_LEVEL", "mean_ci", "format_ci", "seeds_note", "ci_by",
            "arm", "batch_size", "warm_start_epoch", "gap_rows", "scatter_rows", "SCATTER_MEASURES", "kendall",
-           "binned_ci", "warm_start_rows", "finite", "run_gaps"]
+           "binned_ci", "warm_start_rows", "finite", "run_gaps", "reached_target"]
 
 CI_LEVEL = 0.95
 CI_NOTE = "mean ± 95 % CI (Student t)"  # how every table and figure names its intervals
@@ -200,6 +200,14 @@ def finite(v: Any) -> float | None:
     return float(v) if ok else None
 
 
+def reached_target(run: dict) -> bool:
+    """Whether a run stopped at its ``target_train_loss`` (True when it had none): the last epoch's training
+    loss, the one the trainer compared, is at most the target. Jiang et al. 2020 keep only such runs."""
+    target = run.get("config", {}).get("target_train_loss")
+    last = (run.get("history") or [{}])[-1].get("train_loss")
+    return target is None or (finite(last) is not None and last <= target)
+
+
 def run_gaps(run: dict) -> tuple[float | None, float | None]:
     """(final test − train loss, 100 · (train − test accuracy) in points) of a run; None where undefined."""
     tr, te = final(run, "loss", "train_loss"), final(run, "loss", "test_loss")
@@ -241,18 +249,20 @@ SCATTER_MEASURES: dict[tuple[str, str], str] = {
 }
 
 
-def scatter_rows(results: dict) -> list[dict]:
+def scatter_rows(results: dict, measures: Any = None) -> list[dict]:
     """One row per run with final train and test loss: {label, arm, batch, gap_loss, (measure, key): value}.
 
-    ``gap_loss`` = test − train loss; the sharpness values are those of :data:`SCATTER_MEASURES` the run has.
+    ``gap_loss`` = test − train loss; the values are those of ``measures`` (default
+    :data:`SCATTER_MEASURES`) the run has. Runs that did not reach their ``target_train_loss`` are left out
+    (:func:`reached_target`).
     """
     rows = []
     for label, run in results["runs"].items():
         gap = run_gaps(run)[0]
-        if gap is None:
+        if gap is None or not reached_target(run):
             continue
         row = {"label": label, "arm": arm(label, run), "batch": batch_size(run), "gap_loss": gap}
-        for m, k in SCATTER_MEASURES:
+        for m, k in measures or SCATTER_MEASURES:
             if finite(final(run, m, k)) is not None:
                 row[(m, k)] = finite(final(run, m, k))
         rows.append(row)

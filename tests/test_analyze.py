@@ -360,3 +360,25 @@ def test_densities_and_surfaces_of_several_checkpoints_on_one_scale_and_redrawn_
         third = analyze(ckpts, out=out, measures=["density"], quick=True)
     assert mpimg.imread(png).shape[1] < size[1] and third.data["figure_style"] == {"style": "icml", "dpi": 100}
     assert {lb: e["measures"]["density"]["seconds"] for lb, e in third.data["checkpoints"].items()} == before
+
+
+def test_dist_from_init_reads_the_runs_init_pt_or_a_named_file(runs, tmp_path):
+    import shutil
+
+    root, sb, lb = runs
+    ours = analyze(sb.path, out=None, measures=["dist_from_init"], progress=False)
+    rec = ours.data["checkpoints"]["final"]["measures"]["dist_from_init"]
+    assert rec["summary"]["distance"] == pytest.approx(sb.history[-1]["dist_from_init"], rel=1e-5)
+    assert rec["details"]["init"] == str(sb.path.parent / "init.pt")
+    alone = tmp_path / "alone" / "model.pt"  # a checkpoint without its run folder: nothing to measure from
+    alone.parent.mkdir()
+    shutil.copy(sb.path, alone)
+    skipped = analyze(alone, out=None, measures=["dist_from_init"], progress=False)
+    rec = skipped.data["checkpoints"]["model"]["measures"]["dist_from_init"]
+    assert rec["summary"] == {} and "no init.pt" in rec["details"]["skipped"]
+    named = analyze(alone, out=None, measures=["dist_from_init"], progress=False,
+                    settings={"dist_from_init": {"init": str(lb.path.parent / "init.pt")}})
+    d = named.data["checkpoints"]["model"]["measures"]["dist_from_init"]["summary"]["distance"]
+    w = torch.cat([p.reshape(-1) for p in sb.model("cpu").parameters()])
+    w0 = torch.cat([p.reshape(-1) for p in sharpness.load_checkpoint(lb.path.parent / "init.pt").model("cpu").parameters()])
+    assert d == pytest.approx(float((w - w0).detach().norm()), rel=1e-5)

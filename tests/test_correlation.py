@@ -85,8 +85,25 @@ def test_the_correlation_figure_draws_what_correlate_computes(tmp_path):
     res["spec"]["figures"]["correlation"] = {"n_boot": 50}
     png, md = FIGURES["correlation"](res, tmp_path)
     assert png.exists() and png.stat().st_size > 10_000
-    rows, measures, axes = results_rows(res)
+    rows, measures, axes, left_out = results_rows(res)
+    assert left_out == []
     assert axes == ["batch_size", "variant"]
     r = sh.correlate(rows, measures, axes=axes, n_boot=50)
     for m in measures:
         assert f"| {m} | {r.n[m]} | {r.tau[m]:+.2f} |" in md.read_text()
+
+
+def test_runs_that_missed_the_target_loss_are_left_out_and_named(tmp_path):
+    from sharpness.correlation import results_rows
+
+    res = json.loads((Path(__file__).parent.parent / "figures" / "gap" / "results.json").read_text())
+    missed = "fixed-B2048-seed1"
+    res["runs"][missed]["history"][-1]["train_loss"] = 0.02  # above the runs' target_train_loss = 0.01
+    table = results_rows(res)
+    assert table.left_out == [missed] and missed not in [r["run"] for r in table.rows]
+    assert len(table.rows) == len(res["runs"]) - 1
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    assert correlate_main([str(tmp_path / "results.json"), "--n-boot", "20"]) == 0
+    text = (tmp_path / "correlation.md").read_text()
+    assert f"1 of 24 runs did not reach their target training loss and are left out ({missed})" in text
+    assert "| eigenvalues.lambda_max | 23 |" in text

@@ -240,3 +240,25 @@ def test_norm_baselines_closed_form_on_diagonal_and_conv_weights():
     assert r["log_prod_fro"] == pytest.approx(np.log(np.sqrt(26)) + np.log(fro_conv))
     assert r["log_prod_spec"] == pytest.approx(np.log(4.0) + np.log(fro_conv))
     assert r["sum_fro_sq"] == pytest.approx(26 + fro_conv ** 2)
+
+
+def test_distance_from_init_closed_form_on_linear_and_conv_weights():
+    from sharpness import SharpnessError
+    from sharpness.measures import distance_from_init
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(3, 2))
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    u, v = torch.tensor([1.0, 2.0, 2.0]), torch.arange(18.0)  # the conv moves by the rank-one u vᵀ (3 × 18)
+    with torch.no_grad():
+        model[0].weight.add_(torch.outer(u, v).reshape(3, 2, 3, 3))
+        model[2].bias.add_(torch.tensor([3.0, 4.0]))  # a bias counts in ‖w − w₀‖, not in the spectral sum
+    snap = snapshot(model)
+    r = distance_from_init(model, init)
+    assert_unchanged(model, snap)
+    dist = np.sqrt(float(u.square().sum() * v.square().sum()) + 25.0)
+    norm0 = np.sqrt(sum(float(init[n].double().square().sum()) for n, _ in model.named_parameters()))
+    assert r["distance"] == pytest.approx(dist) and r["relative"] == pytest.approx(dist / norm0)
+    assert r["spec_dist_sq"] == pytest.approx(float(u.square().sum() * v.square().sum()))  # ‖u vᵀ‖₂ = ‖u‖‖v‖
+    del init["2.weight"]
+    with pytest.raises(SharpnessError, match=r"parameter 2.weight of shape \(2, 3\) is missing there"):
+        distance_from_init(model, init)

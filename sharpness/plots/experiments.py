@@ -641,11 +641,12 @@ def correlation(res: dict, out: Path) -> list[Path]:
     """
     import seaborn as sns
 
-    from ..correlation import correlate, results_rows
+    from ..correlation import correlate, left_out_note, results_rows
 
-    rows, measures, axes = results_rows(res)
+    table = results_rows(res)
+    axes = table.axes
     opts = _options(res, "correlation")
-    r = correlate(rows, measures, gap=opts.get("gap", "gap"), axes=axes, n_boot=opts.get("n_boot", 1000))
+    r = correlate(table.rows, table.measures, gap=opts.get("gap", "gap"), axes=axes, n_boot=opts.get("n_boot", 1000))
     order = sorted(r.tau, key=lambda m: -np.nan_to_num(r.tau[m], nan=-2))
     cols = ["τ", "Ψ", *(f"ψ {a}" for a in axes)]
     grid = np.array([[r.tau[m], r.psi[m], *(r.per_axis[m][a] for a in axes)] for m in order], dtype=float)
@@ -661,7 +662,7 @@ def correlation(res: dict, out: Path) -> list[Path]:
     ax.grid(False)
     _header(fig, ax, opts.get("title"), f"gap: {'test − train loss' if r.gap == 'gap' else r.gap}; "
             f"n = {max(r.n.values())} runs")
-    text = r.markdown(f"experiment `{res.get('name', '?')}`")
+    text = r.markdown(f"experiment `{res.get('name', '?')}`", left_out_note(table))
     md = atomic_write(out / "correlation.md", lambda q: q.write_text(text))
     return [save(fig, out / "correlation.png"), md]
 
