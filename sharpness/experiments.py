@@ -78,7 +78,7 @@ _ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_sample
              "seed": (int, {}), "pairs": (list, {"item": list}), "along_training": (list, {"item": str}),
              "along_quick": (bool, {}), "settings": (dict, {})}
 _FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep", "esd", "surface", "sharpness_vs_loss", "gap",
-                   "gap_scatter", "warm_start")
+                   "gap_scatter", "warm_start", "correlation")
 _FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", s) is not None,
            "a folder name of at most 100 letters, digits, '_', '.', '+', '-', not starting with '.'")
 

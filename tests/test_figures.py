@@ -3,12 +3,14 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from scipy import stats
 
+import sharpness as sh
 import sharpness.plots.experiments as figs
 import sharpness.plots.landscape as landscape_plots
 from sharpness.plots.experiments import FIGURES, draw
@@ -262,3 +264,18 @@ def test_a_figure_of_missing_data_fails_in_one_line(tmp_path):
 
     with pytest.raises(SharpnessError, match=re.escape("cannot draw 'warm_start' (ValueError: warm_start: no run")):
         draw(_write(tmp_path, res))
+
+
+def test_gap_scatter_best_draws_the_measures_with_the_largest_tau(tmp_path, monkeypatch):
+    from sharpness.correlation import results_rows
+
+    res = json.loads((Path(__file__).parent.parent / "figures" / "gap" / "results.json").read_text())
+    res["spec"]["figures"]["gap_scatter"] = {"best": 3}
+    seen = _capture(monkeypatch)
+    FIGURES["gap_scatter"](res, tmp_path)
+    table = results_rows(res)
+    tau = sh.correlate(table.rows, table.measures, n_boot=10).tau
+    top = sorted((m for m in table.measures if "." in m), key=lambda m: -tau[m])[:3]
+    texts = [t.get_text() for ax in seen[0].axes for t in ax.texts if t.get_text().startswith("Kendall")]
+    assert [f"{tau[m]:.2f}" for m in top] == [t.split("= ")[1].split(",")[0] for t in texts]
+    assert [ax.get_ylabel() for ax in seen[0].axes if ax.texts][0] == "adaptive avg"  # the registry's label

@@ -465,21 +465,39 @@ def gap(res: dict, out: Path) -> Path:
     return save(fig, out / "gap.png")
 
 
+def _best_measures(res: dict, n: int) -> dict[tuple[str, str], str]:
+    """{(measure, key): label} of the ``n`` final measures with the largest Kendall τ with the loss gap."""
+    from ..correlation import correlate, results_rows
+    from ..measures.registry import headline_keys
+
+    table = results_rows(res)
+    columns = [c for c in table.measures if "." in c]  # final summaries (not the history's ‖w − w₀‖)
+    tau = correlate(table.rows, columns, n_boot=10).tau
+    top = sorted((c for c in columns if np.isfinite(tau[c])), key=lambda c: -tau[c])[:n]
+    labels = {(m, k.name): k.label for m, k in headline_keys()}
+    return {tuple(c.split(".", 1)): labels.get(tuple(c.split(".", 1)), c) for c in top}
+
+
 @styled
 def gap_scatter(res: dict, out: Path) -> Path:
     """Each run's sharpness against its generalization gap (test − train loss), in ``gap_scatter.png``.
 
     One stacked panel per measure the runs have (λ_max; ε-sharpness φ at ε = 1e-3, full space; adaptive
-    sharpness, worst and average, Andriushchenko et al. 2023), points coloured by batch size (log colour
-    scale), marker by arm; each panel states Kendall's τ (scipy.stats.kendalltau), its two-sided p-value
-    and n over the runs, the rank correlation Jiang et al. 2020 use to judge a measure.
+    sharpness, worst and average, Andriushchenko et al. 2023) — or, with ``[figures] gap_scatter = {best =
+    N}``, the N measures with the largest Kendall τ over all runs (:func:`sharpness.correlate`, the ranking of
+    the ``correlation`` figure). Points coloured by batch size (log colour scale), marker by arm; each panel
+    states Kendall's τ (scipy.stats.kendalltau), its two-sided p-value and n over the runs, the rank
+    correlation Jiang et al. 2020 use to judge a measure. Runs that missed their target training loss are
+    left out.
     """
     import seaborn as sns
 
-    rows = scatter_rows(res)
-    present = [mk for mk in SCATTER_MEASURES if sum(mk in r for r in rows) >= 2]
+    best = _options(res, "gap_scatter").get("best")
+    chosen = SCATTER_MEASURES if best is None else _best_measures(res, best)
+    rows = scatter_rows(res, chosen)
+    present = [mk for mk in chosen if sum(mk in r for r in rows) >= 2]
     if not present:
-        raise ValueError("gap_scatter: fewer than two runs have any of λ_max, eps0.001_full, adaptive")
+        raise ValueError(f"gap_scatter: fewer than two runs have any of {', '.join('.'.join(mk) for mk in chosen)}")
     bs = sorted({r["batch"] for r in rows})
     arms = sorted({r["arm"] for r in rows})
     norm = LogNorm(min(bs), max(bs) if max(bs) > min(bs) else min(bs) * 2)
@@ -503,7 +521,7 @@ def gap_scatter(res: dict, out: Path) -> Path:
             ax.set_ylim(lo, hi * (hi / lo) ** 0.25)  # room for the τ line above the points
         else:
             ax.set_ylim(lo, hi + 0.25 * (hi - lo))
-        ax.set_ylabel(SCATTER_MEASURES[mk])
+        ax.set_ylabel(chosen[mk])
         ax.set_xlabel("")
     axes[-1].set_xlabel(f"generalization gap: test − train {_loss_label(res)}")
     handles = [Line2D([], [], ls="", marker="o", color=cmap(norm(b)), ms=4) for b in bs]
