@@ -52,8 +52,10 @@ class CorrelationResult:
         return d
 
     def markdown(self, source: str, note: str = "") -> str:
-        """The table under a paragraph that says what was correlated with what (``source``: the runs;
-        ``note``: a sentence added to the paragraph)."""
+        """The table under a paragraph saying what was correlated with what (``source``: the runs).
+
+        ``note`` is a sentence added to the paragraph (e.g. :func:`left_out_note`).
+        """
         return (f"Kendall τ of each measure with `{self.gap}` over the runs of {source} (τ > 0: a larger "
                 f"measure goes with a larger gap); 95 % bootstrap interval ({self.n_boot} resamples, seed "
                 f"{self.seed}); Ψ and ψ per axis as in Jiang et al. 2020 (axes: {', '.join(self.axes) or 'none'})."

@@ -201,8 +201,11 @@ def finite(v: Any) -> float | None:
 
 
 def reached_target(run: dict) -> bool:
-    """Whether a run stopped at its ``target_train_loss`` (True when it had none): the last epoch's training
-    loss, the one the trainer compared, is at most the target. Jiang et al. 2020 keep only such runs."""
+    """Whether a run stopped at its ``target_train_loss`` (True when it had none).
+
+    The last epoch's training loss, the one the trainer compared, is at most the target. Jiang et al. 2020
+    keep only such runs.
+    """
     target = run.get("config", {}).get("target_train_loss")
     last = (run.get("history") or [{}])[-1].get("train_loss")
     return target is None or (finite(last) is not None and last <= target)

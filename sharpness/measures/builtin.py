@@ -14,8 +14,8 @@ import numpy as np
 
 from ..checkpoint import load_checkpoint
 from ..curvature import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
-from ..landscape import interpolate, surface
 from ..errors import SharpnessError
+from ..landscape import interpolate, surface
 from .adaptive import adaptive_sharpness
 from .keskar import eps_sharpness
 from .noise_scale import gradient_noise_scale
