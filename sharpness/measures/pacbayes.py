@@ -8,6 +8,15 @@ and the magnitude-aware variant ("pacbayes.mag.flatness") with noise scaled per 
 
     α* = max { α : E_u [L(w + u)] ≤ L(w) + δ },  u_i ∼ N(0, α² w_i² + ε²),  flatness = 1/α*²   (ε = 1e-3).
 
+Which formulas: the flatness terms of Jiang et al.'s PAC-Bayes measures (Appendix C; equation numbers differ
+between versions: Dziugaite et al. 2020's enumeration of the arXiv version has "pacbayes.flatness" as Eq. 53
+and "pacbayes.mag.flatness" as Eq. 61 — not checked against the PDF here). The
+bounds themselves (pacbayes.init / orig: ‖w − w₀‖²/(4σ*²) + log(m/σ*) + 10, and their magnitude-aware
+forms) are not computed: they add norm terms that the ``norms`` and ``dist_from_init`` measures give
+separately. Where the criterion is set: on the training *loss* rising by δ, as REFERENCES.md states the
+definition; the authors' released code (as reimplemented by Dziugaite et al.) searches for a 0.1 drop of
+training *accuracy* instead. ε²+α²w_i² is the noise *variance* here, as in the paper's formula.
+
 Larger values mean sharper (less noise is tolerated). The paper finds σ by bisection and the expectation
 by Monte Carlo; here the same ``n_draws`` standard normal draws z serve every σ tried (u = σ·z, common
 random numbers), so the estimated expectation is a fixed function of σ and bisection converges on it. The
