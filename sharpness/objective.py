@@ -38,9 +38,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader
 
 from .batches import Batches, cat, length
 from .checks import require
+from .distributed import all_sum, all_sum_floats, rank_and_world, shard
 from .errors import SharpnessError
 from .losses import make_loss
 from .model_state import preserved, set_mode
@@ -125,13 +127,15 @@ class Objective:
         trainable_only: take only parameters that require grad.
         cache_bytes: device-memory budget for caching the data (see :class:`Batches`).
         reduction: for a plain-function loss: what its scalar is over a batch, ``"mean"`` or ``"sum"``.
+        distributed: split the data over the ranks of the default process group and all-reduce every sum
+            (see :mod:`sharpness.distributed`); None: when a group of more than one rank is initialized.
     """
 
     def __init__(self, model: nn.Module, loss: Any = None, data: Any = None, *, loss_args: dict | None = None,
                  batch_fn: Callable | None = None, forward_fn: Callable | None = None,
                  batch_size: int | None = None, mode: str = "eval", seed: int = 0,
                  params: str | Iterable[str] | None = None, trainable_only: bool = False,
-                 cache_bytes: float | None = None, reduction: str | None = None):
+                 cache_bytes: float | None = None, reduction: str | None = None, distributed: bool | None = None):
         if not isinstance(model, nn.Module):
             raise SharpnessError(f"model must be an nn.Module (got {type(model).__name__})")
         if mode not in ("eval", "train"):
@@ -141,6 +145,7 @@ class Objective:
         require("loss_args", loss_args, dict, optional=True)
         require("seed", seed, int, ge=0, le=2**32 - 1)
         require("cache_bytes", cache_bytes, float, optional=True, ge=0)
+        require("distributed", distributed, bool, optional=True)
         if params is not None and not (isinstance(params, str) or (
                 isinstance(params, (list, tuple)) and all(isinstance(p, str) for p in params))):
             raise SharpnessError(f"params must be a name pattern or a list of them (got {params!r})")
@@ -155,13 +160,25 @@ class Objective:
         first = self.named_params[0][1]
         self.device, self.dtype = first.device, first.dtype
         self.loss = make_loss(loss, loss_args, reduction=reduction)
-        self.data = data if isinstance(data, Batches) else Batches(
+        self.rank, self.world = rank_and_world() if distributed is not False else (0, 1)
+        self.all = data if isinstance(data, Batches) else Batches(
             data, batch_size=batch_size, device=self.device, dtype=self.dtype, cache_bytes=cache_bytes)
+        self.data = self.all
+        self.per_rank_loader = self.world > 1 and isinstance(self.all.source, DataLoader)
+        if self.world > 1 and not self.per_rank_loader:
+            # This rank's examples; a user's DataLoader is this rank's shard already (its sampler's).
+            n = len(self.all.source) if self.all.num_samples is None else self.all.num_samples  # a Dataset
+            if n < self.world:
+                raise SharpnessError(f"{n} examples cannot be split over {self.world} ranks (each needs one)")
+            idx = shard(n, self.rank, self.world)
+            self.data = Batches(self.all.examples(idx), batch_size=batch_size, device=self.device,
+                                dtype=self.dtype, cache_bytes=cache_bytes)
         self.batch_fn = batch_fn or default_batch_fn
         self.forward_fn = forward_fn or default_forward
         self._module = _Forward(model, self.forward_fn)
         self._settings = dict(loss=self.loss, batch_fn=batch_fn, forward_fn=forward_fn, mode=mode, seed=seed,
-                              params=params, trainable_only=trainable_only, cache_bytes=cache_bytes)
+                              params=params, trainable_only=trainable_only, cache_bytes=cache_bytes,
+                              distributed=distributed)
         self.n_evals = 0
 
     # --- parameters -------------------------------------------------------------------------------
@@ -188,11 +205,13 @@ class Objective:
 
     @property
     def num_samples(self) -> int:
-        """N, the number of examples (a DataLoader is counted on its first pass)."""
+        """N, the number of examples over all ranks (a DataLoader is counted on its first pass)."""
         if self.data.num_samples is None:
             for _ in self.data:
                 pass
-        return self.data.num_samples
+        if self.world == 1:
+            return self.data.num_samples
+        return int(all_sum_floats([self.data.num_samples], self.world, self.device)[0])
 
     def split(self, raw: Any) -> tuple[Any, Any, tuple]:
         """A batch as ``(inputs, targets, extra)`` through ``batch_fn`` (its 2- or 3-tuple checked)."""
@@ -218,12 +237,15 @@ class Objective:
         total = self.num_samples
         if n is None or n >= total:
             return self
+        if self.per_rank_loader:
+            raise SharpnessError("max_samples: a subset of data held as one DataLoader per rank is not defined; "
+                                 "give the data in memory or as a Dataset (each rank then takes its share)")
         idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
-        return self.with_data(self.data.examples(idx), batch_size=batch_size)
+        return self.with_data(self.all.examples(idx), batch_size=batch_size)
 
     def examples(self) -> Any:
-        """All examples as one batch tree on the device."""
-        return cat(list(self.data)) if len(self.data) > 1 else next(iter(self.data))
+        """All examples (every rank's: data-parallel code splits them again) as one batch tree on the device."""
+        return cat(list(self.all)) if len(self.all) > 1 else next(iter(self.all))
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -264,7 +286,8 @@ class Objective:
                 n_all += n
                 norm += self.loss.count(targets, n)
         self.n_evals += 1
-        return float(total) / float(norm), (float(correct) / n_all if defined else None)
+        total, correct, n_all, norm = all_sum_floats([total, correct, n_all, norm], self.world, self.device)
+        return total / norm, (correct / n_all if defined else None)
 
     def loss_at(self, theta: torch.Tensor | None = None, *, grad: bool = False) -> tuple[float, torch.Tensor | None]:
         """L(θ) and, if ``grad``, ∇L(θ) as a flat tensor. One pass over the data."""
@@ -282,8 +305,8 @@ class Objective:
                 total += float(val.detach())
                 norm += self.loss.count(targets, n)
         self.n_evals += 1
-        norm = float(norm)
-        return total / norm, g / norm
+        total, norm = all_sum_floats([total, norm], self.world, self.device)
+        return total / norm, all_sum(g, self.world) / norm
 
     def gradient(self) -> torch.Tensor:
         """∇L at the model's weights, flat."""

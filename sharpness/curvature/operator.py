@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import all_sum, all_sum_floats
 from ..errors import SharpnessError
 from ..model_state import preserved, set_mode
 from ..objective import Objective, as_objective, with_dtype
@@ -131,13 +132,16 @@ class HessianOperator:
                 state = self._state()
                 self._graph = (tuple((t._version, t.data_ptr()) for t in state), graph,
                                float(self.objective.loss.count(targets, n)), [t.detach().clone() for t in state])
-            _, graph, n, _ = self._graph
-            return (self._hvps(graph, V) / n).detach()
-        out, norm = torch.zeros_like(V), 0
-        for i, inputs, targets, extra, n in self.objective.batches():
-            out += self._hvps(self._grad_graph(i, inputs, targets, extra), V)
-            norm += self.objective.loss.count(targets, n)  # N, or Σ class weights (losses.py)
-        return (out / float(norm)).detach()
+            _, graph, norm, _ = self._graph
+            out = self._hvps(graph, V)
+        else:
+            out, norm = torch.zeros_like(V), 0
+            for i, inputs, targets, extra, n in self.objective.batches():
+                out += self._hvps(self._grad_graph(i, inputs, targets, extra), V)
+                norm += self.objective.loss.count(targets, n)  # N, or Σ class weights (losses.py)
+        world = self.objective.world  # data-parallel: each rank's sum, all-reduced (sharpness.distributed)
+        norm = all_sum_floats([norm], world, self.device)[0]
+        return (all_sum(out.detach(), world) / norm).detach()
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector v of length num_params."""

@@ -32,6 +32,7 @@ from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import require
+from ..distributed import all_sum, all_sum_floats, is_main
 from ..errors import SharpnessError
 from ..io import write_npz
 from ..model_state import preserved
@@ -123,8 +124,10 @@ class _Evaluator:
                 n_all += n
                 norm += obj.loss.count(targets, n)
         obj.n_evals += len(thetas)
+        loss, correct = all_sum(loss, obj.world), all_sum(correct, obj.world)  # data-parallel: all ranks' sums
+        n_all, norm = all_sum_floats([n_all, norm], obj.world, obj.device)
         acc = (correct / n_all).tolist() if defined[0] else [None] * len(thetas)
-        return list(zip((loss / float(norm)).tolist(), acc))
+        return list(zip((loss / norm).tolist(), acc))
 
 
 @dataclass
@@ -227,7 +230,7 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
             pass
 
     def save():
-        if out is not None:
+        if out is not None and is_main():  # data-parallel: every rank holds the same grid; one writes it
             write_npz(out, {"loss": loss, "acc": acc, "done": done, "directions": V.cpu().numpy(),
                             "meta": np.array(meta), **{f"axis{i}": a for i, a in enumerate(axes)}})
 

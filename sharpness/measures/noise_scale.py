@@ -29,6 +29,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from ..batches import index, length, split, tree_map
+from ..distributed import all_sum, all_sum_floats
 from ..errors import SharpnessError
 from ..model_state import preserved, set_mode
 from ..objective import Objective, as_objective
@@ -77,7 +78,8 @@ def _per_example(obj: Objective, chunk: int) -> tuple[float, float, int]:
                 sq_sum += float((flat ** 2).sum())
                 g_sum = flat.sum(0) if g_sum is None else g_sum + flat.sum(0)
                 n += m
-    G = g_sum / n
+    sq_sum, n = all_sum_floats([sq_sum, n], obj.world, obj.device)  # data-parallel: all ranks' examples
+    G = all_sum(g_sum, obj.world) / n
     g2 = float(G @ G)
     return sq_sum / n - g2, g2, n
 
