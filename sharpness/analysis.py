@@ -39,6 +39,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .checks import require
+from .distributed import from_main, per_rank, rank_and_world
 from .errors import SharpnessError
 from .io import to_jsonable, write_json, write_npz
 from .losses import make_loss
@@ -170,8 +171,9 @@ def _context(label: str, ckpt: Checkpoint, *, device: str, loss: Any, loss_args:
         fn = make_loss("cross_entropy", loss_args)
     tr = Objective(model, fn, train, batch_size=batch_size)
     te = Objective(model, fn, test, batch_size=batch_size) if test is not None else None
-    try:
-        tr.subset(2, 0).evaluate()
+    try:  # on this rank alone: two examples cannot be split over the ranks
+        Objective(model, fn, tr.all.examples(torch.arange(min(2, tr.all.num_samples or 2))),
+                  distributed=False).evaluate()
     except SharpnessError:
         raise
     except Exception as e:  # the user's model or loss raising on the user's data: bad input, one line
@@ -260,12 +262,16 @@ class _Run:
         """Run (or reuse) one measure; record it in ``entry`` once its arrays and figures are written."""
         chosen = {**measure.settings_for(self.quick), **self.overrides.get(measure.name, {})}
         settings = _plain(chosen)
-        if self.cached(old, settings, tags):
-            self.redraw(measure, old, ctxs)
-            entry[measure.name] = old
-            return
         loss = entry.get("loss", {}).get("summary", {}).get("train_loss", 0.0)
-        if measure.name != "loss" and not (isinstance(loss, float) and math.isfinite(loss)):
+        # Data-parallel: rank 0 holds the folder; every rank must take its decision (collectives follow).
+        cached, finite = from_main((self.cached(old, settings, tags),
+                                    measure.name == "loss" or (isinstance(loss, float) and math.isfinite(loss))))
+        if cached:
+            if old:
+                self.redraw(measure, old, ctxs)
+            entry[measure.name] = old or {}  # ranks > 0 hold no folder: rank 0 has the result
+            return
+        if not finite:
             # a diverged model: curvature of a NaN loss is noise, and the solvers would fail obscurely
             entry[measure.name] = {"status": "skipped", "error": f"the training loss is not finite ({loss})",
                                    "settings": settings, "seed": self.seed}
@@ -366,7 +372,8 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
     max_samples = max_samples if max_samples is not None else (1000 if quick else None)
     ctxs = [_context("", c, device=device, loss=loss, loss_args=loss_args, batch_size=batch_size,
                      max_samples=max_samples, seed=seed, progress=progress) for c in ckpts]
-    out = Path(out) if out is not None else None
+    rank, world = rank_and_world()
+    out = Path(out) if out is not None and rank == 0 else None  # data-parallel: rank 0 writes, once
     with _locked(out):
         previous, arrays = _previous(out)
         for ctx, label in zip(ctxs, _labels([c.path for c in ckpts], previous.get("checkpoints", {}))):
@@ -374,7 +381,7 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
         report = {"schema": SCHEMA, "version": SCHEMA_VERSION, "toolkit": __version__, "torch": str(torch.__version__),
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "settings": {"quick": quick, "device": device, "seed": seed, "batch_size": batch_size,
-                               "max_samples": max_samples},
+                               "max_samples": max_samples, "world_size": world},
                   # what an earlier run left here is kept unless this run replaces it
                   "checkpoints": dict(previous.get("checkpoints", {})), "pairs": dict(previous.get("pairs", {}))}
         report["figure_style"] = figure_style() if figures else previous.get("figure_style")
@@ -387,6 +394,7 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
                 "step": ckpt.step, "model": ckpt.model_spec.to_dict() if ckpt.model_spec else None,
                 "data": ckpt.data_spec.to_dict() if ckpt.data_spec else None, "loss": ctx.train.loss.to_dict(),
                 "n_train": ctx.train.num_samples,
+                "examples_per_rank": per_rank(ctx.train.data.num_samples, ctx.train.device) if world > 1 else None,
                 # earlier results for these same weights stay, each saying which loss and data it used
                 "measures": dict(prev.get("measures", {})) if prev.get("sha256") == ckpt.sha256 else {}}
             tags = {"loss": entry["loss"], "max_samples": max_samples}

@@ -238,6 +238,7 @@ def analyze_main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from . import analysis
+    from .distributed import is_main, launched
 
     _import_plugins(sys.argv[1:] if argv is None else argv)  # before the parser: their measures are in --help
     names = analysis.measure_names()
@@ -274,13 +275,16 @@ def analyze_main(argv: list[str] | None = None) -> int:
 
     out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
     measures = [m.strip() for m in a.measures.split(",") if m.strip()] if a.measures else None
-    with options:
-            report = analysis.analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=a.device,
+    with options, launched(a.device) as device:  # under torchrun: data-parallel over the ranks
+        report = analysis.analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=device,
                                   batch_size=a.batch_size, max_samples=a.max_samples, seed=a.seed,
                                   model=a.model, model_args=dict(a.model_arg) or None, data=a.data,
                                   data_args=dict(a.data_arg) or None, loss=a.loss,
                                   loss_args=dict(a.loss_arg) or None, force=a.force,
-                                  progress=False if a.no_progress else None)
+                                  progress=False if a.no_progress or not is_main() else None)
+        main = is_main()
+    if not main:  # rank 0 wrote the report and says what is in it
+        return 0
     print(report.table())
     print(f"report: {Path(out) / 'report.json'}" + ("  (quick settings)" if a.quick else ""))
     if report.failed:  # the report is written; the exit code says that some measures are missing from it

@@ -15,12 +15,16 @@ seed draws the same vectors on every rank.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import datetime
+import os
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world", "shard", "all_sum", "all_sum_floats", "is_main"]
+__all__ = ["rank_and_world", "shard", "all_sum", "all_sum_floats", "is_main", "from_main", "per_rank",
+           "launched"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -54,3 +58,46 @@ def all_sum_floats(values: Sequence[float], world: int, device: torch.device | s
     if world == 1:
         return [float(v) for v in values]
     return all_sum(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device), world).tolist()
+
+
+def from_main(value):
+    """Rank 0's ``value`` on every rank (a decision all ranks must share, e.g. whether a result is cached)."""
+    if rank_and_world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def per_rank(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's ``n`` (e.g. its number of examples), in rank order."""
+    rank, world = rank_and_world()
+    counts = [0.0] * world
+    counts[rank] = float(n)
+    return [int(c) for c in all_sum_floats(counts, world, device)]
+
+
+@contextlib.contextmanager
+def launched(device: str) -> Iterator[str]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): the default process group for the command, and its device.
+
+    gloo for CPU, NCCL for CUDA with each rank on ``cuda:LOCAL_RANK``. Collectives time out after
+    ``SHARPNESS_DIST_TIMEOUT`` seconds (default 300), so a rank that died stops the others with an error
+    instead of a hang (torchrun also stops the job when a rank exits with an error). Without torchrun, or
+    with a group the caller made: nothing is done and ``device`` comes back as it was.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world == 1 or (dist.is_available() and dist.is_initialized()):
+        yield device
+        return
+    cuda = device.startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    timeout = datetime.timedelta(seconds=float(os.environ.get("SHARPNESS_DIST_TIMEOUT", "300")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()

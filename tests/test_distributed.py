@@ -38,3 +38,46 @@ def test_every_analyzer_equals_the_single_process_result(tmp_path, nproc):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         for key, want in ref.items():
             assert torch.allclose(got[key].double(), want.double(), rtol=1e-6, atol=1e-9), (rank, key, got[key], want)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from helpers import tiny_config
+    from sharpness import train_model
+
+    # 193 examples: shards of 97 and 96 (2 ranks), 65/64/64 (3)
+    return train_model(tiny_config(data_args={"n_train": 193, "n_test": 40, "dim": 6, "classes": 3}),
+                       tmp_path_factory.mktemp("run") / "r", progress=False)
+
+
+def test_torchrun_analyze_writes_one_report_equal_to_one_process(trained, tmp_path):
+    import json
+
+    from sharpness import analyze
+
+    measures = ["loss", "eigenvalues", "trace", "eps_sharpness", "pacbayes", "landscape1d"]
+    one = analyze(trained.path, out=None, measures=measures, quick=True, progress=False).data
+    r = torchrun(2, Path("-m"), "sharpness.analyze", str(trained.path), "--out", str(tmp_path / "a"),
+                 "--measures", ",".join(measures), "--quick", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("report:") == 1  # rank 0 speaks, once
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["settings"]["world_size"] == 2
+    entry = rep["checkpoints"]["final"]
+    assert entry["examples_per_rank"] == [97, 96] and entry["n_train"] == 193
+    for m in measures:
+        for k, v in one["checkpoints"]["final"]["measures"][m]["summary"].items():
+            if isinstance(v, float):
+                assert entry["measures"][m]["summary"][k] == pytest.approx(v, rel=1e-4, abs=1e-7), (m, k)
+
+
+def test_a_rank_that_dies_stops_the_job_with_an_error(tmp_path):
+    script = tmp_path / "dies.py"
+    script.write_text("import os, torch, torch.distributed as dist\\n"
+                      "from sharpness.distributed import all_sum\\n"
+                      "dist.init_process_group('gloo')\\n"
+                      "if dist.get_rank() == 1:\\n"
+                      "    os._exit(3)\\n"
+                      "all_sum(torch.ones(3), 2)\\n")
+    r = torchrun(2, script, timeout=90)
+    assert r.returncode != 0 and "exitcode" in r.stderr and "3" in r.stderr
