@@ -193,10 +193,16 @@ def config_from_args(argv: list[str]):
 
 @_guard
 def train_main(argv: list[str] | None = None) -> int:
+    from .distributed import is_main, launched
     from .training import train
 
     a = train_parser().parse_args(argv)
-    ckpt = train(_config(a), a.out, progress=not a.quiet)
+    config = _config(a)
+    with launched(config.device):  # under torchrun: DistributedDataParallel over the ranks
+        ckpt = train(config, a.out, progress=not a.quiet)
+        main = is_main()
+    if not main:
+        return 0
     last = ckpt.history[-1] if ckpt.history else {}
     shown = {k: f"{last[k]:.4f}" if isinstance(last.get(k), (int, float)) else "—"  # no accuracy for regression
              for k in ("train_loss", "train_acc", "test_acc")}

@@ -81,3 +81,27 @@ def test_a_rank_that_dies_stops_the_job_with_an_error(tmp_path):
                       "all_sum(torch.ones(3), 2)\\n")
     r = torchrun(2, script, timeout=90)
     assert r.returncode != 0 and "exitcode" in r.stderr and "3" in r.stderr
+
+
+def test_torchrun_train_is_the_one_process_run_and_resumes_only_with_its_world_size(tmp_path):
+    from helpers import tiny_config
+    from sharpness import load_checkpoint, train_model
+
+    # 193 examples in batches of 16: the last batch holds 1 example, so one rank has none of it
+    cfg = tiny_config(data_args={"n_train": 193, "n_test": 40, "dim": 6, "classes": 3}, epochs=3)
+    one = train_model(cfg, tmp_path / "one", progress=False)
+    args = ["--dataset", "gaussian", "--data-arg", "n_train=193", "--data-arg", "n_test=40", "--data-arg", "dim=6",
+            "--data-arg", "classes=3", "--model", "mlp", "--model-arg", "widths=[12]", "--batch-size", "16",
+            "--epochs", "3", "--lr", "0.01", "--seed", "0", "--quiet"]
+    r = torchrun(2, Path("-m"), "sharpness.train", "--out", str(tmp_path / "two"), *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("final.pt") == 1
+    two = load_checkpoint(tmp_path / "two" / "final.pt")
+    assert two.extra["world_size"] == 2 and two.extra["examples_per_rank"] == [97, 96]
+    for k, v in one.state_dict.items():  # the same updates, summed in another order
+        assert torch.allclose(two.state_dict[k], v, rtol=1e-4, atol=1e-5), k
+    assert two.history[-1]["train_loss"] == pytest.approx(one.history[-1]["train_loss"], rel=1e-4)
+    (tmp_path / "two" / "done").unlink()
+    (tmp_path / "two" / "final.pt").unlink()
+    r = torchrun(3, Path("-m"), "sharpness.train", "--out", str(tmp_path / "two"), *args)
+    assert r.returncode != 0 and "resume it with as many (now 3)" in r.stderr

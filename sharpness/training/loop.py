@@ -5,6 +5,15 @@ chosen update counts, ``last.pt`` (the resume state, rewritten every epoch), ``f
 ``history.json`` and a ``done`` marker. Every random draw of an epoch (shuffling, dropout) comes from a
 seed derived from (seed, epoch), so resuming from the last finished epoch replays the interrupted one
 exactly: on CPU a killed and restarted run ends bit-identical to an uninterrupted one.
+
+Data-parallel (under ``torchrun``, or any default process group of W > 1 ranks): ``batch_size`` stays the
+global batch B; every update's B examples (the same seeded permutation on every rank) are split
+i ≡ rank (mod W) and the model is wrapped in ``DistributedDataParallel``. Each rank's loss is weighted by
+its share of the batch, so the averaged gradient is the gradient of the mean over all B examples, uneven
+last batches included; BatchNorm (and ghost BN) normalizes over each rank's part of the batch. The
+per-epoch evaluation is data-parallel too (:mod:`sharpness.distributed`). Rank 0 alone writes files;
+the checkpoints record ``world_size`` and each rank's examples, and a run resumes only with the world
+size it was started with (that is what keeps it exact).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from tqdm.auto import tqdm
 from ..batches import tree_map
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..data import input_shape, load_data, num_classes
+from ..distributed import is_main, rank_and_world, shard
 from ..errors import SharpnessError
 from ..io import write_json
 from ..losses import make_loss
@@ -136,11 +146,14 @@ def _normalized(saved: dict) -> dict:
     return {**defaults, **saved} if set(saved) <= set(defaults) else saved
 
 
-def _resume_state(out: Path, c: TrainConfig) -> Checkpoint | None:
+def _resume_state(out: Path, c: TrainConfig, world: int) -> Checkpoint | None:
     last = out / "last.pt"
     if not last.exists():
         return None
     ckpt = load_checkpoint(last)
+    if ckpt.extra.get("world_size", 1) != world:
+        raise SharpnessError(f"{out} was trained on {ckpt.extra.get('world_size', 1)} process(es); resume it with "
+                             f"as many (now {world}): the split of every batch depends on it")
     saved = _normalized(ckpt.config)
     if saved != c.to_dict():
         diff = sorted(k for k in set(saved) | set(c.to_dict()) if saved.get(k) != c.to_dict().get(k))
@@ -175,6 +188,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
     batches = _TrainBatches(train_set, device)
     sched = Schedule.from_config(config)
     cfg = config.to_dict()
+    rank, world = rank_and_world()
+    if batches.n < world:
+        raise SharpnessError(f"{batches.n} training examples cannot be split over {world} processes")
+    parallel = {"world_size": world,
+                "examples_per_rank": [len(shard(batches.n, r, world)) for r in range(world)]} if world > 1 else {}
 
     # Keep the caller's global RNG as it was: training reseeds it per epoch.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -185,12 +203,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         evals = [Objective(model, loss_fn, d, batch_size=config.eval_batch_size) for d in (train_set, test_set)]
         _try_model(model, loss_fn, evals[0], batches, config)  # before anything is written
         opt = _optimizer(model, config, sched.lr(0.0))
-        state = _resume_state(out, config)
+        state = _resume_state(out, config, world)
         if state is None:
             if warm is not None:
                 model.load_state_dict(warm)
-            save_checkpoint(out / "init.pt", model=model, model_spec=model_spec, data_spec=data_spec,
-                            config=cfg)
+            if is_main():
+                save_checkpoint(out / "init.pt", model=model, model_spec=model_spec, data_spec=data_spec,
+                                config=cfg, extra=parallel)
             epoch0, step, history, trace = 0, 0, [], []
             # Epoch 0: the model before any update, so curves start where training starts.
             (train_loss, train_acc), (test_loss, test_acc) = (e.evaluate() for e in evals)
@@ -202,6 +221,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             opt.load_state_dict(state.optimizer)
             epoch0, step, history = state.epoch, state.step, list(state.history)
             trace = list(state.extra.get("trace", []))
+        if world > 1:
+            torch.distributed.barrier()  # init.pt is written
+            # Gradients averaged over the ranks; parameters and buffers start equal (broadcast from rank 0).
+            net = nn.parallel.DistributedDataParallel(model)
+        else:
+            net = model
         init = load_checkpoint(out / "init.pt").state_dict
         w0 = torch.cat([init[n].reshape(-1) for n, _ in model.named_parameters()]).to(device)
         examples = history[-1]["examples"] if history else 0
@@ -212,23 +237,24 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             return {"trace": trace} if config.trace_log_steps else {}
 
         def ckpt(path: Path, epoch: int, extra: dict | None = None, with_opt: bool = False) -> None:
-            extra = {**(extra or {}), **traced()}
-            save_checkpoint(path, model=model, model_spec=model_spec, data_spec=data_spec, config=cfg,
-                            epoch=epoch, step=step, history=history,
-                            optimizer=opt.state_dict() if with_opt else None, extra=extra)
+            extra = {**(extra or {}), **traced(), **parallel}
+            if is_main():
+                save_checkpoint(path, model=model, model_spec=model_spec, data_spec=data_spec, config=cfg,
+                                epoch=epoch, step=step, history=history,
+                                optimizer=opt.state_dict() if with_opt else None, extra=extra)
 
         def reached_target() -> bool:
             return (config.target_train_loss is not None and bool(history)
                     and history[-1]["train_loss"] <= config.target_train_loss)
 
-        bar = tqdm(range(epoch0, sched.epochs), initial=epoch0, total=sched.epochs, disable=not progress,
+        bar = tqdm(range(epoch0, sched.epochs), initial=epoch0, total=sched.epochs, disable=not progress or rank > 0,
                    desc=f"train B={config.batch_size}", unit="epoch")
         for epoch in bar:
             if reached_target():  # resuming a run that had already reached its target
                 break
             t0 = time.perf_counter()
             bsz = sched.batch_size(epoch)
-            torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout and friends, per epoch
+            torch.manual_seed(config.seed * 1_000_003 + epoch + 7919 * rank)  # dropout and friends, per epoch
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
             order = torch.randperm(batches.n, generator=gen).to(device).split(bsz)
             model.train()
@@ -237,12 +263,17 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                inputs, targets, extra = evals[0].split(batches(idx))
-                loss = loss_fn.mean(evals[0].forward_fn(model, inputs), targets, extra)
+                mine = idx[rank::world]  # this rank's part of the global batch
+                share = len(mine) * world / len(idx)
+                # A last batch smaller than W leaves a rank > 0 without examples: it still runs a forward
+                # and backward (DDP's all-reduce needs every rank), on one example, weighted 0.
+                inputs, targets, extra = evals[0].split(batches(mine if len(mine) else idx[:1]))
+                loss = loss_fn.mean(evals[0].forward_fn(net, inputs), targets, extra)
                 if not torch.isfinite(loss):
                     raise SharpnessError(f"training diverged at epoch {epoch + 1}, update {step + 1} "
                                          f"(loss {loss.item()}); lower the learning rate")
-                loss.backward()
+                # DDP averages over the ranks: weighting by the rank's share makes it the mean over the batch
+                (loss * share if world > 1 else loss).backward()
                 if config.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 opt.step()
@@ -270,10 +301,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             if config.save_every and (epoch + 1) % config.save_every == 0:
                 ckpt(out / f"ckpt_epoch{epoch + 1}.pt", epoch + 1)
             ckpt(out / "last.pt", epoch + 1, with_opt=True)
-            write_json(out / "history.json", {"config": cfg, "history": history, **traced()})
+            if is_main():
+                write_json(out / "history.json", {"config": cfg, "history": history, **traced()})
             if reached_target():
                 break
         bar.close()
         ckpt(out / "final.pt", history[-1]["epoch"] if history else sched.epochs)
-    (out / "done").write_text("done\n")
+    if is_main():
+        (out / "done").write_text("done\n")
+    if world > 1:
+        torch.distributed.barrier()  # final.pt is written
     return load_checkpoint(out / "final.pt", model=config.model)
