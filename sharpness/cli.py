@@ -316,7 +316,8 @@ def _import_plugins(argv: list[str]) -> None:
 
 @_guard
 def run_main(argv: list[str] | None = None) -> int:
-    from .experiments import run_experiment
+    from .distributed import is_main, launched
+    from .experiments import load_experiment, run_experiment
 
     p = _Parser(prog="python -m sharpness.run", description="Run an experiment: trainings, analyses, figures.")
     p.add_argument("experiment", help="experiments/NAME.toml")
@@ -328,10 +329,13 @@ def run_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     _add_figure_flags(p)
     a = p.parse_args(argv)
-    with _figure_options(a):
+    device = str(load_experiment(a.experiment, a.set).get("base", {}).get("device", "cpu"))
+    with _figure_options(a), launched(device):  # under torchrun: every run trained and analysed data-parallel
         path = run_experiment(a.experiment, runs_root=a.runs, figures_root=a.figures, jobs=a.jobs,
-                              overrides=a.set, progress=False if a.no_progress else None)
-    print(f"results: {path}")
+                              overrides=a.set, progress=False if a.no_progress or not is_main() else None)
+        main = is_main()
+    if main:
+        print(f"results: {path}")
     return 0
 
 

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .checks import require
+from .distributed import is_main, rank_and_world
 from .errors import SharpnessError
 from .io import read_toml, write_json
 from .training import TrainConfig
@@ -249,6 +251,9 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     from .plots.experiments import draw
 
     require("jobs", jobs, int, ge=1)
+    world = rank_and_world()[1]
+    if world > 1 and jobs > 1:
+        raise SharpnessError(f"jobs {jobs}: under torchrun the {world} processes train each run together; use --jobs 1")
     spec = load_experiment(path, overrides)
     name = spec["name"]
     runs = expand(spec)
@@ -317,6 +322,10 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
         arr = {k.split("/")[-1]: v.tolist() for k, v in rep.arrays.items() if k.startswith(key)}
         results["pairs"][f"{a}→{b}" + (f" ({path})" if curved else "")] = arr
     out = Path(figures_root) / name
-    path = write_json(out / "results.json", results)
-    draw(path, out)
+    path = out / "results.json"
+    if is_main():  # data-parallel: rank 0 writes the results and draws
+        write_json(path, results)
+        draw(path, out)
+    if world > 1:
+        torch.distributed.barrier()
     return path

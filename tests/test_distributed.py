@@ -105,3 +105,25 @@ def test_torchrun_train_is_the_one_process_run_and_resumes_only_with_its_world_s
     (tmp_path / "two" / "final.pt").unlink()
     r = torchrun(3, Path("-m"), "sharpness.train", "--out", str(tmp_path / "two"), *args)
     assert r.returncode != 0 and "resume it with as many (now 3)" in r.stderr
+
+
+def test_torchrun_run_writes_the_results_of_one_process(tmp_path):
+    import json
+
+    from sharpness.experiments import run_experiment
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text('name = "tiny"\n[base]\ndataset = "gaussian"\n'
+                    'data_args = { n_train = 101, n_test = 30, dim = 5, classes = 3 }\n'
+                    'model = "mlp"\nmodel_args = { widths = [8] }\nepochs = 2\nlr = 0.01\nsave_every = 0\n'
+                    '[grid]\nbatch_size = [64]\n[analysis]\nmeasures = ["loss", "eigenvalues"]\nquick = true\n'
+                    '[figures]\nkinds = ["table"]\n')
+    one = json.loads(run_experiment(toml, runs_root=tmp_path / "r1", figures_root=tmp_path / "f1").read_text())
+    r = torchrun(2, Path("-m"), "sharpness.run", str(toml), "--runs", str(tmp_path / "r2"), "--figures",
+                 str(tmp_path / "f2"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("results:") == 1
+    two = json.loads((tmp_path / "f2" / "tiny" / "results.json").read_text())
+    a, b = one["runs"]["B64"]["final"], two["runs"]["B64"]["final"]
+    assert b["eigenvalues"]["lambda_max"] == pytest.approx(a["eigenvalues"]["lambda_max"], rel=1e-4)
+    assert b["loss"]["test_loss"] == pytest.approx(a["loss"]["test_loss"], rel=1e-4)
