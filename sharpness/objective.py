@@ -32,13 +32,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from .batches import Batches, cat, length
 from .checks import require
@@ -165,6 +166,10 @@ class Objective:
             data, batch_size=batch_size, device=self.device, dtype=self.dtype, cache_bytes=cache_bytes)
         self.data = self.all
         self.per_rank_loader = self.world > 1 and isinstance(self.all.source, DataLoader)
+        if self.per_rank_loader and not isinstance(self.all.source.sampler, DistributedSampler):
+            warnings.warn("a DataLoader without a DistributedSampler under torch.distributed: every rank reads "
+                          "all of it (means are right, but nothing is split); give the data or the Dataset "
+                          "instead and each rank takes its share", stacklevel=2)
         if self.world > 1 and not self.per_rank_loader:
             # This rank's examples; a user's DataLoader is this rank's shard already (its sampler's).
             n = len(self.all.source) if self.all.num_samples is None else self.all.num_samples  # a Dataset

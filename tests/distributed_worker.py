@@ -37,12 +37,17 @@ def compute() -> dict:
     op = HessianOperator(obj)
     V = torch.randn(op.num_params, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     summed = Objective(model, nn.CrossEntropyLoss(reduction="sum"), data, batch_size=7)
+    # a DataLoader per rank (a DistributedSampler; 18 examples: no padding for 2 or 3 ranks)
+    few = torch.utils.data.TensorDataset(data[0][:18], data[1][:18])
+    sampler = torch.utils.data.DistributedSampler(few, shuffle=False) if torch.distributed.is_initialized() else None
+    loader = torch.utils.data.DataLoader(few, batch_size=4, sampler=sampler)
     return {
         "n": torch.tensor(float(obj.num_samples)),
         "loss": torch.tensor([loss, acc]),
         "grad": g,
         "hv": op.matmat(V),
         "hv_sum": HessianOperator(summed).matmat(V),
+        "hv_loader": HessianOperator(Objective(model, "cross_entropy", loader)).matmat(V),
         "eig": torch.tensor(hessian_eigenvalues(op, k=3, seed=0).values.copy()),
         "trace": torch.tensor(hessian_trace(op, max_hvps=40, seed=0).value),
         "density": torch.tensor(spectral_density(op, n_runs=2, steps=10, seed=0).density),
