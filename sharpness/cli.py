@@ -329,7 +329,9 @@ def run_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     _add_figure_flags(p)
     a = p.parse_args(argv)
-    device = str(load_experiment(a.experiment, a.set).get("base", {}).get("device", "cpu"))
+    device = "cpu"  # the process group's backend follows the experiment's device (under torchrun only)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        device = str(load_experiment(a.experiment, a.set).get("base", {}).get("device", "cpu"))
     with _figure_options(a), launched(device):  # under torchrun: every run trained and analysed data-parallel
         path = run_experiment(a.experiment, runs_root=a.runs, figures_root=a.figures, jobs=a.jobs,
                               overrides=a.set, progress=False if a.no_progress or not is_main() else None)
