@@ -499,7 +499,12 @@ def gap_scatter(res: dict, out: Path) -> Path:
     if not present:
         raise ValueError(f"gap_scatter: fewer than two runs have any of {', '.join('.'.join(mk) for mk in chosen)}")
     bs = sorted({r["batch"] for r in rows})
+    # Marker by the experiment's named variant (its arm when there are none); no markers for more than 7.
+    names = sorted((v["name"] for v in res["spec"].get("variants", []) if v.get("name")), key=len, reverse=True)
+    for r in rows:
+        r["arm"] = next((v for v in names if r["label"] == v or r["label"].startswith(f"{v}-")), r["arm"])
     arms = sorted({r["arm"] for r in rows})
+    arms = arms if len(arms) <= 7 else [""]
     norm = LogNorm(min(bs), max(bs) if max(bs) > min(bs) else min(bs) * 2)
     cmap = matplotlib.colormaps["viridis"]
     markers = dict(zip(arms, "o^sDv<>"))
@@ -673,6 +678,8 @@ def correlation(res: dict, out: Path) -> list[Path]:
     sns.heatmap(grid, ax=ax, vmin=-1, vmax=1, center=0, cmap="RdBu_r", annot=True, fmt=".2f",
                 annot_kws={"fontsize": "x-small"}, xticklabels=cols, yticklabels=order,
                 cbar_kws={"label": "rank correlation with the gap"})
+    for t in ax.texts:  # ".85", "−.74": narrow cells keep their numbers apart
+        t.set_text(t.get_text().replace("0.", ".").replace("-", "−"))
     ax.tick_params(axis="y", labelsize="x-small")
     ax.tick_params(axis="x", labelsize="x-small", labelrotation=35)
     for label in ax.get_xticklabels():
