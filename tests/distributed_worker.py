@@ -58,6 +58,8 @@ def compute() -> dict:
                                for b in ("per-example", (4, 12))]),
         "pacbayes": torch.tensor(pacbayes_flatness(obj, n_draws=4, iters=8, seed=0).value),
         "surface": torch.tensor(surface(obj, dims=2, steps=3, seed=0, progress=False).loss),
+        "surface_points": torch.tensor(surface(obj, dims=2, steps=3, seed=0, progress=False, split="points",
+                                               bn="recompute").loss),
         "interp": torch.tensor(interpolate(model, other, "cross_entropy", {"train": data}, alphas=[0.0, 0.5, 1.0],
                                            progress=False).loss["train"]),
     }

@@ -32,7 +32,7 @@ from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import require
-from ..distributed import all_sum, all_sum_floats, is_main
+from ..distributed import all_sum, all_sum_floats, from_main, is_main
 from ..errors import SharpnessError
 from ..io import write_npz
 from ..model_state import preserved
@@ -177,7 +177,7 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
             dims: int = 2, span: float | tuple[float, float] = 1.0, steps: int = 51, bn: str = "frozen",
             bn_data: Any = None, batch_size: int | None = None, points_per_forward: int | None = None,
             out: str | Path | None = None, save_every: float = 10.0, seed: int = 0,
-            progress: bool | None = None, **objective_args: Any) -> Surface:
+            progress: bool | None = None, split: str = "data", **objective_args: Any) -> Surface:
     """Loss and accuracy of ``model`` on a grid θ₀ + a·δ₁ (+ b·δ₂), a, b ∈ ``span``.
 
     Args:
@@ -198,8 +198,14 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
         save_every: seconds between saves of ``out`` while the grid runs.
         seed: seed of random directions.
         progress: show a progress bar (None: only on a terminal).
+        split: under torch.distributed, ``"data"`` (every rank evaluates every point on its share of the
+            examples: large models) or ``"points"`` (every rank evaluates its share of the points on all
+            the examples, vmapped: small models; BN ``recompute`` then sees all of ``bn_data`` as in one
+            process; with ``"data"`` it is each rank's share). The grid is gathered on every rank and
+            rank 0 writes ``out``.
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
+    require("split", split, str, choices=("data", "points"))
     if bn not in ("frozen", "recompute"):
         raise SharpnessError(f"surface supports bn='frozen' or 'recompute' (got {bn!r}); "
                          "'interpolate' belongs to interpolate()")
@@ -212,7 +218,13 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
     V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
     if V.shape[1] != theta0.numel() or len(V) not in (1, 2):
         raise SharpnessError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
-    ev = _Evaluator(obj, bn, bn_data, points_per_forward)
+    rank, world = obj.rank, obj.world
+    by_points = split == "points" and world > 1
+    if by_points:  # this rank: all the examples, a share of the points
+        local = Objective(obj.model, data=obj.all, **{**obj._settings, "distributed": False})  # same batches
+        ev = _Evaluator(local, bn, bn_data, points_per_forward)
+    else:
+        ev = _Evaluator(obj, bn, bn_data, points_per_forward)
     axes = [_axis(span, steps) for _ in range(len(V))]
     shape = tuple(len(a) for a in axes)
     loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
@@ -234,23 +246,43 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
             write_npz(out, {"loss": loss, "acc": acc, "done": done, "directions": V.cpu().numpy(),
                             "meta": np.array(meta), **{f"axis{i}": a for i, a in enumerate(axes)}})
 
+    def gather():
+        # by points: each rank holds its own points; sum the disjoint parts (NaN-free) into every rank's grid
+        nonlocal loss, acc, done
+        mine = done & ~seen
+        parts = [np.where(mine, loss, 0.0), np.where(mine & ~np.isnan(acc), acc, 0.0), mine, mine & np.isnan(acc)]
+        t = all_sum(torch.from_numpy(np.stack(parts).astype(np.float64)), world).numpy()
+        new = t[2] > 0
+        loss, acc = np.where(new, t[0], loss), np.where(new, np.where(t[3] > 0, np.nan, t[1]), acc)
+        done = done | new
+        seen[:] = done
+
     todo = [idx for idx in np.ndindex(*shape) if not done[idx]]
+    seen = done.copy()
     coeffs = torch.tensor(np.array([[axes[d][i] for d, i in enumerate(idx)] for idx in todo]).reshape(-1, len(V)),
                           device=theta0.device, dtype=theta0.dtype)
     last_save = time.perf_counter()
-    bar = progress_bar(progress, total=done.size, initial=int(done.sum()), desc="landscape", unit="pt")
+    bar = progress_bar(progress if rank == 0 else False, total=done.size, initial=int(done.sum()),
+                       desc="landscape", unit="pt")
+    starts = list(range(0, len(todo), ev.k))
+    rounds = [starts[r:r + world] for r in range(0, len(starts), world)] if by_points else [[s] for s in starts]
     try:
-        for s in range(0, len(todo), ev.k):
-            chunk = coeffs[s:s + ev.k]
-            thetas = theta0 + chunk @ V
-            for idx, (l_, a_) in zip(todo[s:s + ev.k], ev.evaluate(thetas)):
-                loss[idx], acc[idx], done[idx] = l_, np.nan if a_ is None else a_, True
-            bar.update(len(chunk))
-            if time.perf_counter() - last_save > save_every:
+        for group in rounds:  # by points: one chunk per rank per round, then (maybe) a gather
+            for s in group[rank:rank + 1] if by_points else group:
+                thetas = theta0 + coeffs[s:s + ev.k] @ V
+                for idx, (l_, a_) in zip(todo[s:s + ev.k], ev.evaluate(thetas)):
+                    loss[idx], acc[idx], done[idx] = l_, np.nan if a_ is None else a_, True
+            bar.update(sum(len(todo[s:s + ev.k]) for s in group))
+            due = time.perf_counter() - last_save > save_every
+            if from_main(due) if by_points else due:  # a gather is a collective: rank 0's clock decides
+                if by_points:
+                    gather()
                 save()
                 last_save = time.perf_counter()
     finally:  # Ctrl-C keeps what finished; the next run continues from it
         bar.close()
+        if by_points:
+            gather()
         save()
     zero = [np.flatnonzero(a == 0) for a in axes]
     centre = tuple(int(z[0]) for z in zero) if all(len(z) for z in zero) else None
