@@ -127,3 +127,36 @@ def test_torchrun_run_writes_the_results_of_one_process(tmp_path):
     a, b = one["runs"]["B64"]["final"], two["runs"]["B64"]["final"]
     assert b["eigenvalues"]["lambda_max"] == pytest.approx(a["eigenvalues"]["lambda_max"], rel=1e-4)
     assert b["loss"]["test_loss"] == pytest.approx(a["loss"]["test_loss"], rel=1e-4)
+
+
+def test_torchrun_train_killed_and_restarted_ends_as_the_uninterrupted_run(tmp_path):
+    import json
+    import signal
+    import time
+
+    from sharpness import load_checkpoint
+
+    args = ["--dataset", "gaussian", "--data-arg", "n_train=101", "--data-arg", "n_test=20", "--data-arg", "dim=5",
+            "--data-arg", "classes=3", "--model", "mlp", "--model-arg", "widths=[8]", "--model-arg", "bn=true",
+            "--batch-size", "16", "--epochs", "150", "--lr", "0.01", "--seed", "1", "--save-every", "0", "--quiet"]
+    assert torchrun(2, Path("-m"), "sharpness.train", "--out", str(tmp_path / "whole"), *args).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "sharpness.train", "--out", str(tmp_path / "cut"), *args]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = tmp_path / "cut" / "history.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill once a few epochs are done
+        try:
+            if len(json.loads(history.read_text())["history"]) > 20:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    job.wait(timeout=60)
+    assert not (tmp_path / "cut" / "done").exists(), "finished before it was killed: nothing tested"
+    assert torchrun(2, Path("-m"), "sharpness.train", "--out", str(tmp_path / "cut"), *args).returncode == 0
+    a, b = load_checkpoint(tmp_path / "whole" / "final.pt"), load_checkpoint(tmp_path / "cut" / "final.pt")
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)  # BN buffers included
+    assert a.history[-1] == {**b.history[-1], "wall_time": a.history[-1]["wall_time"]}
