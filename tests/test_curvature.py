@@ -222,3 +222,21 @@ def test_trace_is_exact_when_the_dimension_fits_the_budget_and_says_why(case):
     assert not t.converged and t.reason == "budget spent" and t.n_hvps == 60
     t = hessian_trace(big, rtol=0.05, max_hvps=400)
     assert t.converged and t.reason == "rtol reached"
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_repeated_eigenvalues_are_found_with_their_multiplicity(which):
+    # H = I₃ ⊗ A: every eigenvalue of A three times. One Lanczos run sees one copy of each.
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(30, 30))
+    H = torch.tensor(np.kron(np.eye(3), (A + A.T) / 12))
+    ev = np.linalg.eigvalsh(H.numpy())
+    want = ev[::-1][:5] if which == "largest" else ev[:5]
+    alone = hessian_eigenvalues(H, k=5, which=which, tol=1e-8, copies=False)
+    assert alone.converged and not np.allclose(np.sort(alone.values), np.sort(want))  # what the check is for
+    r = hessian_eigenvalues(H, k=5, which=which, tol=1e-8)
+    assert r.converged and r.extra["copy_check"] == "none missed" and r.extra["copies_found"] >= 2
+    assert np.allclose(np.sort(r.values), np.sort(want), atol=1e-7)
+    V = r.vectors.double()
+    assert torch.allclose(V @ V.T, torch.eye(5, dtype=torch.float64), atol=1e-6)  # five distinct vectors
+    assert torch.allclose(V @ H @ V.T, torch.diag(torch.as_tensor(r.values)), atol=1e-6)

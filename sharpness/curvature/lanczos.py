@@ -6,6 +6,16 @@ orthogonalizes the new vector twice against the whole basis (classical Gram–Sc
 al. 2005), and the coefficients fill T, so T stays exact after restarts (Wu & Simon 2000, thick restart).
 A Ritz pair (θ, y = V s) has residual ‖Hy − θy‖ = β_m |s_m| (the Lanczos relation HV = VT + β v eₘᵀ),
 so convergence is checked without extra products.
+
+Multiplicities: a Lanczos run from one start vector sees one copy of each eigenvalue (in exact
+arithmetic; rounding reveals the others only late), so a repeated eigenvalue can be missed while every
+residual is small. After convergence (``which`` "largest" or "smallest"), the operator deflated by the
+found vectors, (I − VVᵀ)H(I − VVᵀ), is searched for its extreme eigenvalue from a fresh start vector; one
+that reaches the k-th found value by more than the tolerance is a missed copy: it joins the set, the
+k-th drops out, and the search repeats (one equal to the k-th is a tie at the cut: the set is already a
+valid top k). ``converged`` is true only when the residuals meet the tolerance
+*and* this check found no missed copy; ``extra["copies_found"]`` counts the copies it added. The
+guarantee is that of the check's own Lanczos run: a copy is missed only if that run also misses it.
 """
 
 from __future__ import annotations
@@ -78,7 +88,7 @@ def _orthogonalize(V: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 1e-4,
                         max_hvps: int | None = None, max_basis: int | None = None, seed: int = 0,
-                        method: str = "lanczos", progress: bool | None = None) -> EigenResult:
+                        method: str = "lanczos", copies: bool = True, progress: bool | None = None) -> EigenResult:
     """The k extreme eigenpairs of a symmetric operator (a Hessian, or a dense matrix in tests).
 
     Lanczos (default) stops when every wanted Ritz pair has ‖Hv − λv‖ ≤ tol·max(|λ|, 1e-3·‖H‖ₑₛₜ), the
@@ -94,6 +104,9 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
         max_basis: Krylov basis size before a thick restart (default: max(4k + 40, 60)).
         seed: seed of the random start vector.
         method: ``"lanczos"`` or ``"power"``.
+        copies: after convergence, search the deflated operator for missed copies of repeated eigenvalues
+            (module docstring; one more Lanczos run, plus one per copy found). False: the residual test
+            alone, which cannot see a missed copy.
         progress: show a progress bar (None: only on a terminal).
 
     Returns:
@@ -111,8 +124,14 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     kk = k * (2 if which == "both" else 1)
     max_hvps = max_hvps or 40 * kk + 200
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
+    extra = {}
     if method == "lanczos":
         values, vectors, residuals, converged = _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress)
+        require("copies", copies, bool)
+        if copies and which != "both" and converged:
+            values, vectors, residuals, converged, extra = _copies(
+                op, k, which, tol, max_hvps - (getattr(op, "n_hvps", 0) - hvps0), max_basis, seed,
+                values, vectors, residuals)
     elif method == "power":
         if which != "largest":
             raise SharpnessError("method='power' finds the largest eigenvalues only")
@@ -123,7 +142,47 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     return EigenResult(values=values[order], vectors=vectors[torch.as_tensor(order, device=vectors.device)],
                        residuals=residuals[order], converged=converged,
                        n_hvps=getattr(op, "n_hvps", 0) - hvps0, seconds=time.perf_counter() - start,
-                       method=method, which=which, tol=tol, seed=seed)
+                       method=method, which=which, tol=tol, seed=seed, extra=extra)
+
+
+class _Deflated:
+    """(I − VVᵀ) H (I − VVᵀ) for orthonormal rows V: H with the found eigenvectors taken out."""
+
+    def __init__(self, op, V: torch.Tensor):
+        self.op, self.V = op, V
+        self.num_params, self.device, self.dtype = op.num_params, op.device, op.dtype
+        self.n_hvps = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_hvps += 1
+        v = v - self.V.T @ (self.V @ v)
+        w = self.op.matvec(v)
+        return w - self.V.T @ (self.V @ w)
+
+
+def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals):
+    """Search the deflated operator for missed copies of the wanted eigenvalues (module docstring)."""
+    found, rounds = 0, 0
+    while rounds <= 2 * k and budget > 2 and len(values) < op.num_params:
+        rounds += 1
+        D = _Deflated(op, vectors)
+        v, x, r, ok = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False)
+        budget -= D.n_hvps
+        if not ok:  # the check itself did not settle: no guarantee
+            return values, vectors, residuals, False, {"copies_found": found, "copy_check": "unsettled"}
+        edge = values.min() if which == "largest" else values.max()
+        scale = tol * max(abs(edge), 1e-3 * np.abs(values).max())
+        # beyond the k-th by more than the tolerance: a missed copy (equal to it: a tie at the cut, fine)
+        missed = v[0] > edge + scale if which == "largest" else v[0] < edge - scale
+        if not missed:
+            return values, vectors, residuals, True, {"copies_found": found, "copy_check": "none missed"}
+        found += 1
+        values = np.concatenate([values, v])
+        vectors = torch.cat([vectors, x])
+        residuals = np.concatenate([residuals, r])
+        order = np.argsort(-values if which == "largest" else values, kind="stable")[:k]
+        values, vectors, residuals = values[order], vectors[torch.as_tensor(order, device=vectors.device)], residuals[order]
+    return values, vectors, residuals, False, {"copies_found": found, "copy_check": "budget or rounds spent"}
 
 
 def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress):
