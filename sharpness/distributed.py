@@ -3,7 +3,8 @@
 With a process group of W > 1 ranks (``torchrun``, or the user's own ``init_process_group``), an
 :class:`~sharpness.objective.Objective` over in-memory data or a Dataset keeps the examples
 i ≡ rank (mod W) — ``DistributedSampler``'s split (shuffle off) without its padding, so every example
-counts exactly once and shards differ by at most one example — and every sum over the data (loss,
+counts exactly once and shards differ by at most one example (fewer examples than ranks: every rank
+takes them all, nothing is split) — and every sum over the data (loss,
 correct predictions, gradient, Hessian-vector products, the normalizer) is all-reduced, so each rank
 holds the full-data result. Dividing the all-reduced sum by the all-reduced count weights each rank by its
 number of examples. A DataLoader is taken as this rank's shard already (the user's DistributedSampler; one

@@ -173,11 +173,12 @@ class Objective:
         if self.world > 1 and not self.per_rank_loader:
             # This rank's examples; a user's DataLoader is this rank's shard already (its sampler's).
             n = len(self.all.source) if self.all.num_samples is None else self.all.num_samples  # a Dataset
-            if n < self.world:
-                raise SharpnessError(f"{n} examples cannot be split over {self.world} ranks (each needs one)")
-            idx = shard(n, self.rank, self.world)
-            self.data = Batches(self.all.examples(idx), batch_size=batch_size, device=self.device,
-                                dtype=self.dtype, cache_bytes=cache_bytes)
+            if n < self.world:  # nothing worth splitting (a tail batch, say): every rank takes them all
+                self.rank, self.world = 0, 1
+            else:
+                idx = shard(n, self.rank, self.world)
+                self.data = Batches(self.all.examples(idx), batch_size=batch_size, device=self.device,
+                                    dtype=self.dtype, cache_bytes=cache_bytes)
         self.batch_fn = batch_fn or default_batch_fn
         self.forward_fn = forward_fn or default_forward
         self._module = _Forward(model, self.forward_fn)

@@ -29,7 +29,7 @@ def problem():
     return model, other, (x, y)
 
 
-def compute() -> dict:
+def compute(out: str | None = None) -> dict:
     model, other, data = problem()
     obj = Objective(model, "cross_entropy", data, batch_size=5)  # uneven batches inside each shard too
     loss, acc = obj.evaluate()
@@ -52,7 +52,8 @@ def compute() -> dict:
         "trace": torch.tensor(hessian_trace(op, max_hvps=40, seed=0).value),
         "density": torch.tensor(spectral_density(op, n_runs=2, steps=10, seed=0).density),
         "eps": torch.tensor(eps_sharpness(obj, eps=1e-2, max_iter=5, seed=0).value),
-        "adaptive": torch.tensor([adaptive_sharpness(obj, rho=0.05, kind=k, n_samples=N, batch_size=6, steps=4,
+        # batches of 7: the last holds 2 examples, fewer than 3 ranks
+        "adaptive": torch.tensor([adaptive_sharpness(obj, rho=0.05, kind=k, n_samples=N, batch_size=7, steps=4,
                                                      seed=0).value for k in ("worst", "average")]),
         "noise": torch.tensor([gradient_noise_scale(obj, batch_sizes=b, n_batches=4, seed=0).b_simple
                                for b in ("per-example", (4, 12))]),
@@ -60,14 +61,21 @@ def compute() -> dict:
         "surface": torch.tensor(surface(obj, dims=2, steps=3, seed=0, progress=False).loss),
         "surface_points": torch.tensor(surface(obj, dims=2, steps=3, seed=0, progress=False, split="points",
                                                bn="recompute").loss),
+        # a surface on this rank alone (distributed=False) is written by this rank, whatever its rank
+        "alone": torch.tensor(surface(obj.model, "cross_entropy", data, dims=1, steps=3, seed=0, progress=False,
+                                      distributed=False, out=out and os.path.join(out, f"alone{rank()}.npz")).loss),
         "interp": torch.tensor(interpolate(model, other, "cross_entropy", {"train": data}, alphas=[0.0, 0.5, 1.0],
                                            progress=False).loss["train"]),
     }
 
 
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
 if __name__ == "__main__":
     torch.distributed.init_process_group("gloo")
-    rank = torch.distributed.get_rank()
-    out = compute()
-    torch.save(out, os.path.join(sys.argv[1], f"rank{rank}.pt"))
+    out = compute(sys.argv[1])
+    assert os.path.exists(os.path.join(sys.argv[1], f"alone{rank()}.npz"))
+    torch.save(out, os.path.join(sys.argv[1], f"rank{rank()}.pt"))
     torch.distributed.destroy_process_group()

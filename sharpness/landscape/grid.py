@@ -32,7 +32,7 @@ from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import require
-from ..distributed import all_sum, all_sum_floats, from_main, is_main
+from ..distributed import all_sum, all_sum_floats, from_main
 from ..errors import SharpnessError
 from ..io import write_npz
 from ..model_state import preserved
@@ -242,7 +242,7 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
             pass
 
     def save():
-        if out is not None and is_main():  # data-parallel: every rank holds the same grid; one writes it
+        if out is not None and obj.rank == 0:  # data-parallel: every rank holds the same grid; one writes it
             write_npz(out, {"loss": loss, "acc": acc, "done": done, "directions": V.cpu().numpy(),
                             "meta": np.array(meta), **{f"axis{i}": a for i, a in enumerate(axes)}})
 
