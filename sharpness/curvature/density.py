@@ -73,9 +73,15 @@ def smooth(nodes: np.ndarray, weights: np.ndarray, sigma: float,
     return grid, density / trapezoid(density, grid)
 
 
-def spectral_density(op, *, n_runs: int = 10, steps: int = 80, sigma: float | None = None,
+def spectral_density(op, *, n_runs: int = 2, steps: int = 80, sigma: float | None = None,
                      grid_size: int = 1000, seed: int = 0, progress: bool | None = None) -> DensityResult:
     """Estimate the Hessian's eigenvalue density by SLQ.
+
+    Defaults, from a measured accuracy-vs-cost curve (trained MLP 40-256-256-10 on 4000 MNIST-1D examples,
+    against a 24 × 120 run, 3 seeds): the number of steps sets how well the few outliers are resolved
+    (the mass above 1 % of λ_max: 33–36 % error at 30–50 steps whatever the runs, 6–10 % at 80), the
+    runs matter little (2 × 80 = 160 products ≈ 10 × 80 = 800 on every error measured: Wasserstein
+    distance to the reference, top node, outlier mass). So 2 × 80, in the library and in ``analyze``.
 
     Args:
         op: a :class:`HessianOperator`, an object with ``matvec``/``num_params``, or a square matrix.

@@ -97,7 +97,7 @@ def _density_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
     return targets(path)
 
 
-register_measure("density", _density, settings={"n_runs": 3, "steps": 50}, quick={"n_runs": 2, "steps": 30},
+register_measure("density", _density, settings={"n_runs": 2, "steps": 80}, quick={"n_runs": 2, "steps": 30},
                  figures=_density_figures, together=_density_together,
                  description="Hessian spectral density (stochastic Lanczos quadrature)")
 
