@@ -316,7 +316,7 @@ def _import_plugins(argv: list[str]) -> None:
 
 @_guard
 def run_main(argv: list[str] | None = None) -> int:
-    from .distributed import is_main, launched
+    from .distributed import is_main, launched, launched_world
     from .experiments import load_experiment, run_experiment
 
     p = _Parser(prog="python -m sharpness.run", description="Run an experiment: trainings, analyses, figures.")
@@ -330,7 +330,7 @@ def run_main(argv: list[str] | None = None) -> int:
     _add_figure_flags(p)
     a = p.parse_args(argv)
     device = "cpu"  # the process group's backend follows the experiment's device (under torchrun only)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if launched_world() > 1:
         device = str(load_experiment(a.experiment, a.set).get("base", {}).get("device", "cpu"))
     with _figure_options(a), launched(device):  # under torchrun: every run trained and analysed data-parallel
         path = run_experiment(a.experiment, runs_root=a.runs, figures_root=a.figures, jobs=a.jobs,

@@ -25,7 +25,7 @@ import numpy as np
 
 from .checks import require
 from .errors import SharpnessError
-from .reporting import finite, kendall, reached_target, run_gaps
+from .reporting import finite, kendall, reached_target, run_gaps, variant_names, variant_of
 
 __all__ = ["CorrelationResult", "RunTable", "correlate", "results_rows", "left_out_note"]
 
@@ -179,7 +179,7 @@ def results_rows(results: dict) -> RunTable:
     (:func:`sharpness.reporting.reached_target`); its label is in ``left_out``.
     """
     spec = results.get("spec", {})
-    variants = sorted((v.get("name", "") for v in spec.get("variants", []) if v.get("name")), key=len, reverse=True)
+    variants = variant_names(results)
     rows, names, left_out = [], [], []
     for label, run in results["runs"].items():
         if not reached_target(run):
@@ -187,7 +187,7 @@ def results_rows(results: dict) -> RunTable:
             continue
         row = {"run": label, **run.get("config", {})}
         if variants:
-            row["variant"] = next((v for v in variants if label == v or label.startswith(f"{v}-")), None)
+            row["variant"] = variant_of(label, variants)
         gap, gap_acc = run_gaps(run)
         row.update({k: v for k, v in (("gap", gap), ("gap_acc", gap_acc)) if v is not None})
         dist = (run.get("history") or [{}])[-1].get("dist_from_init")

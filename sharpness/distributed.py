@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["rank_and_world", "shard", "all_sum", "all_sum_floats", "is_main", "from_main", "per_rank",
-           "launched"]
+           "launched", "launched_world"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -78,6 +78,11 @@ def per_rank(n: int, device: torch.device | str = "cpu") -> list[int]:
     return [int(c) for c in all_sum_floats(counts, world, device)]
 
 
+def launched_world() -> int:
+    """The world size torchrun gave this process (``WORLD_SIZE``; 1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 @contextlib.contextmanager
 def launched(device: str) -> Iterator[str]:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): the default process group for the command, and its device.
@@ -87,8 +92,7 @@ def launched(device: str) -> Iterator[str]:
     instead of a hang (torchrun also stops the job when a rank exits with an error). Without torchrun, or
     with a group the caller made: nothing is done and ``device`` comes back as it was.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world == 1 or (dist.is_available() and dist.is_initialized()):
+    if launched_world() == 1 or (dist.is_available() and dist.is_initialized()):
         yield device
         return
     cuda = device.startswith("cuda")

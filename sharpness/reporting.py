@@ -39,7 +39,7 @@ from .measures.registry import headline_keys
 __all__ = ["long_table", "report_rows", "groups", "final", "time_to_target", "fit_critical_batch",
            "best_lr_per_batch", "headline_columns", "CI_NOTE", "CI_LEVEL", "mean_ci", "format_ci", "seeds_note", "ci_by",
            "arm", "batch_size", "warm_start_epoch", "gap_rows", "scatter_rows", "SCATTER_MEASURES", "kendall",
-           "binned_ci", "warm_start_rows", "finite", "run_gaps", "reached_target"]
+           "binned_ci", "warm_start_rows", "finite", "run_gaps", "reached_target", "variant_names", "variant_of"]
 
 CI_LEVEL = 0.95
 CI_NOTE = "mean ± 95 % CI (Student t)"  # how every table and figure names its intervals
@@ -149,6 +149,17 @@ def arm(label: str, run: dict) -> str:
     b = batch_size(run)
     parts = [p for p in label.split("-") if p and p != f"B{b}" and not re.fullmatch(r"seed\d+", p)]
     return "-".join(parts)
+
+
+def variant_names(results: dict) -> list[str]:
+    """The experiment's named variants, longest first (so a name that prefixes another is tried last)."""
+    names = (v.get("name", "") for v in results.get("spec", {}).get("variants", []) if v.get("name"))
+    return sorted(names, key=len, reverse=True)
+
+
+def variant_of(label: str, names: list[str]) -> str | None:
+    """The named variant a run label belongs to (its label is the name, or starts with ``name-``)."""
+    return next((v for v in names if label == v or label.startswith(f"{v}-")), None)
 
 
 def warm_start_epoch(run: dict) -> int | None:
@@ -266,8 +277,8 @@ def scatter_rows(results: dict, measures: Any = None) -> list[dict]:
             continue
         row = {"label": label, "arm": arm(label, run), "batch": batch_size(run), "gap_loss": gap}
         for m, k in measures or SCATTER_MEASURES:
-            if finite(final(run, m, k)) is not None:
-                row[(m, k)] = finite(final(run, m, k))
+            if (v := finite(final(run, m, k))) is not None:
+                row[(m, k)] = v
         rows.append(row)
     return rows
 

@@ -141,7 +141,7 @@ class HessianOperator:
                 norm += self.objective.loss.count(targets, n)  # N, or Σ class weights (losses.py)
         world = self.objective.world  # data-parallel: each rank's sum, all-reduced (sharpness.distributed)
         norm = all_sum_floats([norm], world, self.device)[0]
-        return (all_sum(out.detach(), world) / norm).detach()
+        return all_sum(out.detach(), world) / norm
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector v of length num_params."""

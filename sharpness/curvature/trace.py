@@ -117,6 +117,10 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
         bar.update(s)
     samples: list[float] = []
     mean = stderr = math.nan
+
+    def reached() -> bool:  # the stopping rule: rtol met after min_samples residual samples
+        return bool(rtol) and len(samples) >= min_samples and stderr <= rtol * abs(mean)
+
     used = getattr(op, "n_hvps", 0) - hvps0
     while used < budget and (Q is None or Q.shape[1] < n):
         z = _rademacher(n, min(block, budget - used), gen, op.device, op.dtype)
@@ -128,17 +132,17 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
         t = torch.tensor(samples, dtype=torch.float64)
         mean = exact + float(t.mean())
         stderr = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else math.inf
-        if rtol and len(samples) >= min_samples and stderr <= rtol * abs(mean):
+        if reached():
             break
     bar.close()
     spans = Q is not None and Q.shape[1] >= n
     if not samples:  # no residual sample: exact if the sketch spans the whole space, else error unknown
         mean, stderr = exact, 0.0 if spans else math.inf
-    reached = bool(rtol) and len(samples) >= min_samples and stderr <= rtol * abs(mean)
-    if not (reached or spans) and n <= limit:  # the estimate fell short: the exact trace
+    met = reached()
+    if not (met or spans) and n <= limit:  # the estimate fell short: the exact trace
         mean, stderr, method, reason = _exact(op, n, block, progress), 0.0, "exact", "exact (P unit vectors)"
     else:
-        reason = "sketch spans the space" if spans else ("rtol reached" if reached else "budget spent")
+        reason = "sketch spans the space" if spans else ("rtol reached" if met else "budget spent")
     return TraceResult(value=mean, stderr=stderr, n_hvps=getattr(op, "n_hvps", 0) - hvps0,
                        n_samples=len(samples), sketch_size=s, method=method, rtol=rtol,
                        seconds=time.perf_counter() - start, seed=seed,

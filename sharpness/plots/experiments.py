@@ -45,6 +45,8 @@ from ..reporting import (
     mean_ci,
     scatter_rows,
     seeds_note,
+    variant_names,
+    variant_of,
     warm_start_rows,
 )
 from .landscape import plot_parametric, plot_surfaces
@@ -500,9 +502,9 @@ def gap_scatter(res: dict, out: Path) -> Path:
         raise ValueError(f"gap_scatter: fewer than two runs have any of {', '.join('.'.join(mk) for mk in chosen)}")
     bs = sorted({r["batch"] for r in rows})
     # Marker by the experiment's named variant (its arm when there are none); no markers for more than 7.
-    names = sorted((v["name"] for v in res["spec"].get("variants", []) if v.get("name")), key=len, reverse=True)
+    names = variant_names(res)
     for r in rows:
-        r["arm"] = next((v for v in names if r["label"] == v or r["label"].startswith(f"{v}-")), r["arm"])
+        r["arm"] = variant_of(r["label"], names) or r["arm"]
     arms = sorted({r["arm"] for r in rows})
     arms = arms if len(arms) <= 7 else [""]
     norm = LogNorm(min(bs), max(bs) if max(bs) > min(bs) else min(bs) * 2)
