@@ -86,13 +86,18 @@ def _rows(rows: Any) -> list[dict]:
     return rows
 
 
+def _tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's τ, NaN where it is undefined (fewer than two runs, or a constant measure or gap)."""
+    return kendall(x, y)[0] if len(x) >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
+
+
 def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
     if len(x) < 3:
         return math.nan, math.nan
     taus = []
     for _ in range(n_boot):
         i = rng.integers(0, len(x), len(x))
-        t = kendall(x[i], y[i])[0] if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0 else math.nan
+        t = _tau(x[i], y[i])
         if math.isfinite(t):
             taus.append(t)
     if not taus:
@@ -136,7 +141,7 @@ def correlate(rows: Any, measures: list[str], *, gap: str = "gap", axes: list[st
         x = np.array([finite(r[m]) for r in have])
         y = np.array([finite(r[gap]) for r in have])
         res.n[m] = len(have)
-        res.tau[m] = kendall(x, y)[0] if len(have) >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
+        res.tau[m] = _tau(x, y)
         res.tau_ci[m] = _bootstrap(x, y, n_boot, rng)
         res.per_axis[m], res.groups_used[m] = {}, {}
         for axis in axes:
@@ -148,8 +153,9 @@ def correlate(rows: Any, measures: list[str], *, gap: str = "gap", axes: list[st
             for cell in cells.values():
                 cx = np.array([finite(r[m]) for r in cell])
                 cy = np.array([finite(r[gap]) for r in cell])
-                if len({repr(r.get(axis)) for r in cell}) >= 2 and np.ptp(cx) > 0 and np.ptp(cy) > 0:
-                    taus.append(kendall(cx, cy)[0])
+                t = _tau(cx, cy) if len({repr(r.get(axis)) for r in cell}) >= 2 else math.nan
+                if math.isfinite(t):
+                    taus.append(t)
             res.per_axis[m][axis] = float(np.mean(taus)) if taus else math.nan
             res.groups_used[m][axis] = len(taus)
         psis = [v for v in res.per_axis[m].values() if math.isfinite(v)]
