@@ -171,7 +171,7 @@ def _context(label: str, ckpt: Checkpoint, *, device: str, loss: Any, loss_args:
         fn = make_loss("cross_entropy", loss_args)
     tr = Objective(model, fn, train, batch_size=batch_size)
     te = Objective(model, fn, test, batch_size=batch_size) if test is not None else None
-    try:  # on this rank alone: two examples cannot be split over the ranks
+    try:  # the same two examples on every rank, no collective: a failure cannot leave other ranks waiting
         Objective(model, fn, tr.all.examples(torch.arange(min(2, tr.all.num_samples or 2))),
                   distributed=False).evaluate()
     except SharpnessError:
