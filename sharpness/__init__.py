@@ -15,10 +15,12 @@ from .curvature import (
                         DensityResult,
                         EigenResult,
                         HessianOperator,
+                        Krylov,
                         TraceResult,
                         hessian_eigenvalues,
                         hessian_trace,
                         spectral_density,
+                        start_vector,
 )
 from .data import DataSpec, load_data, register_data
 from .errors import SharpnessError
@@ -47,7 +49,7 @@ __all__ = [
     "Objective", "Batches", "Loss", "make_loss", "register_loss",
     "register_measure", "measure_names", "Measure", "Key", "Record", "Context",
     "HessianOperator", "DenseOperator", "hessian_eigenvalues", "hessian_trace", "spectral_density",
-    "EigenResult", "TraceResult", "DensityResult",
+    "EigenResult", "TraceResult", "DensityResult", "Krylov", "start_vector",
     "eps_sharpness", "adaptive_sharpness", "gradient_noise_scale", "rescale_relu_layers",
     "EpsSharpnessResult", "AdaptiveSharpnessResult", "NoiseScaleResult",
     "interpolate", "surface", "random_directions", "Directions", "Surface", "Interpolation",

@@ -400,6 +400,7 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
             tags = {"loss": entry["loss"], "max_samples": max_samples}
             for name in (n for n in names if not MEASURES[n].pair):
                 run.measure(MEASURES[name], (ctx,), ctx.label, entry["measures"], entry["measures"].get(name), tags)
+            ctx.shared.clear()  # the shared Krylov run holds ~steps × P floats: not past its checkpoint
         if figures and out is not None:  # each measure of every checkpoint here, on one scale
             made = run.together(names, [c.label for c in ctxs], ctxs[0].train.loss.label)
             before = {m: [f for f in fs if (out / f).exists()] for m, fs in previous.get("together", {}).items()}

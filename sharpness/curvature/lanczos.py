@@ -16,6 +16,13 @@ k-th drops out, and the search repeats (one equal to the k-th is a tie at the cu
 valid top k). ``converged`` is true only when the residuals meet the tolerance
 *and* this check found no missed copy; ``extra["copies_found"]`` counts the copies it added. The
 guarantee is that of the check's own Lanczos run: a copy is missed only if that run also misses it.
+
+One Krylov pass, several measures: a :class:`Krylov` run is extendable and keeps its basis and
+coefficients, so the eigenvalue search, stochastic Lanczos quadrature (its tridiagonal) and
+Krylov-aware Hutch++ (its basis) can read the same run instead of each starting its own from scratch.
+Each function takes ``krylov=`` and gives what it gives alone at the same seed: the run is the one it
+would have computed, started from :func:`start_vector` ``(…, seed)``; steps read from it cost nothing
+again (and count toward a budget as if taken, so budgets stop at the same step).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from ..errors import SharpnessError
 from ..progress import progress_bar
 from .operator import as_operator
 
-__all__ = ["EigenResult", "hessian_eigenvalues", "lanczos_tridiagonal", "krylov_basis"]
+__all__ = ["EigenResult", "Krylov", "hessian_eigenvalues", "lanczos_tridiagonal", "krylov_basis",
+           "start_vector"]
 
 
 @dataclass
@@ -57,11 +65,93 @@ class EigenResult:
                 "method": self.method, "which": self.which, "tol": self.tol, "seed": self.seed, **self.extra}
 
 
-def _start_vector(n: int, seed: int, device, dtype) -> torch.Tensor:
-    # Drawn on the operator's device: a CPU draw of a ResNet-sized vector costs more than the products.
-    g = torch.Generator(device=device).manual_seed(seed)
-    v = torch.randn(n, generator=g, device=device, dtype=dtype)
+def start_vector(op, seed: int) -> torch.Tensor:
+    """The unit start vector every Krylov method here draws at ``seed``: Gaussian, normalized.
+
+    Uniform on the sphere, so E[vvᵀ] = I/P: a valid probe for stochastic Lanczos quadrature too. Drawn on
+    the operator's device: a CPU draw of a ResNet-sized vector costs more than the products.
+    """
+    g = torch.Generator(device=op.device).manual_seed(seed)
+    v = torch.randn(op.num_params, generator=g, device=op.device, dtype=op.dtype)
     return v / v.norm()
+
+
+class Krylov:
+    """Lanczos runs from r start vectors, advanced together, with full reorthogonalization; extendable.
+
+    Each step multiplies the r current vectors in one ``matmat`` (one pass over the data for all runs)
+    and orthogonalizes each run's new vector twice against its own basis (classical Gram–Schmidt). Run i
+    builds V_i (rows) and the tridiagonal T_i = V_iᵀ H V_i (α on the diagonal, β off it); a run stops at
+    an invariant subspace (β ≤ 1e-10·max(1, max|α|)) or at the dimension. ``extend(steps)`` takes the
+    steps not yet taken, so one run serves every reader (module docstring).
+
+    Args:
+        op: a :class:`HessianOperator`, an object with ``matvec``/``num_params``, or a square matrix.
+        starts: start vectors, (P,) or (r, P); normalized here.
+    """
+
+    def __init__(self, op, starts: torch.Tensor):
+        self.op = op = as_operator(op)
+        S = starts.to(device=op.device, dtype=op.dtype).reshape(-1, op.num_params)
+        self.runs = S.shape[0]
+        self._V = torch.empty(8, self.runs, op.num_params, device=op.device, dtype=op.dtype)
+        self._V[0] = S / S.norm(dim=1, keepdim=True)
+        self.coeffs: list[np.ndarray] = []  # step j: (j + 1, r) Gram–Schmidt coefficients; row j is α_j
+        self.norms: list[np.ndarray] = []   # step j: (r,) the norm of the new vector, β_{j+1}
+        self.lengths = np.zeros(self.runs, dtype=int)  # steps each run has taken
+        self.stopped = np.zeros(self.runs, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.coeffs)
+
+    def _multiply(self, X: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.op, "matmat"):
+            return self.op.matmat(X.T).T
+        return torch.stack([self.op.matvec(x) for x in X])
+
+    def extend(self, steps: int) -> "Krylov":
+        """Take steps until every run has ``steps`` (or has stopped); returns self."""
+        n = self.op.num_params
+        while len(self) < min(steps, n) and not self.stopped.all():
+            j, live = len(self), np.flatnonzero(~self.stopped)
+            if j + 1 >= self._V.shape[0]:  # grow the basis buffer geometrically
+                grown = torch.empty(min(2 * self._V.shape[0], n + 1), *self._V.shape[1:],
+                                    device=self._V.device, dtype=self._V.dtype)
+                grown[:j + 1] = self._V[:j + 1]
+                self._V = grown
+            every = len(live) == self.runs
+            B = self._V[:j + 1] if every else self._V[:j + 1, live]
+            W = self._multiply(B[j])
+            h = torch.einsum("jrp,rp->jr", B, W)
+            W = W - torch.einsum("jrp,jr->rp", B, h)
+            h2 = torch.einsum("jrp,rp->jr", B, W)
+            W = W - torch.einsum("jrp,jr->rp", B, h2)
+            h = (h + h2).double().cpu().numpy()
+            beta = W.norm(dim=1).double().cpu().numpy()
+            coeffs, norms = np.zeros((j + 1, self.runs)), np.zeros(self.runs)
+            coeffs[:, live], norms[live] = h, beta
+            self.coeffs.append(coeffs)
+            self.norms.append(norms)
+            self.lengths[live] += 1
+            scale = np.maximum(1.0, np.abs(np.array([c[i] for i, c in enumerate(self.coeffs)])[:, live]).max(0))
+            ends = (beta <= 1e-10 * scale) | (j + 1 >= n)
+            self.stopped[live[ends]] = True
+            self._V[j + 1] = 0.0
+            self._V[j + 1, live] = W / torch.as_tensor(np.where(ends, 1.0, beta), device=W.device, dtype=W.dtype)[:, None]
+        return self
+
+    def alphas(self, run: int = 0) -> np.ndarray:
+        """Diagonal of run ``run``'s tridiagonal."""
+        return np.array([self.coeffs[j][j, run] for j in range(self.lengths[run])])
+
+    def betas(self, run: int = 0) -> np.ndarray:
+        """Off-diagonal of run ``run``'s tridiagonal (one shorter than :meth:`alphas`)."""
+        return np.array([self.norms[j][run] for j in range(self.lengths[run] - 1)])
+
+    def basis(self, run: int = 0, steps: int | None = None) -> torch.Tensor:
+        """The first ``steps`` (default: all taken) orthonormal basis vectors of run ``run``, as rows."""
+        m = self.lengths[run] if steps is None else steps
+        return self._V[:m, run]
 
 
 def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -88,7 +178,8 @@ def _orthogonalize(V: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 1e-4,
                         max_hvps: int | None = None, max_basis: int | None = None, seed: int = 0,
-                        method: str = "lanczos", copies: bool = True, progress: bool | None = None) -> EigenResult:
+                        method: str = "lanczos", copies: bool = True, krylov: Krylov | None = None,
+                        progress: bool | None = None) -> EigenResult:
     """The k extreme eigenpairs of a symmetric operator (a Hessian, or a dense matrix in tests).
 
     Lanczos (default) stops when every wanted Ritz pair has ‖Hv − λv‖ ≤ tol·max(|λ|, 1e-3·‖H‖ₑₛₜ), the
@@ -107,6 +198,8 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
         copies: after convergence, search the deflated operator for missed copies of repeated eigenvalues
             (module docstring; one more Lanczos run, plus one per copy found). False: the residual test
             alone, which cannot see a missed copy.
+        krylov: a :class:`Krylov` run on this operator from ``start_vector(op, seed)`` to read steps from
+            (shared with SLQ and the trace: module docstring); the result is the one computed without it.
         progress: show a progress bar (None: only on a terminal).
 
     Returns:
@@ -121,17 +214,18 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     require("max_hvps", max_hvps, int, optional=True, ge=1)
     require("max_basis", max_basis, int, optional=True, ge=1)
     require("seed", seed, int)
+    _check_krylov(krylov, n)
     kk = k * (2 if which == "both" else 1)
     max_hvps = max_hvps or 40 * kk + 200
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     extra = {}
     if method == "lanczos":
-        values, vectors, residuals, converged = _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress)
+        values, vectors, residuals, converged, steps = _lanczos(op, k, which, tol, max_hvps, max_basis, seed,
+                                                                 progress, krylov)
         require("copies", copies, bool)
         if copies and which != "both" and converged:
             values, vectors, residuals, converged, extra = _copies(
-                op, k, which, tol, max_hvps - (getattr(op, "n_hvps", 0) - hvps0), max_basis, seed,
-                values, vectors, residuals)
+                op, k, which, tol, max_hvps - steps, max_basis, seed, values, vectors, residuals)
     elif method == "power":
         if which != "largest":
             raise SharpnessError("method='power' finds the largest eigenvalues only")
@@ -143,6 +237,16 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
                        residuals=residuals[order], converged=converged,
                        n_hvps=getattr(op, "n_hvps", 0) - hvps0, seconds=time.perf_counter() - start,
                        method=method, which=which, tol=tol, seed=seed, extra=extra)
+
+
+def _check_krylov(krylov, n: int) -> None:
+    """A shared run must be a :class:`Krylov` over a space of the operator's dimension."""
+    if krylov is None:
+        return
+    if not isinstance(krylov, Krylov):
+        raise SharpnessError(f"krylov must be a Krylov run (got {type(krylov).__name__})")
+    if krylov.op.num_params != n:
+        raise SharpnessError(f"krylov: a run over {krylov.op.num_params} parameters, the operator has {n}")
 
 
 class _Deflated:
@@ -159,6 +263,12 @@ class _Deflated:
         w = self.op.matvec(v)
         return w - self.V.T @ (self.V @ w)
 
+    def matmat(self, X: torch.Tensor) -> torch.Tensor:
+        self.n_hvps += X.shape[1]
+        X = X - self.V.T @ (self.V @ X)
+        W = self.op.matmat(X) if hasattr(self.op, "matmat") else torch.stack([self.op.matvec(x) for x in X.T], 1)
+        return W - self.V.T @ (self.V @ W)
+
 
 def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals):
     """Search the deflated operator for missed copies of the wanted eigenvalues (module docstring)."""
@@ -166,7 +276,7 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
     while rounds <= 2 * k and budget > 2 and len(values) < op.num_params:
         rounds += 1
         D = _Deflated(op, vectors)
-        v, x, r, ok = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False)
+        v, x, r, ok, _ = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False)
         budget -= D.n_hvps
         if not ok:  # the check itself did not settle: no guarantee
             return values, vectors, residuals, False, {"copies_found": found, "copy_check": "unsettled"}
@@ -185,35 +295,49 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
     return values, vectors, residuals, False, {"copies_found": found, "copy_check": "budget or rounds spent"}
 
 
-def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress):
+def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None):
+    """Thick-restart Lanczos.
+
+    Until the first restart its steps are those of a :class:`Krylov` run (the one given, else a fresh one
+    from :func:`start_vector` at ``seed``); after it, its own basis.
+    """
     n = op.num_params
     kk = k * (2 if which == "both" else 1)
     max_basis = min(n, max_basis or max(4 * kk + 40, 60))
-    V = torch.empty(max_basis + 1, n, device=op.device, dtype=op.dtype)
-    V[0] = _start_vector(n, seed, op.device, op.dtype)
+    K = krylov if krylov is not None else Krylov(op, start_vector(op, seed))
+    V = None  # the own basis, from the first restart on
     T = np.zeros((max_basis, max_basis))
     m, hvps, beta = 0, 0, 0.0
     bar = progress_bar(progress, total=max_hvps, desc="lanczos", unit="hvp")
     while True:
-        w = op.matvec(V[m])
+        if V is None:  # a step of the Krylov run: taken now, or read if a reader took it before
+            K.extend(m + 1)
+            h, beta = K.coeffs[m][:, 0], float(K.norms[m][0])
+            breakdown = bool(K.stopped[0]) and K.lengths[0] == m + 1
+        else:
+            w, h = _orthogonalize(V[:m + 1], op.matvec(V[m]))
+            h = h.double().cpu().numpy()
+            beta = float(w.norm())
         hvps += 1
         bar.update(1)
-        w, h = _orthogonalize(V[:m + 1], w)
-        h = h.double().cpu().numpy()
         T[:m + 1, m] = h
         T[m, :m + 1] = h
-        beta = float(w.norm())
         m += 1
         theta, S = np.linalg.eigh(T[:m, :m])
         idx = _wanted(theta, k, which)
         res = np.abs(beta * S[m - 1, idx])
         scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
         done = len(idx) == kk and bool(np.all(res <= tol * scale))
-        breakdown = beta <= 1e-12 * max(1.0, np.abs(theta).max())  # an invariant subspace was found
+        if V is not None:  # an invariant subspace was found
+            breakdown = beta <= 1e-12 * max(1.0, np.abs(theta).max())
         if done or breakdown or m == n or hvps >= max_hvps:
             break
-        V[m] = w / beta
+        if V is not None:
+            V[m] = w / beta
         if m == max_basis:  # thick restart: keep the Ritz vectors nearest the wanted end(s)
+            if V is None:  # leave the Krylov run: its basis and next vector become our own
+                V = torch.empty(max_basis + 1, n, device=op.device, dtype=op.dtype)
+                V[:m + 1] = K.basis(0, m + 1)
             per_end = max(kk, min(m // 2, m - 2)) // (2 if which == "both" else 1)
             keep = _wanted(theta, per_end, which)
             keep = np.sort(keep)
@@ -226,21 +350,20 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress):
             m = l_
     bar.close()
     S_w = torch.as_tensor(S[:, idx], device=op.device, dtype=op.dtype)
-    vectors = S_w.T @ V[:m]
+    vectors = S_w.T @ (K.basis(0, m) if V is None else V[:m])
     scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
     converged = len(idx) == kk and bool(np.all(res <= tol * scale))
-    return theta[idx].copy(), vectors, res, converged
+    return theta[idx].copy(), vectors, res, converged, hvps
 
 
 def _power(op, k, tol, max_hvps, seed, progress):
     """Deflated power iteration: each eigenvector in turn, orthogonalized against those found."""
-    n = op.num_params
     found: list[torch.Tensor] = []
     values, residuals, conv = [], [], True
     budget = max_hvps
     bar = progress_bar(progress, total=max_hvps, desc="power", unit="hvp")
     for i in range(k):
-        v = _start_vector(n, seed + i, op.device, op.dtype)
+        v = start_vector(op, seed + i)
         lam, res = 0.0, np.inf
         iters = 0
         while budget > 0:
@@ -267,25 +390,13 @@ def _power(op, k, tol, max_hvps, seed, progress):
 
 
 def krylov_basis(op, v0: torch.Tensor, steps: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """``steps`` Lanczos steps from v0 with full reorthogonalization.
+    """``steps`` Lanczos steps from v0 with full reorthogonalization (one :class:`Krylov` run).
 
     Returns the orthonormal Krylov basis V (rows), and α (diagonal) and β (off-diagonal) of the
     tridiagonal T = VᵀHV. Stops early, with a shorter basis, at an invariant subspace.
     """
-    op = as_operator(op)
-    steps = min(steps, op.num_params)
-    V = torch.empty(steps, op.num_params, device=op.device, dtype=op.dtype)
-    V[0] = v0 / v0.norm()
-    alphas, betas = [], []
-    for j in range(steps):
-        w, h = _orthogonalize(V[:j + 1], op.matvec(V[j]))
-        alphas.append(float(h[j]))
-        beta = float(w.norm())
-        if j + 1 == steps or beta <= 1e-10 * max(1.0, max(abs(a) for a in alphas)):
-            break
-        betas.append(beta)
-        V[j + 1] = w / beta
-    return V[:len(alphas)], np.array(alphas), np.array(betas)
+    K = Krylov(op, v0).extend(steps)
+    return K.basis(), K.alphas(), K.betas()
 
 
 def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -294,5 +405,5 @@ def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int) -> tuple[np.ndarray, n
     Used by stochastic Lanczos quadrature: the eigenvalues of T are the quadrature nodes and the squared
     first components of its eigenvectors the weights (Golub & Meurant).
     """
-    _, alphas, betas = krylov_basis(op, v0, steps)
-    return alphas, betas
+    K = Krylov(op, v0).extend(steps)
+    return K.alphas(), K.betas()

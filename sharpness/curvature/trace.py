@@ -28,7 +28,7 @@ import torch
 from ..checks import require
 from ..errors import SharpnessError
 from ..progress import progress_bar
-from .lanczos import krylov_basis
+from .lanczos import Krylov, _check_krylov, start_vector
 from .operator import as_operator
 
 __all__ = ["TraceResult", "hessian_trace"]
@@ -62,7 +62,7 @@ def _rademacher(n: int, k: int, gen: torch.Generator, device, dtype) -> torch.Te
 
 def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max_hvps: int | None = None,
                   sketch_size: int | None = None, block: int = 8, min_samples: int = 10, seed: int = 0,
-                  progress: bool | None = None) -> TraceResult:
+                  krylov: Krylov | None = None, progress: bool | None = None) -> TraceResult:
     """Estimate tr(H) to a relative standard error ``rtol``.
 
     Args:
@@ -76,7 +76,10 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
             max_hvps // 2 for Krylov; with rtol > 0: 16 and 20. At most the dimension.
         block: products per pass over the data (matmat width) for the Hutchinson samples.
         min_samples: fewest Hutchinson samples before the rtol test (stderr needs a few).
-        seed: seed of the random vectors.
+        seed: seed of the random vectors (the Krylov start vector is ``start_vector(op, seed)``).
+        krylov: for ``"krylov-hutch++"``, a :class:`~sharpness.curvature.lanczos.Krylov` run on this operator
+            from ``start_vector(op, seed)``, shared with the eigenvalues and SLQ: its first ``sketch_size``
+            steps are the deflation basis (taken if not yet taken); the result is the one computed without it.
         progress: show a progress bar (None: only on a terminal).
     """
     op = as_operator(op)
@@ -87,6 +90,7 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
     for name, v in (("block", block), ("min_samples", min_samples)):
         require(name, v, int, ge=1)
     require("seed", seed, int)
+    _check_krylov(krylov, op.num_params)
     n, start, hvps0 = op.num_params, time.perf_counter(), getattr(op, "n_hvps", 0)
     limit = max_hvps or 1000
     room = limit - n if n <= limit else limit  # what the estimator may spend and leave the exact route
@@ -111,9 +115,9 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
         s = min(n, sketch_size or (budget // 2 if not rtol else 20))
         if s > budget:
             raise SharpnessError(f"sketch_size {s} is more than max_hvps={budget}")
-        v0 = _rademacher(n, 1, gen, op.device, op.dtype)[:, 0]
-        V, alphas, _ = krylov_basis(op, v0, s)
-        Q, exact = V.T, float(alphas.sum())
+        K = (krylov or Krylov(op, start_vector(op, seed))).extend(s)
+        s = min(s, int(K.lengths[0]))  # a shared run may be longer; shorter at an invariant subspace
+        Q, exact = K.basis(0, s).T, float(K.alphas()[:s].sum())
         bar.update(s)
     samples: list[float] = []
     mean = stderr = math.nan
@@ -121,7 +125,7 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
     def reached() -> bool:  # the stopping rule: rtol met after min_samples residual samples
         return bool(rtol) and len(samples) >= min_samples and stderr <= rtol * abs(mean)
 
-    used = getattr(op, "n_hvps", 0) - hvps0
+    used = {"hutch++": 2 * s, "krylov-hutch++": s}.get(method, 0)  # shared steps count as if taken here
     while used < budget and (Q is None or Q.shape[1] < n):
         z = _rademacher(n, min(block, budget - used), gen, op.device, op.dtype)
         if Q is not None:

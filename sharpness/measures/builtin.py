@@ -14,6 +14,7 @@ import numpy as np
 
 from ..checkpoint import load_checkpoint
 from ..curvature import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
+from ..curvature.lanczos import Krylov, start_vector
 from ..errors import SharpnessError
 from ..landscape import interpolate, surface
 from .adaptive import adaptive_sharpness
@@ -45,36 +46,58 @@ register_measure("loss", _loss, keys=[Key("train_acc", "train acc", "{:.1f}", pe
                  description="train/test loss and accuracy (accuracy for classification only), gaps")
 
 
+def _krylov(ctx: Context) -> Krylov:
+    """The one Lanczos run (from ``start_vector(op, seed)``) the eigenvalues, the trace and the density read.
+
+    Each gets what it would compute alone at the seed, and no step is taken twice. Each measure releases the
+    operator's kept graphs when done (they may hold much of the device's memory; rebuilding them costs one
+    gradient pass, against the tens of products a measure makes).
+    """
+    if "krylov" not in ctx.shared:
+        op = HessianOperator(ctx.work)
+        ctx.shared["krylov"] = Krylov(op, start_vector(op, ctx.seed))
+    return ctx.shared["krylov"]
+
+
 def _eigenvalues(ctx: Context, st: dict) -> Record:
-    op = HessianOperator(ctx.work)
-    top = hessian_eigenvalues(op, k=st["k"], tol=st["tol"], seed=ctx.seed, progress=ctx.progress)
-    low = hessian_eigenvalues(op, k=st["smallest_k"], which="smallest", tol=st["tol"], seed=ctx.seed,
-                              max_hvps=st["smallest_max_hvps"], progress=ctx.progress)
+    K = _krylov(ctx)
+    top = hessian_eigenvalues(K.op, k=st["k"], tol=st["tol"], seed=ctx.seed, krylov=K, progress=ctx.progress)
+    low = hessian_eigenvalues(K.op, k=st["smallest_k"], which="smallest", tol=st["tol"], seed=ctx.seed,
+                              max_hvps=st["smallest_max_hvps"], max_basis=st["smallest_max_hvps"], krylov=K,
+                              progress=ctx.progress)
+    K.op.release()  # its kept graphs' memory, not through the measures that follow
     return Record({"lambda_max": float(top.values[0]), "lambda_min": float(low.values[-1]),
                    "top": top.values.tolist(), "n_hvps": top.n_hvps + low.n_hvps},
                   {"top": top.to_dict(), "smallest": low.to_dict()}, {"top": top.values, "smallest": low.values})
 
 
+# The smallest eigenvalue reads the shared run without a restart up to the density's steps (free there).
 register_measure("eigenvalues", _eigenvalues,
-                 settings={"k": 5, "tol": 1e-3, "smallest_k": 1, "smallest_max_hvps": 60},
-                 quick={"tol": 1e-2, "smallest_max_hvps": 20},
+                 settings={"k": 5, "tol": 1e-3, "smallest_k": 1, "smallest_max_hvps": 80},
+                 quick={"tol": 1e-2, "smallest_max_hvps": 30},
                  keys=[Key("lambda_max", "λ_max")],
                  description="top-k and smallest Hessian eigenvalues (thick-restart Lanczos)")
 
 
 def _trace(ctx: Context, st: dict) -> Record:
-    r = hessian_trace(HessianOperator(ctx.work), rtol=st["rtol"], max_hvps=st["max_hvps"], seed=ctx.seed,
-                      progress=ctx.progress)
+    K = _krylov(ctx)
+    r = hessian_trace(K.op, rtol=st["rtol"], max_hvps=st["max_hvps"], sketch_size=st["sketch_size"],
+                      seed=ctx.seed, krylov=K, progress=ctx.progress)
+    K.op.release()  # its kept graphs' memory, not through the measures that follow
     return Record({"value": r.value, "stderr": r.stderr, "n_hvps": r.n_hvps}, r.to_dict())
 
 
-register_measure("trace", _trace, settings={"rtol": 1e-2, "max_hvps": 400}, quick={"rtol": 5e-2, "max_hvps": 100},
+# The deflation basis is the shared run's first density-steps steps: free when the density is measured too.
+register_measure("trace", _trace, settings={"rtol": 1e-2, "max_hvps": 400, "sketch_size": 80},
+                 quick={"rtol": 5e-2, "max_hvps": 100, "sketch_size": 30},
                  keys=[Key("value", "trace")], description="Hessian trace (Krylov-aware Hutch++)")
 
 
 def _density(ctx: Context, st: dict) -> Record:
-    r = spectral_density(HessianOperator(ctx.work), n_runs=st["n_runs"], steps=st["steps"], seed=ctx.seed,
+    K = _krylov(ctx)
+    r = spectral_density(K.op, n_runs=st["n_runs"], steps=st["steps"], seed=ctx.seed, krylov=K,
                          progress=ctx.progress)
+    K.op.release()  # its kept graphs' memory, not through the measures that follow
     return Record({"min_node": float(np.nanmin(r.nodes)), "max_node": float(np.nanmax(r.nodes)), "n_hvps": r.n_hvps},
                   r.to_dict(), {"grid": r.grid, "density": r.density, "nodes": r.nodes, "weights": r.weights})
 

@@ -66,7 +66,8 @@ class Context:
 
     ``work`` is the objective over the training data used for curvature and sharpness (a fixed seeded
     subset when ``max_samples`` is set); ``train`` and ``test`` cover the whole training and test sets.
-    ``path`` is the checkpoint's file (None for a model given in memory).
+    ``path`` is the checkpoint's file (None for a model given in memory). ``shared`` holds what several
+    measures of this checkpoint reuse (the Hessian operator and its Krylov run).
     """
 
     label: str
@@ -78,6 +79,7 @@ class Context:
     batch_size: int | None = None
     progress: bool | None = None
     path: Path | None = None
+    shared: dict = field(default_factory=dict)  # work measures share (one Krylov run); cleared after the checkpoint
 
 
 @dataclass(frozen=True)
