@@ -246,17 +246,21 @@ def test_streamed_equals_cached_and_loaders_are_read_every_pass():
     assert np.allclose(a.values, b.values, rtol=0, atol=1e-10)
     ds = Counting(x, y)
     loader = DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
-    op = HessianOperator(model, None, loader)
+    op = HessianOperator(model, None, loader, graph_bytes=0)
     v = torch.randn(op.num_params, dtype=torch.float64)
     assert torch.allclose(op.matvec(v), cached.matvec(v), atol=1e-12)  # shuffled: same mean
     op.matvec(v)
-    assert ds.reads == 100  # iterated once per product, never frozen
+    assert ds.reads == 100  # no graphs kept: iterated once per product, never frozen
+    kept = HessianOperator(model, None, loader)  # all its graphs fit: one pass serves every product
+    assert torch.allclose(kept.matvec(v), cached.matvec(v), atol=1e-12)
+    kept.matvec(v)
+    assert ds.reads == 150
     small = Counting(x, y)  # a Dataset (no loader) is read once and then cached
     op = HessianOperator(model, None, small, batch_size=20)
     op.matvec(v), op.matvec(v), op.matvec(v)
     assert small.reads == 50
     tight = Counting(x, y)  # unless it does not fit the budget
-    op = HessianOperator(model, None, tight, batch_size=20, cache_bytes=10)
+    op = HessianOperator(model, None, tight, batch_size=20, cache_bytes=10, graph_bytes=0)
     op.matvec(v), op.matvec(v)
     assert tight.reads == 100
     with pytest.warns(UserWarning, match="drop_last"):
