@@ -316,6 +316,9 @@ def test_krylov_argument_checked():
         hessian_eigenvalues(H, krylov="run")
     with pytest.raises(SharpnessError, match="a run over 4 parameters, the operator has 5"):
         hessian_trace(H, krylov=Krylov(torch.eye(4, dtype=torch.float64), torch.ones(4)))
+    with pytest.raises(SharpnessError, match="built on another operator"):
+        spectral_density(H, krylov=Krylov(H.clone(), torch.ones(5)))
+    spectral_density(H, steps=3, krylov=Krylov(H, torch.ones(5)))  # the same matrix: accepted
 
 
 # --- kept graphs over several batches, and the block route ------------------------------------------

@@ -19,7 +19,7 @@ from scipy.integrate import trapezoid
 
 from ..checks import require
 from ..progress import progress_bar
-from .lanczos import Krylov, _check_krylov, start_vector
+from .lanczos import Krylov, check_krylov, start_vector
 from .operator import as_operator
 
 __all__ = ["DensityResult", "spectral_density", "quadrature", "smooth"]
@@ -107,7 +107,7 @@ def spectral_density(op, *, n_runs: int = 2, steps: int = 80, sigma: float | Non
     require("grid_size", grid_size, int, ge=2)
     require("seed", seed, int)
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
-    _check_krylov(krylov, op.num_params)
+    check_krylov(krylov, op)
     steps = min(steps, op.num_params)
     nodes = np.full((n_runs, steps), np.nan)
     weights = np.zeros((n_runs, steps))

@@ -28,7 +28,7 @@ import torch
 from ..checks import require
 from ..errors import SharpnessError
 from ..progress import progress_bar
-from .lanczos import Krylov, _check_krylov, start_vector
+from .lanczos import Krylov, check_krylov, start_vector
 from .operator import as_operator
 
 __all__ = ["TraceResult", "hessian_trace"]
@@ -90,7 +90,7 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
     for name, v in (("block", block), ("min_samples", min_samples)):
         require(name, v, int, ge=1)
     require("seed", seed, int)
-    _check_krylov(krylov, op.num_params)
+    check_krylov(krylov, op)
     n, start, hvps0 = op.num_params, time.perf_counter(), getattr(op, "n_hvps", 0)
     limit = max_hvps or 1000
     room = limit - n if n <= limit else limit  # what the estimator may spend and leave the exact route

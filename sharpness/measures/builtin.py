@@ -66,8 +66,10 @@ def _eigenvalues(ctx: Context, st: dict) -> Record:
                               max_hvps=st["smallest_max_hvps"], max_basis=st["smallest_max_hvps"], krylov=K,
                               progress=ctx.progress)
     K.op.release()  # its kept graphs' memory, not through the measures that follow
+    # |λ_min − λ| ≤ its residual for some eigenvalue λ of H: the error bar, converged or not (lanczos.py)
     return Record({"lambda_max": float(top.values[0]), "lambda_min": float(low.values[-1]),
-                   "top": top.values.tolist(), "n_hvps": top.n_hvps + low.n_hvps},
+                   "lambda_min_bound": float(low.residuals[-1]), "top": top.values.tolist(),
+                   "n_hvps": top.n_hvps + low.n_hvps},
                   {"top": top.to_dict(), "smallest": low.to_dict()}, {"top": top.values, "smallest": low.values})
 
 
