@@ -39,8 +39,10 @@ from .measures.registry import Context, Key, Measure, Record, measure_names, reg
 from .models import GhostBatchNorm, ModelSpec, build_model, register_model
 from .objective import Objective
 from .specs import Spec
+from .tracker import SharpnessTracker
 from .training import Schedule, TrainConfig, evaluate
 from .training import train as train_model
+from .training.sam import SAM
 
 __version__ = "0.1.0"
 
@@ -57,5 +59,5 @@ __all__ = [
     "Spec", "DataSpec", "load_data", "register_data",
     "SharpnessError",
     "GhostBatchNorm", "ModelSpec", "build_model", "register_model",
-    "Schedule", "TrainConfig", "evaluate", "train_model",
+    "Schedule", "TrainConfig", "evaluate", "train_model", "SharpnessTracker", "SAM",
 ]

@@ -80,7 +80,7 @@ _ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_sample
              "seed": (int, {}), "pairs": (list, {"item": list}), "along_training": (list, {"item": str}),
              "along_quick": (bool, {}), "settings": (dict, {})}
 _FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep", "esd", "surface", "sharpness_vs_loss", "gap",
-                   "gap_scatter", "warm_start", "correlation")
+                   "gap_scatter", "warm_start", "correlation", "breakeven")
 _FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", s) is not None,
            "a folder name of at most 100 letters, digits, '_', '.', '+', '-', not starting with '.'")
 
@@ -284,6 +284,8 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
         entry: dict = {"config": cfg.to_dict(), "history": ckpt.history, "dir": str(d)}
         if "trace" in ckpt.extra:  # trace_log_steps: ‖w − w₀‖ at log-spaced updates
             entry["trace"] = ckpt.extra["trace"]
+        if "tracked" in ckpt.extra:  # track_every: curvature along training (sharpness.tracker)
+            entry["tracked"] = ckpt.extra["tracked"]
         measures = [m for m in an.get("measures", []) if m != "interpolation"]
         if measures:
             rep = analyze(d / "final.pt", out=d / "analysis", measures=measures, quick=an.get("quick", False),

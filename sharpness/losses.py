@@ -79,6 +79,15 @@ def _mse(out, y, **kw):
     return F.mse_loss(out, _like_outputs("mse", out, y).to(out.dtype), **kw)
 
 
+def _square(out, y, reduction="mean"):
+    """Cohen et al. 2021's square loss: ℓ_i = ½ Σ_c (f_c(x_i) − [y_i = c])², class labels as one-hot targets."""
+    if not (isinstance(y, torch.Tensor) and out.dim() == 2 and y.dim() == 1 and not y.is_floating_point()):
+        raise SharpnessError("loss 'square' needs class labels (n,) and outputs (n, classes); "
+                             "for real-valued targets use mse")
+    v = 0.5 * (out - F.one_hot(y, out.shape[1]).to(out.dtype)).pow(2).sum(1)
+    return v if reduction == "none" else (v.sum() if reduction == "sum" else v.mean())
+
+
 def _bce_with_logits(out, y, **kw):
     return F.binary_cross_entropy_with_logits(out, _like_outputs("bce_with_logits", out, y).to(out.dtype), **kw)
 
@@ -88,6 +97,7 @@ _NAMED = {
     "cross_entropy": (_cross_entropy, ("weight", "ignore_index", "label_smoothing"), "cross-entropy"),
     "nll": (_nll, ("weight", "ignore_index"), "negative log-likelihood"),
     "mse": (_mse, (), "mean squared error"),
+    "square": (_square, (), "square loss"),  # MSE to one-hot targets, summed over classes (Cohen et al. 2021)
     "bce_with_logits": (_bce_with_logits, ("weight", "pos_weight"), "binary cross-entropy"),
 }
 LOSSES = Registry("loss")

@@ -395,3 +395,22 @@ def best_lr_per_batch(results: dict, target: float) -> tuple[dict[int, dict], li
             best[b] = row
     every = {int(results["runs"][lb]["config"]["batch_size"]) for lbs in cells.values() for lb in lbs}
     return dict(sorted(best.items())), sorted(every - set(best))
+
+
+def peak_rows(results: dict, key: str = "lambda_max") -> list[dict]:
+    """Per group of seeds: η, B, η/B and the peak of the tracked ``key`` along training (mean ± CI over seeds).
+
+    The peak is the largest value of the tracker's records (``track_every``) in each run — the break-even
+    point's λ_max (Jastrzębski et al. 2020); runs without records are left out.
+    """
+    runs, rows = results["runs"], []
+    for g, labels in groups(runs).items():
+        tracked = [labels_run for labels_run in labels if runs[labels_run].get("tracked")]
+        if not tracked:
+            continue
+        cfg = runs[tracked[0]]["config"]
+        peaks = [max(r[key] for r in runs[lb]["tracked"]) for lb in tracked]
+        m, h, n = mean_ci(peaks)
+        rows.append({"group": g, "lr": cfg["lr"], "batch": cfg["batch_size"], "lr_over_b": cfg["lr"] / cfg["batch_size"],
+                     "peak": {"mean": m, "ci": h, "n": n}, "labels": tracked})
+    return rows

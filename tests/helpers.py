@@ -39,3 +39,28 @@ def user_module(folder, monkeypatch, name, source):
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delitem(sys.modules, name, raising=False)  # a copy another test imported
     return name
+
+
+def train_interrupted(cfg, out, monkeypatch, at: int):
+    """Train ``cfg`` into ``out``, raising KeyboardInterrupt at the ``at``-th cross-entropy call (a kill
+    mid-run), then train again from what was left: returns the resumed run's final checkpoint."""
+    import pytest
+    import torch
+
+    from sharpness import train_model
+
+    real_ce, calls = torch.nn.functional.cross_entropy, {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return real_ce(*args, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, out, progress=False)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", real_ce)
+    assert not (out / "done").exists() and (out / "last.pt").exists()
+    return train_model(cfg, out, progress=False)
+

@@ -16,6 +16,8 @@ def _sample(o):
     flag = "--" + o.name.replace("_", "-")
     if o.type is bool:
         return True, [flag]
+    if o.type is list and "choices" in o.allowed:
+        return list(o.allowed["choices"][-2:]), [flag, ",".join(o.allowed["choices"][-2:])]
     if o.type is list:
         return [3, 7], [flag, "3,7"]
     if o.type is dict:

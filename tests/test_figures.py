@@ -240,7 +240,7 @@ def test_every_kind_writes_its_files_at_column_width(tmp_path):
     made += draw(_write(tmp_path / "b", make_warm_start()))
     assert made[-1].name == "warm_start.png"
     assert set(FIGURES) == {"table", "curves", "parametric", "esd", "surface", "sharpness_vs_loss", "batch_sweep",
-                            "cost", "gap", "gap_scatter", "warm_start", "correlation"}
+                            "cost", "gap", "gap_scatter", "warm_start", "correlation", "breakeven"}
     made += FIGURES["correlation"](make_results(), tmp_path / "a")
     for p in made:
         if p.suffix == ".png":
@@ -279,3 +279,42 @@ def test_gap_scatter_best_draws_the_measures_with_the_largest_tau(tmp_path, monk
     texts = [t.get_text() for ax in seen[0].axes for t in ax.texts if t.get_text().startswith("Kendall")]
     assert [f"{tau[m]:.2f}" for m in top] == [t.split("= ")[1].split(",")[0] for t in texts]
     assert [ax.get_ylabel() for ax in seen[0].axes if ax.texts][0] == "adaptive avg"  # the registry's label
+
+
+def make_tracked() -> dict:
+    """Break-even / edge-of-stability results: runs with tracker records (step, lambda_max)."""
+    rng = np.random.default_rng(3)
+    runs = {}
+    for lr in (0.02, 0.1):
+        for b in (32, 512):
+            for s in SEEDS:
+                run = _run(rng, f"B{b}-lr{lr}-seed{s}", b, s)
+                run["config"]["lr"] = lr
+                peak = 2.0 / (1 + 100 * lr / b) + 0.1 * s  # a lower peak at a larger η/B
+                run["tracked"] = [{"step": t, "lambda_max": peak * t / 50 if t <= 50 else peak * 0.8, "mode": "train"}
+                                  for t in range(10, 201, 10)]
+                runs[f"B{b}-lr{lr}-seed{s}"] = run
+    curves = [{"file": "eos.png", "panels": [{"x": "step", "y": "lambda_max", "source": "tracked", "stability": True}]}]
+    return {"name": "tracked", "spec": {"name": "tracked", "figures": {"kinds": ["breakeven", "curves"],
+                                                                        "curves": curves}}, "runs": runs}
+
+
+def test_peak_rows_and_the_tracked_figures(tmp_path):
+    from sharpness.reporting import peak_rows
+
+    res = make_tracked()
+    rows = {r["group"]: r for r in peak_rows(res)}
+    assert set(rows) == {"B32-lr0.02", "B512-lr0.02", "B32-lr0.1", "B512-lr0.1"}
+    r = rows["B32-lr0.1"]
+    peaks = [2.0 / (1 + 100 * 0.1 / 32) + 0.1 * s for s in SEEDS]
+    assert r["lr_over_b"] == 0.1 / 32 and np.isclose(r["peak"]["mean"], np.mean(peaks))
+    assert np.isclose(r["peak"]["ci"], _t_half(peaks)) and r["peak"]["n"] == len(SEEDS)
+    made = draw(_write(tmp_path, res))
+    assert {p.name for p in made} >= {"breakeven.png", "eos.png"}
+    for p in made:
+        if p.suffix == ".png":
+            assert mpimg.imread(p).std() > 0.02, p.name
+    no_tracks = make_results(["breakeven"])
+    with pytest.raises(sh.SharpnessError, match="cannot draw .breakeven.*no run has tracked"):
+        draw(_write(tmp_path / "none", no_tracks))
+

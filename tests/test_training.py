@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import same_state, tiny_config
+from helpers import same_state, tiny_config, train_interrupted
 from sharpness import Schedule, SharpnessError, TrainConfig, load_checkpoint, train_model
 from sharpness.cli import train_main
 from sharpness.models import GhostBatchNorm
@@ -43,20 +43,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, monkeypatch):
     cfg = tiny_config(epochs=4, optimizer="sgd", momentum=0.9, lr=0.05, save_steps=[30], trace_log_steps=True)
     ref = train_model(cfg, tmp_path / "ref", progress=False)
 
-    real_ce, calls = torch.nn.functional.cross_entropy, {"n": 0}
-
-    def flaky(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 12 * 2 + 5:  # mid-way through the third epoch
-            raise KeyboardInterrupt
-        return real_ce(*args, **kw)
-
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(cfg, tmp_path / "run", progress=False)
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", real_ce)
-    assert not (tmp_path / "run" / "done").exists() and (tmp_path / "run" / "last.pt").exists()
-    resumed = train_model(cfg, tmp_path / "run", progress=False)
+    resumed = train_interrupted(cfg, tmp_path / "run", monkeypatch, at=12 * 2 + 5)  # mid-way through epoch 3
     assert same_state(ref.state_dict, resumed.state_dict)
     assert [e["train_loss"] for e in ref.history] == [e["train_loss"] for e in resumed.history]
     assert same_state(_weights(tmp_path / "ref" / "ckpt_step30.pt"), _weights(tmp_path / "run" / "ckpt_step30.pt"))

@@ -43,6 +43,7 @@ from ..reporting import (
     kendall,
     long_table,
     mean_ci,
+    peak_rows,
     scatter_rows,
     seeds_note,
     variant_names,
@@ -166,7 +167,8 @@ def table(res: dict, out: Path) -> Path:
 AXIS_LABELS = {"epoch": "epoch", "step": "parameter updates", "examples": "training examples seen",
                "wall_time": "training wall-clock (s)", "test_loss": "test loss", "test_acc": "test accuracy (%)",
                "train_loss": "training loss", "train_acc": "training accuracy (%)", "dist_from_init": "‖w − w₀‖",
-               "lr": "learning rate", "batch_size": "batch size", "batch_loss": "mini-batch loss"}
+               "lr": "learning rate", "batch_size": "batch size", "batch_loss": "mini-batch loss",
+               "lambda_max": "λ_max", "trace": "Hessian trace"}
 PERCENT = {"test_acc", "train_acc"}  # fractions drawn ×100
 DEFAULT_CURVES = {"file": "curves.png", "panels": [{"x": "epoch", "y": "test_loss"}, {"x": "epoch", "y": "test_acc"}]}
 
@@ -198,6 +200,9 @@ def _curve_figure(res: dict, out: Path, fig_spec: dict) -> Path:
             m = np.array([c[0] for c in cells])
             keep = x > 0 if log_x else np.ones_like(x, bool)  # epoch / update 0 has no place on a log axis
             ax.plot(x[keep], m[keep], fig_spec.get("styles", {}).get(g, "-"), label=g, color=colors[i])
+            if panel.get("stability"):  # gradient descent's stability threshold 2/η (Cohen et al. 2021)
+                for lr in sorted({res["runs"][lb]["config"]["lr"] for lb in grouped[g]}):
+                    ax.axhline(2 / lr, color=colors[i], ls=":", lw=0.8)
             if len(hs) > 1:
                 h = np.array([c[1] for c in cells])
                 ax.fill_between(x[keep], (m - h)[keep], (m + h)[keep], color=colors[i], alpha=0.2, lw=0)
@@ -222,8 +227,10 @@ def curves(res: dict, out: Path) -> list[Path]:
     """Training curves per group: mean over seeds, band = 95 % CI (Student t), n in the legend title.
 
     Each ``[[figures.curves]]`` entry is one figure (``file``, ``title``, optional ``groups``, ``styles``
-    and ``panels`` = [{x, y, xscale, yscale, ylim, source}], x and y being keys of the per-epoch history
-    (from epoch 0 in new runs), or of the log-spaced ``trace`` when ``source = "trace"``); without entries,
+    and ``panels`` = [{x, y, xscale, yscale, ylim, source, stability}], x and y being keys of the per-epoch
+    history (from epoch 0 in new runs), of the log-spaced ``trace`` when ``source = "trace"``, or of the
+    tracker's records when ``source = "tracked"``; ``stability = true`` draws each group's 2/η as a dotted
+    line in its colour (the edge of stability of gradient descent, Cohen et al. 2021); without entries,
     test loss and accuracy against epochs. Panels are stacked; accuracies are in %. On a log x axis the
     point at x = 0 (epoch 0, update 0) is left out.
     """
@@ -694,9 +701,38 @@ def correlation(res: dict, out: Path) -> list[Path]:
     return [save(fig, out / "correlation.png"), md]
 
 
+@styled
+def breakeven(res: dict, out: Path) -> Path:
+    """Peak λ_max along training against η/B, in ``breakeven.png`` (Jastrzębski et al. 2020).
+
+    One series per learning rate (batch sizes along it), mean ± 95 % CI over seeds of each run's largest
+    tracked λ_max (:func:`sharpness.reporting.peak_rows`); both axes logarithmic. The break-even claim: a
+    larger η or a smaller B (a larger η/B) gives a lower peak.
+    """
+    rows = peak_rows(res)
+    if not rows:
+        raise ValueError("no run has tracked λ_max (track_every)")
+    lrs = sorted({r["lr"] for r in rows})
+    fig, ax = new_axes()
+    colors = _palette(len(lrs))
+    for i, lr in enumerate(lrs):
+        mine = sorted((r for r in rows if r["lr"] == lr), key=lambda r: r["lr_over_b"])
+        _errorbar(ax, [r["lr_over_b"] for r in mine], [r["peak"] for r in mine], color=colors[i], label=f"η = {_g(lr)}")
+        for r in mine:
+            ax.annotate(f"B={r['batch']}", (r["lr_over_b"], r["peak"]["mean"]), fontsize=5, xytext=(2, 2),
+                        textcoords="offset points", color=colors[i])
+    _log_axis(ax, "x")
+    _log_axis(ax, "y")
+    ax.set_xlabel("η / B")
+    ax.set_ylabel("peak λ_max along training")
+    _header(fig, ax, _options(res, "breakeven").get("title"), seeds_note(r["peak"]["n"] for r in rows))
+    ax.legend(frameon=False)
+    return save(fig, out / "breakeven.png")
+
+
 FIGURES = {"correlation": correlation, "table": table, "curves": curves, "parametric": parametric, "esd": esd, "surface": surface,
            "sharpness_vs_loss": sharpness_vs_loss, "batch_sweep": batch_sweep, "cost": cost, "gap": gap,
-           "gap_scatter": gap_scatter, "warm_start": warm_start}
+           "gap_scatter": gap_scatter, "warm_start": warm_start, "breakeven": breakeven}
 
 
 def draw(results_path: str | Path, out: str | Path | None = None) -> list[Path]:

@@ -25,6 +25,7 @@ from ..checks import Option
 from ..errors import SharpnessError
 from ..io import read_toml
 from ..specs import _short
+from ..tracker import TRACKED
 
 __all__ = ["TrainConfig", "Option"]
 
@@ -68,6 +69,10 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, ge=0)  # L2 penalty (decoupled for adamw)
     decay_bn_and_bias: bool = False       # Goyal 2017: weight decay not applied to BN γ/β (and biases)
     grad_clip: float | None = _opt(None, gt=0)  # gradient-norm clipping (Hoffer 2017's code uses 5.0)
+    sam: str = _opt("none", choices=("none", "sam", "asam"))  # sam (Foret 2021): each update uses the
+                                          # gradient at w + ρ·g/‖g‖ (two forward/backward passes per update);
+                                          # asam (Kwon 2021): the neighbourhood scaled by |w| + 0.01
+    sam_rho: float = _opt(0.05, gt=0)     # the neighbourhood radius ρ (Foret: 0.05; Kwon's ASAM: 0.5)
 
     # --- batch size and the rules that adapt the learning rate to it ---
     batch_size: int = _opt(32, ge=1)      # examples per update (B)
@@ -101,6 +106,10 @@ class TrainConfig:
     save_steps: list[int] = _opt(factory=list, ge=1)  # also write ckpt_stepS.pt after these update counts
     trace_log_steps: bool = False         # Hoffer 2017 Fig. 2: ‖w − w₀‖ and the batch loss at ~10
                                           # log-spaced update counts per decade (history.json "trace")
+    track_every: int = _opt(0, ge=0)      # curvature along training: measure every N updates (0: off), on
+                                          # the training-mode loss of a fixed subset (history.json "tracked")
+    track_measures: list[str] = _opt(factory=lambda: ["lambda_max"], choices=TRACKED)  # what to measure
+    track_samples: int = _opt(1000, ge=1)  # the tracker's subset of the training set (seeded)
     eval_batch_size: int = _opt(4096, ge=1)  # batch size of the per-epoch full-data evaluation (memory only)
     device: str = _opt("cpu", check=_DEVICE)  # where to train (CUDA's presence is checked when training
                                               # starts)

@@ -39,7 +39,9 @@ from ..model_state import preserved
 from ..models import build_model
 from ..objective import Objective, flat_params
 from ..specs import Spec
+from ..tracker import SharpnessTracker
 from .config import TrainConfig
+from .sam import SAM
 from .schedules import Schedule
 
 __all__ = ["train", "evaluate", "TRACE_STEPS"]
@@ -90,9 +92,10 @@ def _optimizer(model: nn.Module, c: TrainConfig, lr: float) -> torch.optim.Optim
     else:
         groups = [{"params": params, "weight_decay": c.weight_decay}]
     if c.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=c.momentum, nesterov=c.nesterov)
-    cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=lr)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=c.momentum, nesterov=c.nesterov)
+    else:
+        opt = (torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam)(groups, lr=lr)
+    return SAM(opt, c.sam_rho, adaptive=c.sam == "asam") if c.sam != "none" else opt
 
 
 def _try_model(model: nn.Module, loss_fn: Any, obj: Objective, batches: _TrainBatches, c: TrainConfig) -> None:
@@ -203,6 +206,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         evals = [Objective(model, loss_fn, d, batch_size=config.eval_batch_size) for d in (train_set, test_set)]
         _try_model(model, loss_fn, evals[0], batches, config)  # before anything is written
         opt = _optimizer(model, config, sched.lr(0.0))
+        # Curvature along training: the training-mode loss of a fixed subset (sharpness.tracker).
+        tracker = SharpnessTracker(loss_fn, train_set, every=config.track_every, measures=config.track_measures,
+                                   subset=config.track_samples, seed=config.seed) if config.track_every else None
         state = _resume_state(out, config, world)
         if state is None:
             if warm is not None:
@@ -221,6 +227,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             opt.load_state_dict(state.optimizer)
             epoch0, step, history = state.epoch, state.step, list(state.history)
             trace = list(state.extra.get("trace", []))
+            if tracker is not None:  # its records and warm-start vectors: the replayed epoch measures as before
+                tracker.load_state_dict(state.extra.get("tracker", {}))
         if world > 1:
             torch.distributed.barrier()  # init.pt is written
             # Gradients averaged over the ranks; parameters and buffers start equal (broadcast from rank 0).
@@ -234,10 +242,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         save_steps = set(int(s) for s in config.save_steps)
 
         def traced() -> dict:
-            return {"trace": trace} if config.trace_log_steps else {}
+            return {**({"trace": trace} if config.trace_log_steps else {}),
+                    **({"tracked": tracker.history} if tracker is not None else {})}
 
         def ckpt(path: Path, epoch: int, extra: dict | None = None, with_opt: bool = False) -> None:
-            extra = {**(extra or {}), **traced(), **parallel}
+            extra = {**(extra or {}), **traced(), **parallel,
+                     **({"tracker": tracker.state_dict()} if tracker is not None and with_opt else {})}
             if is_main():
                 save_checkpoint(path, model=model, model_spec=model_spec, data_spec=data_spec, config=cfg,
                                 epoch=epoch, step=step, history=history,
@@ -268,16 +278,26 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 # A last batch smaller than W leaves a rank > 0 without examples: it still runs a forward
                 # and backward (DDP's all-reduce needs every rank), on one example, weighted 0.
                 inputs, targets, extra = evals[0].split(batches(mine if len(mine) else idx[:1]))
-                loss = loss_fn.mean(evals[0].forward_fn(net, inputs), targets, extra)
+
+                def backward() -> torch.Tensor:  # the batch loss and its gradient at the current weights
+                    loss = loss_fn.mean(evals[0].forward_fn(net, inputs), targets, extra)
+                    # DDP averages over the ranks: weighting by the rank's share makes it the mean over the batch
+                    (loss * share if world > 1 else loss).backward()
+                    if config.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    return loss
+
+                loss = backward()
                 if not torch.isfinite(loss):
                     raise SharpnessError(f"training diverged at epoch {epoch + 1}, update {step + 1} "
                                          f"(loss {loss.item()}); lower the learning rate")
-                # DDP averages over the ranks: weighting by the rank's share makes it the mean over the batch
-                (loss * share if world > 1 else loss).backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                opt.step()
+                if isinstance(opt, SAM):  # the gradient again, at w + ε̂, on the same batch
+                    opt.step(lambda: (opt.zero_grad(set_to_none=True), backward())[1])
+                else:
+                    opt.step()
                 step += 1
+                if tracker is not None:
+                    tracker(model, step)
                 examples += len(idx)
                 if config.trace_log_steps and step in TRACE_STEPS:
                     trace.append({"step": step, "examples": examples, "batch_loss": loss.item(),
