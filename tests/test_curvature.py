@@ -243,6 +243,30 @@ def test_repeated_eigenvalues_are_found_with_their_multiplicity(which):
     assert torch.allclose(V @ H @ V.T, torch.diag(torch.as_tensor(r.values)), atol=1e-6)
 
 
+@pytest.mark.parametrize("spectrum,which,k", [
+    (np.arange(1.0, 11.0), "smallest", 3),         # all positive: the found directions' 0 is not a copy
+    (-np.arange(1.0, 11.0), "largest", 3),         # all negative, the mirror case
+    (np.r_[-1.0, np.arange(1.0, 10.0)], "smallest", 2),
+    (np.repeat([0.3, 0.7, 1.1, 2.0], 3), "smallest", 3),  # positive and repeated: three copies of 0.3
+])
+def test_the_copy_check_never_takes_the_deflated_directions_for_a_copy(spectrum, which, k):
+    Q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(len(spectrum), len(spectrum))))
+    H = torch.tensor((Q * spectrum) @ Q.T)
+    want = np.sort(spectrum)[:k] if which == "smallest" else np.sort(spectrum)[::-1][:k]
+    r = hessian_eigenvalues(H, k=k, which=which, tol=1e-8)
+    assert r.converged and np.allclose(np.sort(r.values), np.sort(want), atol=1e-7), (r.values, r.extra)
+
+
+def test_max_basis_must_leave_room_for_a_restart():
+    from sharpness.errors import SharpnessError
+    H = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    for which, k, basis in (("largest", 3, 4), ("smallest", 1, 2), ("both", 2, 5)):
+        with pytest.raises(SharpnessError, match="max_basis must be"):
+            hessian_eigenvalues(H, k=k, which=which, max_basis=basis)
+    r = hessian_eigenvalues(H, k=3, max_basis=5, tol=1e-8)  # k + 2: restarts, and still right
+    assert r.converged and np.allclose(r.values, [10, 9, 8])
+
+
 # --- one Krylov pass shared by the eigenvalues, the trace and SLQ -----------------------------------
 
 

@@ -10,7 +10,8 @@ so convergence is checked without extra products.
 Multiplicities: a Lanczos run from one start vector sees one copy of each eigenvalue (in exact
 arithmetic; rounding reveals the others only late), so a repeated eigenvalue can be missed while every
 residual is small. After convergence (``which`` "largest" or "smallest"), the operator deflated by the
-found vectors, (I − VVᵀ)H(I − VVᵀ), is searched for its extreme eigenvalue from a fresh start vector; one
+found vectors, (I − VVᵀ)H(I − VVᵀ) (with the found directions set to the k-th value, so they cannot pass
+for a copy), is searched for its extreme eigenvalue from a fresh start vector; one
 that reaches the k-th found value by more than the tolerance is a missed copy: it joins the set, the
 k-th drops out, and the search repeats (one equal to the k-th is a tie at the cut: the set is already a
 valid top k). ``converged`` is true only when the residuals meet the tolerance
@@ -226,10 +227,10 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     require("k", k, int, ge=1, le=n // (2 if which == "both" else 1))
     require("tol", tol, float, gt=0)
     require("max_hvps", max_hvps, int, optional=True, ge=1)
-    require("max_basis", max_basis, int, optional=True, ge=1)
     require("seed", seed, int)
     check_krylov(krylov, op)
     kk = k * (2 if which == "both" else 1)
+    require("max_basis", max_basis, int, optional=True, ge=kk + 2)  # a restart keeps kk and adds a step
     max_hvps = max_hvps or 40 * kk + 200
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     extra = {}
@@ -267,24 +268,27 @@ def check_krylov(krylov, op) -> None:
 
 
 class _Deflated:
-    """(I − VVᵀ) H (I − VVᵀ) for orthonormal rows V: H with the found eigenvectors taken out."""
+    """(I − VVᵀ) H (I − VVᵀ) + c·VVᵀ for orthonormal rows V: H with the found eigenvectors set to c.
 
-    def __init__(self, op, V: torch.Tensor):
-        self.op, self.V = op, V
+    On span(V) the plain deflation (c = 0) has the eigenvalue 0, which beyond the k-th found value
+    (all-positive smallest ones, all-negative largest ones) would pass for a missed copy; c = the k-th
+    value makes those directions a tie at the cut, never beyond it.
+    """
+
+    def __init__(self, op, V: torch.Tensor, c: float):
+        self.op, self.V, self.c = op, V, float(c)
         self.num_params, self.device, self.dtype = op.num_params, op.device, op.dtype
         self.n_hvps = 0
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        self.n_hvps += 1
-        v = v - self.V.T @ (self.V @ v)
-        w = self.op.matvec(v)
-        return w - self.V.T @ (self.V @ w)
+        return self.matmat(v.reshape(-1, 1)).reshape(-1)
 
     def matmat(self, X: torch.Tensor) -> torch.Tensor:
         self.n_hvps += X.shape[1]
-        X = X - self.V.T @ (self.V @ X)
+        C = self.V @ X
+        X = X - self.V.T @ C
         W = self.op.matmat(X) if hasattr(self.op, "matmat") else torch.stack([self.op.matvec(x) for x in X.T], 1)
-        return W - self.V.T @ (self.V @ W)
+        return W - self.V.T @ (self.V @ W) + self.c * (self.V.T @ C)
 
 
 def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals):
@@ -292,12 +296,12 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
     found, rounds = 0, 0
     while rounds <= 2 * k and budget > 2 and len(values) < op.num_params:
         rounds += 1
-        D = _Deflated(op, vectors)
+        edge = values.min() if which == "largest" else values.max()
+        D = _Deflated(op, vectors, edge)
         v, x, r, ok, _ = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False)
         budget -= D.n_hvps
         if not ok:  # the check itself did not settle: no guarantee
             return values, vectors, residuals, False, {"copies_found": found, "copy_check": "unsettled"}
-        edge = values.min() if which == "largest" else values.max()
         scale = tol * max(abs(edge), 1e-3 * np.abs(values).max())
         # beyond the k-th by more than the tolerance: a missed copy (equal to it: a tie at the cut, fine)
         missed = v[0] > edge + scale if which == "largest" else v[0] < edge - scale
