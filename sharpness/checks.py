@@ -64,7 +64,7 @@ class Option:
         """What the field accepts, e.g. ``"None or an integer ≥ 1"``."""
         a = self.allowed
         if "choices" in a:
-            what = "one of " + ", ".join(map(str, a["choices"]))
+            what = ("a list from " if self.type is list else "one of ") + ", ".join(map(str, a["choices"]))
         elif "check" in a:
             what = a["check"][1]
         elif self.type is list:

@@ -42,6 +42,7 @@ from .checks import require
 from .distributed import is_main, rank_and_world
 from .errors import SharpnessError
 from .io import read_toml, write_json
+from .specs import _short
 from .training import TrainConfig
 
 __all__ = ["load_experiment", "expand", "run_experiment"]
@@ -49,8 +50,10 @@ __all__ = ["load_experiment", "expand", "run_experiment"]
 
 def _set(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         d = d.setdefault(k, {})
+        if not isinstance(d, dict):  # e.g. --set base.epochs.x=5: epochs is a number, not a table
+            raise SharpnessError(f"--set {dotted}: {'.'.join(keys[:i + 1])} is {_short(d)}, not a table")
     d[keys[-1]] = value
 
 

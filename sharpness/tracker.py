@@ -33,11 +33,14 @@ from .checks import require
 from .curvature import HessianOperator, hessian_eigenvalues, hessian_trace
 from .curvature.lanczos import Krylov, start_vector
 from .errors import SharpnessError
+from .losses import make_loss
 from .objective import Objective
 
 __all__ = ["SharpnessTracker", "TRACKED"]
 
 TRACKED = ("lambda_max", "trace", "eps_sharpness")  # the built-in measures a tracker can take
+RECORD_KEYS = ("step", "mode", "lambda_max", "top", "converged", "n_hvps", "warm", "seconds", "trace",
+               "trace_stderr", "trace_converged", "eps_sharpness")  # what a record holds besides user measures
 
 
 class SharpnessTracker:
@@ -57,13 +60,15 @@ class SharpnessTracker:
         user: extra measures, name → ``fn(objective) → float``; each record gets ``name: value``.
         seed: the subset draw, the first start vector, train-mode dropout masks.
         batch_size: evaluate the subset in batches of this size (memory only).
-        **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args``, ``params`` of the Objective.
+        loss_args, reduction: for the loss (see :func:`~sharpness.losses.make_loss`).
+        **objective_args: ``batch_fn``, ``forward_fn``, ``params``, ``cache_bytes`` of the Objective.
     """
 
     def __init__(self, loss_fn: Any, data: Any, *, every: int = 100, measures: tuple | list = ("lambda_max",),
                  k: int = 1, subset: int | None = 1000, mode: str = "train", tol: float = 1e-3,
                  max_hvps: int = 100, warm_start: bool = True, user: dict[str, Callable] | None = None,
-                 seed: int = 0, batch_size: int | None = None, **objective_args: Any):
+                 seed: int = 0, batch_size: int | None = None, loss_args: dict | None = None,
+                 reduction: str | None = None, **objective_args: Any):
         require("every", every, int, ge=1)
         require("k", k, int, ge=1)
         require("subset", subset, int, optional=True, ge=1)
@@ -71,14 +76,23 @@ class SharpnessTracker:
         require("tol", tol, float, gt=0)
         require("max_hvps", max_hvps, int, ge=2)
         require("warm_start", warm_start, bool)
-        require("seed", seed, int, ge=0)
+        require("seed", seed, int, ge=0, le=2**32 - 1)
+        require("batch_size", batch_size, int, optional=True, ge=1)
         require("user", user, dict, optional=True)
-        if isinstance(measures, str) or not all(m in TRACKED for m in measures):
+        if not isinstance(measures, (list, tuple)) or not all(m in TRACKED for m in measures):
             raise SharpnessError(f"measures must be a list from {list(TRACKED)} (got {measures!r})")
         for name, fn in (user or {}).items():
             if not callable(fn):
                 raise SharpnessError(f"user measure {name!r} must be callable (got {type(fn).__name__})")
-        self.loss_fn, self.every, self.k, self.mode, self.tol = loss_fn, every, k, mode, tol
+            if name in RECORD_KEYS:
+                raise SharpnessError(f"user measure {name!r} would overwrite the record's own key; rename it")
+        unknown = sorted(set(objective_args) - {"batch_fn", "forward_fn", "params", "cache_bytes"})
+        if unknown:
+            raise SharpnessError(f"unknown argument(s) {', '.join(unknown)}; the Objective's are batch_fn, "
+                                 "forward_fn, params, cache_bytes (and loss_args, reduction)")
+        # the loss is made here, so a bad name fails now rather than at the first measurement
+        self.loss_fn = make_loss(loss_fn, loss_args, reduction=reduction)
+        self.every, self.k, self.mode, self.tol = every, k, mode, tol
         self.measures, self.max_hvps, self.warm_start, self.seed = tuple(measures), max_hvps, warm_start, seed
         self.user, self.subset, self.batch_size = dict(user or {}), subset, batch_size
         self.objective_args = objective_args

@@ -23,6 +23,9 @@ def test_expand_grid_and_overrides():
     runs = expand(spec)
     assert [label for label, _ in runs] == ["B16-seed3", "B96-seed3"]
     assert all(cfg.lr == 0.5 for _, cfg in runs)
+    for bad, msg in (("base.lr.x=5", "base.lr is 0.5, not a table"), ("name.x=1", "name is 'tiny', not a table")):
+        with pytest.raises(SharpnessError, match=msg):
+            load_experiment(GOLDEN / "tiny.toml", overrides=["base.lr=0.5", bad])
 
 
 def test_runner_end_to_end_and_resume(tmp_path):

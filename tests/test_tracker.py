@@ -110,7 +110,10 @@ def test_tracker_extra_measures_and_bad_input():
     assert r["grad_norm"] > 0 and t(model, 0) is not None and SharpnessTracker(
         "cross_entropy", (x, y), every=5)(model, 3) is None
     for kw, msg in (({"every": 0}, "every"), ({"measures": ["hessian"]}, "measures"), ({"mode": "test"}, "mode"),
-                    ({"user": {"a": 3}}, "user measure 'a'")):
+                    ({"user": {"a": 3}}, "user measure 'a'"), ({"measures": None}, "measures"),
+                    ({"measures": (m for m in ["trace"])}, "measures"), ({"user": {"step": len}}, "overwrite"),
+                    ({"batch_size": 0}, "batch_size"), ({"bogus": 1}, "unknown argument"),
+                    ({"loss_args": {"nope": 1}}, "unknown argument")):
         with pytest.raises(SharpnessError, match=msg):
             SharpnessTracker("cross_entropy", (x, y), **kw)
 
@@ -172,6 +175,12 @@ def test_trainer_with_sam_and_asam_resumes_exactly(tmp_path, monkeypatch):
         assert load_checkpoint(tmp_path / f"run{adaptive}" / "final.pt").config["sam_rho"] == 0.05
     with pytest.raises(SharpnessError, match="sam_rho must be"):
         train_model(tiny_config(sam="sam", sam_rho=0.0), tmp_path / "bad", progress=False)
-    with pytest.raises(SharpnessError, match="track_measures"):
+    with pytest.raises(SharpnessError, match="track_measures must be a list from"):
         train_model(tiny_config(track_every=5, track_measures=["hessian"]), tmp_path / "bad", progress=False)
+    with pytest.raises(SharpnessError, match="track_samples"):
+        train_model(tiny_config(track_every=5, track_samples=1), tmp_path / "bad", progress=False)
+    # BatchNorm cannot train on a batch of one example: said before anything is written
+    with pytest.raises(SharpnessError, match="batch of one example"):
+        train_model(tiny_config(model_args={"widths": [12], "bn": True}, batch_size=191), tmp_path / "bad",
+                    progress=False)
     assert not (tmp_path / "bad").exists()  # bad input: nothing written

@@ -108,8 +108,10 @@ class TrainConfig:
                                           # log-spaced update counts per decade (history.json "trace")
     track_every: int = _opt(0, ge=0)      # curvature along training: measure every N updates (0: off), on
                                           # the training-mode loss of a fixed subset (history.json "tracked")
-    track_measures: list[str] = _opt(factory=lambda: ["lambda_max"], choices=TRACKED)  # what to measure
-    track_samples: int = _opt(1000, ge=1)  # the tracker's subset of the training set (seeded)
+    track_measures: list[str] = _opt(factory=lambda: ["lambda_max"], choices=TRACKED)  # what to measure,
+                                          # from lambda_max (always taken), trace, eps_sharpness
+    track_samples: int = _opt(1000, ge=2)  # the tracker's subset of the training set (seeded; ≥ 2, as BN
+                                          # in training mode needs two examples)
     eval_batch_size: int = _opt(4096, ge=1)  # batch size of the per-epoch full-data evaluation (memory only)
     device: str = _opt("cpu", check=_DEVICE)  # where to train (CUDA's presence is checked when training
                                               # starts)

@@ -98,14 +98,22 @@ def _optimizer(model: nn.Module, c: TrainConfig, lr: float) -> torch.optim.Optim
     return SAM(opt, c.sam_rho, adaptive=c.sam == "asam") if c.sam != "none" else opt
 
 
-def _try_model(model: nn.Module, loss_fn: Any, obj: Objective, batches: _TrainBatches, c: TrainConfig) -> None:
+def _try_model(model: nn.Module, loss_fn: Any, obj: Objective, batches: _TrainBatches, c: TrainConfig,
+               sizes: set[int]) -> None:
     """Try the model and loss on two examples, in eval mode, before any file is written.
 
     A model or loss that cannot take the data is bad input, said in one line. Eval mode draws no random
-    numbers, so the run stays bit-identical to one without this check.
+    numbers, so the run stays bit-identical to one without this check. ``sizes``: the batch sizes the
+    schedule uses.
     """
     if c.batch_size > batches.n:
         raise SharpnessError(f"batch_size {c.batch_size} is larger than the training set ({batches.n} examples)")
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        # BatchNorm cannot normalize one example in training mode: a batch of one would fail mid-run
+        for b in sorted(sizes):
+            if b == 1 or batches.n % b == 1:
+                raise SharpnessError(f"batch_size {b} with {batches.n} training examples leaves a batch of one "
+                                     "example, which BatchNorm cannot train on; choose another batch size")
     try:
         with torch.no_grad(), preserved(model):
             model.eval()
@@ -204,7 +212,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
         warm = _warm_start(config, model)  # before anything is written: a bad path is bad input
         # The one evaluator: full-data loss and accuracy in eval mode, data cached on the device once.
         evals = [Objective(model, loss_fn, d, batch_size=config.eval_batch_size) for d in (train_set, test_set)]
-        _try_model(model, loss_fn, evals[0], batches, config)  # before anything is written
+        sizes = {sched.batch_size(e) for e in range(sched.epochs)}
+        _try_model(model, loss_fn, evals[0], batches, config, sizes)  # before anything is written
         opt = _optimizer(model, config, sched.lr(0.0))
         # Curvature along training: the training-mode loss of a fixed subset (sharpness.tracker).
         tracker = SharpnessTracker(loss_fn, train_set, every=config.track_every, measures=config.track_measures,
