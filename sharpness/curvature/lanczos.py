@@ -78,6 +78,13 @@ class EigenResult:
                 "method": self.method, "which": self.which, "tol": self.tol, "seed": self.seed, **self.extra}
 
 
+def _matmat(op, X: torch.Tensor) -> torch.Tensor:
+    """H X for columns X: the operator's ``matmat``, or its ``matvec`` column by column (a user's object)."""
+    if hasattr(op, "matmat"):
+        return op.matmat(X)
+    return torch.stack([op.matvec(x) for x in X.T], 1)
+
+
 def start_vector(op, seed: int) -> torch.Tensor:
     """The unit start vector every Krylov method here draws at ``seed``: Gaussian, normalized.
 
@@ -113,14 +120,10 @@ class Krylov:
         self.norms: list[np.ndarray] = []   # step j: (r,) the norm of the new vector, β_{j+1}
         self.lengths = np.zeros(self.runs, dtype=int)  # steps each run has taken
         self.stopped = np.zeros(self.runs, dtype=bool)
+        self._amax = np.ones(self.runs)  # max(1, max|α|) per run: the scale of the invariant-subspace test
 
     def __len__(self) -> int:
         return len(self.coeffs)
-
-    def _multiply(self, X: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.op, "matmat"):
-            return self.op.matmat(X.T).T
-        return torch.stack([self.op.matvec(x) for x in X])
 
     def extend(self, steps: int) -> "Krylov":
         """Take steps until every run has ``steps`` (or has stopped); returns self."""
@@ -134,7 +137,7 @@ class Krylov:
                 self._V = grown
             every = len(live) == self.runs
             B = self._V[:j + 1] if every else self._V[:j + 1, live]
-            W = self._multiply(B[j])
+            W = _matmat(self.op, B[j].T).T
             h = torch.einsum("jrp,rp->jr", B, W)
             W = W - torch.einsum("jrp,jr->rp", B, h)
             h2 = torch.einsum("jrp,rp->jr", B, W)
@@ -146,8 +149,8 @@ class Krylov:
             self.coeffs.append(coeffs)
             self.norms.append(norms)
             self.lengths[live] += 1
-            scale = np.maximum(1.0, np.abs(np.array([c[i] for i, c in enumerate(self.coeffs)])[:, live]).max(0))
-            ends = (beta <= 1e-10 * scale) | (j + 1 >= n)
+            self._amax[live] = np.maximum(self._amax[live], np.abs(h[j]))
+            ends = (beta <= 1e-10 * self._amax[live]) | (j + 1 >= n)
             self.stopped[live[ends]] = True
             self._V[j + 1] = 0.0
             self._V[j + 1, live] = W / torch.as_tensor(np.where(ends, 1.0, beta), device=W.device, dtype=W.dtype)[:, None]
@@ -287,7 +290,7 @@ class _Deflated:
         self.n_hvps += X.shape[1]
         C = self.V @ X
         X = X - self.V.T @ C
-        W = self.op.matmat(X) if hasattr(self.op, "matmat") else torch.stack([self.op.matvec(x) for x in X.T], 1)
+        W = _matmat(self.op, X)
         return W - self.V.T @ (self.V @ W) + self.c * (self.V.T @ C)
 
 
@@ -430,5 +433,4 @@ def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int) -> tuple[np.ndarray, n
     Used by stochastic Lanczos quadrature: the eigenvalues of T are the quadrature nodes and the squared
     first components of its eigenvectors the weights (Golub & Meurant).
     """
-    K = Krylov(op, v0).extend(steps)
-    return K.alphas(), K.betas()
+    return krylov_basis(op, v0, steps)[1:]
