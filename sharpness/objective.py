@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -294,6 +294,56 @@ class Objective:
         self.n_evals += 1
         total, correct, n_all, norm = all_sum_floats([total, correct, n_all, norm], self.world, self.device)
         return total / norm, (correct / n_all if defined else None)
+
+    def points_per_forward(self) -> int:
+        """How many parameter points :meth:`evaluate_many` puts in one vmapped forward by default.
+
+        CUDA: enough that a forward sees about 2²⁰ examples, at most 256 (kernel launches dominate small
+        forwards: 9× faster on an H100 for a 41×41 surface). CPU: 1; a forward over the full data already
+        runs its matrix products at the cores' speed, and vmapped points were measured level with a loop.
+        """
+        if self.device.type != "cuda":
+            return 1
+        return min(256, max(1, 2 ** 20 // max(1, self.num_samples // max(1, len(self.data)))))
+
+    def evaluate_many(self, thetas: torch.Tensor, per_forward: int | None = None) -> list[tuple[float, float | None]]:
+        """(L(θ), accuracy) for each row θ of ``thetas``, as :meth:`evaluate` gives them one at a time.
+
+        Rows in groups of ``per_forward`` (None: :meth:`points_per_forward`) share one pass over the data
+        and one forward per batch through ``torch.func.vmap``. In train mode every row is evaluated alone:
+        its forward draws seeded dropout masks and computes BN batch statistics per point.
+        """
+        k = self.points_per_forward() if per_forward is None else max(1, int(per_forward))
+        if k == 1 or len(thetas) == 1 or self.mode == "train":
+            return [self.evaluate(t) for t in thetas]
+        return [r for s in range(0, len(thetas), k) for r in self._vmapped(thetas[s:s + k])]
+
+    @torch.no_grad()
+    def _vmapped(self, thetas: torch.Tensor) -> list[tuple[float, float | None]]:
+        buffers = dict(self.model.named_buffers())
+        loss = torch.zeros(len(thetas), device=self.device, dtype=torch.float64)
+        correct = torch.zeros(len(thetas), device=self.device, dtype=torch.float64)
+        defined, n_all, norm = [True], 0, 0
+
+        def one(theta, i, inputs, targets, extra):
+            out = self.output(i, inputs, {**self.state(theta), **buffers})
+            c = self.loss.correct(out, targets)
+            defined[0] = defined[0] and c is not None  # runs once per vmap call: a plain flag is enough
+            return self.loss.total(out, targets, extra), (c if c is not None else out.new_zeros(()))
+
+        with preserved(self.model):
+            set_mode(self.model, self.mode)
+            for i, inputs, targets, extra, n in self.batches():
+                l_, c = vmap(lambda th: one(th, i, inputs, targets, extra))(thetas)
+                loss += l_.double()
+                correct += c.double()
+                n_all += n
+                norm += self.loss.count(targets, n)
+        self.n_evals += len(thetas)
+        loss, correct = all_sum(loss, self.world), all_sum(correct, self.world)  # data-parallel: all ranks' sums
+        n_all, norm = all_sum_floats([n_all, norm], self.world, self.device)
+        acc = (correct / n_all).tolist() if defined[0] else [None] * len(thetas)
+        return list(zip((loss / norm).tolist(), acc))
 
     def loss_at(self, theta: torch.Tensor | None = None, *, grad: bool = False) -> tuple[float, torch.Tensor | None]:
         """L(θ) and, if ``grad``, ∇L(θ) as a flat tensor. One pass over the data."""

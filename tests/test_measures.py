@@ -262,3 +262,57 @@ def test_distance_from_init_closed_form_on_linear_and_conv_weights():
     del init["2.weight"]
     with pytest.raises(SharpnessError, match=r"parameter 2.weight of shape \(2, 3\) is missing there"):
         distance_from_init(model, init)
+
+
+def test_pacbayes_root_matches_a_tight_bisection_in_fewer_evaluations(monkeypatch):
+    # The common-random-number estimate m(σ) = mean_i L(w + σ z_i) is a fixed function of σ: Brent's method
+    # must land on its δ-crossing within 2^-iters of its bracket (hi/2, hi], as bisection would, with fewer
+    # evaluations than bisection from (0, 1]. Reference: 60 bisection steps on the same draws (an MLP, not a quadratic).
+    from sharpness import Objective
+    from sharpness.measures import pacbayes_flatness
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(60, 5, dtype=torch.float64), torch.randint(0, 3, (60,))
+    r = pacbayes_flatness(model, None, (x, y), delta=0.1, n_draws=8, iters=20, seed=4)
+    obj = Objective(model, None, (x, y))
+    w = obj.flat()
+    z = torch.randn(8, obj.num_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    f0 = obj.evaluate()[0]
+
+    def over(s):
+        return np.mean([obj.evaluate(w + s * zi)[0] for zi in z]) > f0 + 0.1
+
+    lo, hi = 0.0, 1.0
+    while not over(hi):
+        lo, hi = hi, 2 * hi
+    brackets = int(np.log2(hi)) + 1 if hi > 1 else 1
+    for _ in range(60):
+        lo, hi = (lo, (lo + hi) / 2) if over((lo + hi) / 2) else ((lo + hi) / 2, hi)
+    assert abs(r.sigma - lo) <= 2 * lo * 2.0 ** -20, (r.sigma, lo)  # within 2^-iters of its (hi/2, hi]
+    assert abs(r.perturbed_loss - r.loss - 0.1) < 1e-4
+    bisection_evals = 1 + 8 * (brackets + 20 + 1)
+    assert r.n_evals < 0.75 * bisection_evals, (r.n_evals, bisection_evals)
+    # the draws of one σ in a shared vmapped forward (as on CUDA) change nothing
+    monkeypatch.setattr(Objective, "points_per_forward", lambda self: 3)
+    v = pacbayes_flatness(model, None, (x, y), delta=0.1, n_draws=8, iters=20, seed=4)
+    assert v.sigma == pytest.approx(r.sigma, rel=1e-9)
+    m1 = pacbayes_flatness(model, None, (x, y), delta=0.1, magnitude_aware=True, n_draws=8, iters=20, seed=4)
+    monkeypatch.undo()
+    m2 = pacbayes_flatness(model, None, (x, y), delta=0.1, magnitude_aware=True, n_draws=8, iters=20, seed=4)
+    assert m1.sigma == pytest.approx(m2.sigma, rel=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_average_case_draws_in_a_vmapped_forward_equal_one_at_a_time(monkeypatch, norm):
+    from sharpness import Objective
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(50, 5, dtype=torch.float64), torch.randint(0, 3, (50,))
+    kw = dict(rho=0.2, kind="average", norm=norm, n_samples=50, batch_size=16, steps=7, seed=1)
+    one = adaptive_sharpness(model, None, (x, y), **kw)
+    monkeypatch.setattr(Objective, "points_per_forward", lambda self: 3)
+    many = adaptive_sharpness(model, None, (x, y), **kw)
+    assert np.allclose(one.per_batch, many.per_batch, rtol=1e-10, atol=1e-14) and len(one.per_batch) == 4
+    assert np.ptp(one.per_batch) > 0  # four batches, four different averages

@@ -329,3 +329,35 @@ def test_class_weights_and_ignore_index_follow_pytorchs_mean_for_any_batching():
                 obj = Objective(model, loss, (x, y), batch_size=bs, loss_args=args)
                 assert abs(obj.evaluate()[0] - want) < 1e-12, (kw, loss, bs)
                 assert torch.allclose(HessianOperator(obj).to_dense(), H, atol=1e-10), (kw, loss, bs)
+
+
+@pytest.mark.parametrize("name", ["mlp-bn-ce", "conv2d-ln-ce", "mlp-tanh-mse"])
+def test_evaluate_many_vmapped_equals_one_at_a_time(name):
+    # Points sharing a vmapped forward give what evaluate gives per point: uneven batches, BN (running
+    # statistics), 4-D conv weights + LayerNorm, a loss without accuracy; 7 points in groups of 3.
+    from cases import make_cases
+
+    case = next(c for c in make_cases(23) if c.name == name)
+    snap = snapshot(case.model)
+    obj = Objective(case.model, case.loss_fn, (case.x, case.y), batch_size=10)
+    thetas = obj.flat() + 0.3 * torch.randn(7, obj.num_params, dtype=torch.float64,
+                                            generator=torch.Generator().manual_seed(1))
+    one = [obj.evaluate(t) for t in thetas]
+    many = obj.evaluate_many(thetas, per_forward=3)
+    assert obj.points_per_forward() == 1  # CPU default: one point per forward
+    for (l1, a1), (l2, a2) in zip(one, many):
+        assert abs(l1 - l2) < 1e-12 * max(1.0, abs(l1)), (l1, l2)
+        assert (a1 is None and a2 is None) or abs(a1 - a2) < 1e-12
+    assert len({lo for lo, _ in many}) == 7  # distinct points, not one point repeated
+    assert_unchanged(case.model, snap)
+
+
+def test_evaluate_many_in_train_mode_keeps_each_points_seeded_masks():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)).double().eval()
+    x, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    obj = Objective(model, None, (x, y), mode="train", batch_size=16, seed=7)
+    thetas = obj.flat() + 0.1 * torch.randn(4, obj.num_params, dtype=torch.float64)
+    assert obj.evaluate_many(thetas, per_forward=4) == [obj.evaluate(t) for t in thetas]
+    ev = Objective(model, None, (x, y), batch_size=16)
+    assert obj.evaluate_many(thetas[:1])[0] != ev.evaluate(thetas[0])  # train mode is not eval mode

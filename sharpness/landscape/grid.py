@@ -28,11 +28,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checks import require
-from ..distributed import all_sum, all_sum_floats, from_main
+from ..distributed import all_sum, from_main
 from ..errors import SharpnessError
 from ..io import write_npz
 from ..model_state import preserved
@@ -87,47 +86,17 @@ class _Evaluator:
         if self.bn == "recompute":
             self.bn_data = bn_data if isinstance(bn_data, Objective) else (
                 obj if bn_data is None else obj.with_data(bn_data, batch_size=256))
-        if points_per_forward is None:  # GPUs: batch points until a forward sees ~1M examples (H100: 9× faster)
-            cuda = obj.device.type == "cuda"
-            points_per_forward = min(256, max(1, 2 ** 20 // max(1, obj.num_samples // len(obj.data)))) if cuda else 1
-        self.k = max(1, int(points_per_forward)) if self.bn == "frozen" else 1
+        self.k = (obj.points_per_forward() if points_per_forward is None else max(1, int(points_per_forward))) \
+            if self.bn == "frozen" else 1
 
     def evaluate(self, thetas: torch.Tensor, buffers: list | None = None) -> list[tuple[float, float | None]]:
         """(loss, acc) for each row of ``thetas``."""
         obj = self.obj
         if self.bn == "recompute":
             buffers = [recompute_bn_buffers(obj, t, self.bn_data) for t in thetas]
-        if self.k == 1 or len(thetas) == 1 or buffers is not None:
-            return [obj.evaluate(t, None if buffers is None else buffers[i]) for i, t in enumerate(thetas)]
-        return self._vmapped(thetas)
-
-    @torch.no_grad()
-    def _vmapped(self, thetas: torch.Tensor) -> list[tuple[float, float | None]]:
-        obj = self.obj
-        model_buffers = dict(obj.model.named_buffers())
-        loss = torch.zeros(len(thetas), device=obj.device, dtype=torch.float64)
-        correct = torch.zeros(len(thetas), device=obj.device, dtype=torch.float64)
-        defined, n_all, norm = [True], 0, 0
-
-        def one(theta, i, inputs, targets, extra):
-            out = obj.output(i, inputs, {**obj.state(theta), **model_buffers})
-            c = obj.loss.correct(out, targets)
-            defined[0] = defined[0] and c is not None  # runs once per vmap call: a plain flag is enough
-            return obj.loss.total(out, targets, extra), (c if c is not None else out.new_zeros(()))
-
-        with preserved(obj.model):
-            obj.model.eval()
-            for i, inputs, targets, extra, n in obj.batches():
-                l_, c = vmap(lambda th: one(th, i, inputs, targets, extra))(thetas)
-                loss += l_.double()
-                correct += c.double()
-                n_all += n
-                norm += obj.loss.count(targets, n)
-        obj.n_evals += len(thetas)
-        loss, correct = all_sum(loss, obj.world), all_sum(correct, obj.world)  # data-parallel: all ranks' sums
-        n_all, norm = all_sum_floats([n_all, norm], obj.world, obj.device)
-        acc = (correct / n_all).tolist() if defined[0] else [None] * len(thetas)
-        return list(zip((loss / norm).tolist(), acc))
+        if buffers is not None:
+            return [obj.evaluate(t, buffers[i]) for i, t in enumerate(thetas)]
+        return obj.evaluate_many(thetas, self.k)
 
 
 @dataclass

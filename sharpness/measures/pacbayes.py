@@ -19,9 +19,14 @@ training *accuracy* instead. ε²+α²w_i² is the noise *variance* here, as in 
 
 Larger values mean sharper (less noise is tolerated). The paper finds σ by bisection and the expectation
 by Monte Carlo; here the same ``n_draws`` standard normal draws z serve every σ tried (u = σ·z, common
-random numbers), so the estimated expectation is a fixed function of σ and bisection converges on it. The
-standard error of the expectation at σ* is reported; where the paper is silent (number of draws, the
-search bracket), the choices are ours and recorded in the result.
+random numbers), so the estimated expectation is a continuous, fixed function of σ, and the crossing is
+bracketed in (hi/2, hi] by doubling or halving from 1, is found by Brent's method
+(``scipy.optimize.brentq``: bisection steps where interpolation does not gain) to the precision ``iters``
+bisection steps would give, 2⁻ⁱᵗᵉʳˢ·hi, in about half the evaluations (MNIST-1D MLP 40-512-512-10:
+13 and 9 noise levels instead of 21 for plain bisection from (0, 1]). The draws of one σ share a
+vmapped forward where :meth:`~sharpness.objective.Objective.points_per_forward` says it pays (CUDA). The standard error of the
+expectation at σ* is reported; where the paper is silent (number of draws, the search bracket), the
+choices are ours and recorded in the result.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy.optimize import brentq
 from torch import nn
 
 from ..checks import require
@@ -79,7 +85,8 @@ def pacbayes_flatness(model: nn.Module | Objective, loss_fn: Callable | str | No
         magnitude_aware: noise std √(α²w_i² + ε²) per weight instead of σ.
         eps: ε of the magnitude-aware variant.
         n_draws: Monte-Carlo draws of the noise (the same draws for every σ tried).
-        iters: bisection steps after the bracket is found (relative precision ≈ 2⁻ⁱᵗᵉʳˢ).
+        iters: the precision of σ*: 2⁻ⁱᵗᵉʳˢ·hi for the bracket (hi/2, hi] it is found in (hi a power of 2),
+            a relative precision of 2¹⁻ⁱᵗᵉʳˢ or better, what ``iters`` bisection steps would give.
         seed: seeds the draws and the data subset.
         max_samples: evaluate L on a fixed random subset of this many examples (None: all).
         batch_size: evaluate in batches of this size (memory only).
@@ -103,29 +110,36 @@ def pacbayes_flatness(model: nn.Module | Objective, loss_fn: Callable | str | No
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n_draws, obj.num_params, generator=gen, dtype=torch.float64).to(device=w.device, dtype=w.dtype)
     f0, _ = obj.loss_at(w)
-    evals = 1
+    evals, k = 1, obj.points_per_forward()
+    seen: dict[float, tuple[float, float]] = {} if magnitude_aware else {0.0: (f0, 0.0)}
 
     def expected(s: float) -> tuple[float, float]:
+        """(mean, stderr) over the draws of L(w + u) at noise level s; each level evaluated once."""
         nonlocal evals
-        scale = torch.sqrt(s ** 2 * w.double() ** 2 + eps ** 2).to(w.dtype) if magnitude_aware else s
-        losses = np.array([obj.loss_at(w + scale * zi)[0] for zi in z])
-        evals += n_draws
-        return float(losses.mean()), float(losses.std(ddof=1) / math.sqrt(n_draws))
+        if s not in seen:
+            scale = torch.sqrt(s ** 2 * w.double() ** 2 + eps ** 2).to(w.dtype) if magnitude_aware else s
+            losses = np.array([lo_ for j in range(0, n_draws, k)
+                               for lo_, _ in obj.evaluate_many(w + scale * z[j:j + k], k)])
+            evals += n_draws
+            seen[s] = float(losses.mean()), float(losses.std(ddof=1) / math.sqrt(n_draws))
+        return seen[s]
 
-    if magnitude_aware and expected(0.0)[0] > f0 + delta:
+    def rise(s: float) -> float:  # a loss that overflows to inf/NaN is above the threshold, as bisection took it
+        return float(np.nan_to_num(expected(s)[0] - f0 - delta, nan=1e300, posinf=1e300))
+
+    if magnitude_aware and rise(0.0) > 0:
         raise SharpnessError(f"the ε = {eps:g} noise alone raises the loss by more than δ = {delta:g}; lower eps")
-    lo, hi = 0.0, 1.0
-    while expected(hi)[0] <= f0 + delta:  # bracket: the loss rises by δ somewhere in (lo, hi]
-        lo, hi = hi, 2 * hi
-        if hi > 2.0 ** 40:
-            raise SharpnessError(f"no noise level up to 2^40 raises the loss by δ = {delta:g}: the loss is flat")
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if expected(mid)[0] <= f0 + delta:
-            lo = mid
-        else:
-            hi = mid
-    sigma = lo if lo > 0 else hi * 2.0 ** -iters
+    hi = 1.0  # bracket (hi/2, hi] by doubling or halving from 1; (0, hi] below 2^-40
+    if rise(hi) <= 0:
+        while rise(hi) <= 0:
+            hi *= 2
+            if hi > 2.0 ** 40:
+                raise SharpnessError(f"no noise level up to 2^40 raises the loss by δ = {delta:g}: the loss is flat")
+    else:
+        while hi > 2.0 ** -40 and rise(hi / 2) > 0:
+            hi /= 2
+    lo = hi / 2 if rise(hi / 2) <= 0 else 0.0
+    sigma = brentq(rise, lo, hi, xtol=hi * 2.0 ** -iters, rtol=4 * np.finfo(float).eps, maxiter=10 * iters)
     mean, se = expected(sigma)
     return PacBayesResult(value=1.0 / sigma ** 2, sigma=sigma, loss=f0, perturbed_loss=mean, stderr=se,
                           delta=delta, magnitude_aware=magnitude_aware, eps=eps if magnitude_aware else 0.0,
