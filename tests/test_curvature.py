@@ -225,14 +225,18 @@ def test_trace_is_exact_when_the_dimension_fits_the_budget_and_says_why(case):
     assert t.converged and t.reason == "rtol reached"
 
 
-@pytest.mark.parametrize("which", ["largest", "smallest"])
-def test_repeated_eigenvalues_are_found_with_their_multiplicity(which):
-    # H = I₃ ⊗ A: every eigenvalue of A three times. One Lanczos run sees one copy of each.
-    rng = np.random.default_rng(0)
-    A = rng.normal(size=(30, 30))
+def _kronecker(which):
+    """H = I₃ ⊗ A (every eigenvalue of A three times) and its top or bottom five eigenvalues."""
+    A = np.random.default_rng(0).normal(size=(30, 30))
     H = torch.tensor(np.kron(np.eye(3), (A + A.T) / 12))
     ev = np.linalg.eigvalsh(H.numpy())
-    want = ev[::-1][:5] if which == "largest" else ev[:5]
+    return H, ev[::-1][:5] if which == "largest" else ev[:5]
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_repeated_eigenvalues_are_found_with_their_multiplicity(which):
+    # One Lanczos run sees one copy of each eigenvalue of I₃ ⊗ A.
+    H, want = _kronecker(which)
     alone = hessian_eigenvalues(H, k=5, which=which, tol=1e-8, copies=False)
     assert alone.converged and not np.allclose(np.sort(alone.values), np.sort(want))  # what the check is for
     r = hessian_eigenvalues(H, k=5, which=which, tol=1e-8)
@@ -241,6 +245,63 @@ def test_repeated_eigenvalues_are_found_with_their_multiplicity(which):
     V = r.vectors.double()
     assert torch.allclose(V @ V.T, torch.eye(5, dtype=torch.float64), atol=1e-6)  # five distinct vectors
     assert torch.allclose(V @ H @ V.T, torch.diag(torch.as_tensor(r.values)), atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_block_lanczos_matches_eigvalsh_with_one_pass_per_block(case, which):
+    # On the users' shapes (BN, 1-D/2-D convs + LayerNorm, MSE/CE), uneven batches: the values, honest
+    # residuals (checked against the dense H), and one matmat of block_size columns per step.
+    H = case.dense_hessian()
+    ev = torch.linalg.eigvalsh(H).numpy()
+    op = HessianOperator(case.model, case.loss_fn, (case.x, case.y), batch_size=10)
+    calls = []
+    matmat = op.matmat
+    op.matmat = lambda X: (calls.append(X.shape[1]), matmat(X))[1]
+    r = hessian_eigenvalues(op, k=3, which=which, tol=1e-10, seed=1, method="block-lanczos", copies=False)
+    want = {"largest": ev[::-1][:3], "smallest": ev[:3][::-1],
+            "both": np.concatenate([ev[::-1][:3], ev[:3][::-1]])}[which]
+    b = 6 if which == "both" else 3
+    assert r.converged and r.method == "block-lanczos" and r.extra["block_size"] == b
+    np.testing.assert_allclose(np.sort(r.values), np.sort(want), atol=1e-6 * max(1, abs(ev).max()))
+    for lam, v, res in zip(r.values, r.vectors, r.residuals):
+        true = float(torch.linalg.norm(H @ v - lam * v))
+        assert true <= 1e-6 * abs(ev).max() and abs(true - res) <= 1e-8 * abs(ev).max()
+    assert set(calls) == {b} and len(calls) == r.extra["passes"] and r.n_hvps == b * len(calls)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_block_lanczos_finds_multiplicities_by_itself(which):
+    # I₃ ⊗ A: a block of 3 vectors sees all three copies without the copy check.
+    H, want = _kronecker(which)
+    r = hessian_eigenvalues(H, k=5, which=which, tol=1e-8, method="block-lanczos", block_size=3, copies=False)
+    assert r.converged and np.allclose(np.sort(r.values), np.sort(want), atol=1e-7), (r.values, want)
+    checked = hessian_eigenvalues(H, k=5, which=which, tol=1e-8, method="block-lanczos", block_size=3)
+    assert checked.extra["copy_check"] == "none missed" and checked.extra["copies_found"] == 0
+    V = r.vectors.double()
+    assert torch.allclose(V @ V.T, torch.eye(5, dtype=torch.float64), atol=1e-6)
+
+
+def test_block_lanczos_invariant_subspaces_budget_and_arguments():
+    from sharpness.errors import SharpnessError
+    # 6 distinct eigenvalues in 40 dimensions: the block space closes after a few steps (fresh directions
+    # keep it going); the values are exact.
+    Q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(40, 40)))
+    spectrum = np.repeat([5.0, 3.0, 2.0, 1.0, -1.0, -4.0], [1, 2, 3, 4, 10, 20])
+    H = torch.tensor((Q * spectrum) @ Q.T)
+    r = hessian_eigenvalues(H, k=4, which="largest", tol=1e-10, method="block-lanczos", block_size=4)
+    assert r.converged and np.allclose(r.values, [5, 3, 3, 2], atol=1e-9)
+    s = hessian_eigenvalues(H, k=2, which="smallest", tol=1e-10, method="block-lanczos", block_size=2)
+    assert s.converged and np.allclose(s.values, [-4, -4], atol=1e-9)
+    same = hessian_eigenvalues(H, k=4, tol=1e-10, method="block-lanczos", block_size=4)
+    assert np.array_equal(same.values, r.values)  # same seed, same result
+    rng = np.random.default_rng(6)
+    big = torch.tensor(np.diag(np.linspace(1, 2, 200)) + 0 * rng.normal(size=(200, 200)))
+    c = hessian_eigenvalues(big, k=2, tol=1e-14, max_hvps=12, method="block-lanczos", block_size=4)
+    assert not c.converged and c.n_hvps == 12 and c.extra["passes"] == 3
+    with pytest.raises(SharpnessError, match="block_size is for"):
+        hessian_eigenvalues(H, k=2, block_size=2)
+    with pytest.raises(SharpnessError, match="block_size"):
+        hessian_eigenvalues(H, k=2, method="block-lanczos", block_size=0)
 
 
 @pytest.mark.parametrize("spectrum,which,k", [

@@ -30,6 +30,16 @@ eigenvalue of H even when ``converged`` is False — that error bar is what to r
 *smallest* eigenvalue (not one near it) rests on the Krylov space having reached the bottom end, which
 Lanczos approaches first.
 
+Block Lanczos (``method="block-lanczos"``, Golub & Underwood 1977; Cullum & Donath 1974): b start vectors,
+one ``matmat`` of b columns per step — one pass over the data for b products — with full
+reorthogonalization (classical Gram–Schmidt twice, block-wise) and no restart. The residual of a Ritz pair
+comes from the block Lanczos relation HQ = QT + Q₊B₊Eᵀ: ‖Hy − θy‖ = ‖B₊ s_last‖, no extra products. A block
+of b vectors sees up to b copies of a repeated eigenvalue in exact arithmetic, so multiplicities up to b
+come out directly (the copy check still runs after it when ``copies``). It pays where a pass over the data
+costs more than the products in it: data streamed from a ``DataLoader`` or past the kept-graph budget
+(a block of b columns runs one forward per batch for b products: ``benchmarks/block.py``). With all graphs
+kept, single-vector Lanczos needs fewer products and is the default.
+
 One Krylov pass, several measures: a :class:`Krylov` run is extendable and keeps its basis and
 coefficients, so the eigenvalue search, stochastic Lanczos quadrature (its tridiagonal) and
 Krylov-aware Hutch++ (its basis) can read the same run instead of each starting its own from scratch.
@@ -194,13 +204,15 @@ def _orthogonalize(V: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 1e-4,
                         max_hvps: int | None = None, max_basis: int | None = None, seed: int = 0,
-                        method: str = "lanczos", copies: bool = True, krylov: Krylov | None = None,
-                        progress: bool | None = None) -> EigenResult:
+                        method: str = "lanczos", block_size: int | None = None, copies: bool = True,
+                        krylov: Krylov | None = None, progress: bool | None = None) -> EigenResult:
     """The k extreme eigenpairs of a symmetric operator (a Hessian, or a dense matrix in tests).
 
     Lanczos (default) stops when every wanted Ritz pair has ‖Hv − λv‖ ≤ tol·max(|λ|, 1e-3·‖H‖ₑₛₜ), the
-    floor keeping eigenvalues near zero from demanding an impossible relative accuracy. ``method="power"``
-    runs deflated power iteration (PyHessian's algorithm) with the same residual test, for comparison.
+    floor keeping eigenvalues near zero from demanding an impossible relative accuracy.
+    ``method="block-lanczos"`` takes ``block_size`` products per pass over the data (module docstring);
+    ``method="power"`` runs deflated power iteration (PyHessian's algorithm) with the same residual test,
+    for comparison.
 
     Args:
         op: a :class:`HessianOperator`, an object with ``matvec`` and ``num_params``, or a square matrix.
@@ -212,7 +224,9 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
             for ``"smallest"`` and ``"both"`` (where restarts cost most: module docstring) the whole budget
             ``max_hvps``, as far as the basis fits in 2 GiB (at least max(4k + 40, 60)).
         seed: seed of the random start vector.
-        method: ``"lanczos"`` or ``"power"``.
+        method: ``"lanczos"``, ``"block-lanczos"`` or ``"power"``.
+        block_size: vectors per block for ``"block-lanczos"`` (default: k, for ``"both"`` 2k; at most 64);
+            copies of an eigenvalue up to this many are found by the block itself.
         copies: after convergence, search the deflated operator for missed copies of repeated eigenvalues
             (module docstring; one more Lanczos run, plus one per copy found). False: the residual test
             alone, which cannot see a missed copy.
@@ -226,7 +240,12 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     op = as_operator(op)
     n = op.num_params
     require("which", which, str, choices=("largest", "smallest", "both"))
-    require("method", method, str, choices=("lanczos", "power"))
+    require("method", method, str, choices=("lanczos", "block-lanczos", "power"))
+    require("block_size", block_size, int, optional=True, ge=1, le=64)
+    if block_size is not None and method != "block-lanczos":
+        raise SharpnessError(f"block_size is for method='block-lanczos' (method is {method!r})")
+    if krylov is not None and method != "lanczos":
+        raise SharpnessError(f"krylov: a shared single-vector run is read by method='lanczos' only (method is {method!r})")
     require("k", k, int, ge=1, le=n // (2 if which == "both" else 1))
     require("tol", tol, float, gt=0)
     require("max_hvps", max_hvps, int, optional=True, ge=1)
@@ -237,19 +256,24 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     max_hvps = max_hvps or 40 * kk + 200
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     extra = {}
-    if method == "lanczos":
-        values, vectors, residuals, converged, steps = _lanczos(op, k, which, tol, max_hvps, max_basis, seed,
-                                                                 progress, krylov)
+    if method in ("lanczos", "block-lanczos"):
+        if method == "lanczos":
+            values, vectors, residuals, converged, steps = _lanczos(op, k, which, tol, max_hvps, max_basis, seed,
+                                                                     progress, krylov)
+        else:
+            b = min(block_size or kk, n)
+            values, vectors, residuals, converged, steps, passes = _block_lanczos(
+                op, k, which, tol, max_hvps, max_basis, seed, b, progress)
+            extra = {"block_size": b, "passes": passes}
         require("copies", copies, bool)
         if copies and which != "both" and converged:
-            values, vectors, residuals, converged, extra = _copies(
+            values, vectors, residuals, converged, checked = _copies(
                 op, k, which, tol, max_hvps - steps, max_basis, seed, values, vectors, residuals)
+            extra.update(checked)
     elif method == "power":
         if which != "largest":
             raise SharpnessError("method='power' finds the largest eigenvalues only")
         values, vectors, residuals, converged = _power(op, k, tol, max_hvps, seed, progress)
-    else:
-        raise SharpnessError(f"method must be 'lanczos' or 'power' (got {method!r})")
     order = np.argsort(-values, kind="stable")
     return EigenResult(values=values[order], vectors=vectors[torch.as_tensor(order, device=vectors.device)],
                        residuals=residuals[order], converged=converged,
@@ -329,8 +353,7 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
     kk = k * (2 if which == "both" else 1)
     floor = max(4 * kk + 40, 60)
     if max_basis is None and which != "largest":  # no restart within the budget, if the basis fits 2 GiB
-        fits = int(2**31 / (n * torch.finfo(op.dtype).bits / 8)) - 1
-        max_basis = max(floor, min(max_hvps, fits))
+        max_basis = max(floor, min(max_hvps, _basis_cap(n, op.dtype)))
     max_basis = min(n, max_basis or floor)
     K = krylov if krylov is not None else Krylov(op, start_vector(op, seed))
     V = None  # the own basis, from the first restart on
@@ -382,6 +405,65 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
     scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
     converged = len(idx) == kk and bool(np.all(res <= tol * scale))
     return theta[idx].copy(), vectors, res, converged, hvps
+
+
+def _basis_cap(n: int, dtype: torch.dtype) -> int:
+    """Basis vectors of length n that fit in 2 GiB (the no-restart searches' memory bound)."""
+    return int(2**31 / (n * torch.finfo(dtype).bits / 8)) - 1
+
+
+def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
+    """Block Lanczos with full reorthogonalization, no restart (module docstring).
+
+    Returns (values, vectors, residuals, converged, products, passes).
+    """
+    n = op.num_params
+    kk = k * (2 if which == "both" else 1)
+    cap = min(n, max_basis or max(max_hvps, kk + 2 * b), _basis_cap(n, op.dtype) + 1)
+    starts = torch.stack([start_vector(op, seed + 7907 * i) for i in range(b)], 1)
+    Q = torch.empty(n, cap + b, device=op.device, dtype=op.dtype)
+    Q[:, :b] = torch.linalg.qr(starts)[0]
+    T = np.zeros((cap + b, cap + b))
+    m, passes, amax = 0, 0, 1.0
+    bar = progress_bar(progress, total=max_hvps, desc="block lanczos", unit="hvp")
+    while True:
+        blk = slice(m, m + b)
+        W = _matmat(op, Q[:, blk])
+        passes += 1
+        bar.update(b)
+        Qa = Q[:, :m + b]
+        h = Qa.T @ W
+        W = W - Qa @ h
+        h2 = Qa.T @ W
+        W = W - Qa @ h2
+        h = (h + h2).double().cpu().numpy()
+        T[:m + b, blk] = h
+        T[blk, :m + b] = h.T
+        T[blk, blk] = (h[m:m + b] + h[m:m + b].T) / 2  # the diagonal block: symmetric up to rounding
+        m += b
+        amax = max(amax, float(np.abs(np.diag(T)[:m]).max()))
+        U, sig, Vh = torch.linalg.svd(W, full_matrices=False)  # W = Q₊B₊ with Q₊ = U, B₊ = diag(σ)Vᵀ
+        Bn = (sig[:, None] * Vh).double().cpu().numpy()
+        sig = sig.double().cpu().numpy()
+        theta, S = np.linalg.eigh(T[:m, :m])
+        idx = _wanted(theta, k, which)
+        res = np.linalg.norm(Bn @ S[m - b:m, idx], axis=0)  # ‖Hy − θy‖ = ‖B₊ s_last‖
+        scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
+        done = len(idx) == kk and bool(np.all(res <= tol * scale))
+        small = sig <= 1e-10 * amax  # directions of W already in the basis (an invariant subspace)
+        if done or small.all() or m + b > min(cap, n) or m + b > max_hvps:
+            break
+        if small.any():  # partly invariant: fresh directions (their B₊ rows ≈ 0) keep the block full rank
+            g = torch.Generator(device=op.device).manual_seed(seed + 104729 * m)
+            R = torch.randn(n, int(small.sum()), generator=g, device=op.device, dtype=op.dtype)
+            keep = torch.cat([Qa, U[:, torch.as_tensor(np.flatnonzero(~small), device=op.device)]], 1)
+            for _ in range(2):
+                R = R - keep @ (keep.T @ R)
+            U[:, torch.as_tensor(np.flatnonzero(small), device=op.device)] = torch.linalg.qr(R)[0]
+        Q[:, m:m + b] = U
+    bar.close()
+    vectors = torch.as_tensor(S[:, idx], device=op.device, dtype=op.dtype).T @ Q[:, :m].T
+    return theta[idx].copy(), vectors, res, done, m, passes
 
 
 def _power(op, k, tol, max_hvps, seed, progress):
