@@ -1,9 +1,13 @@
 """``analyze`` with default settings: each measure's seconds beside its arithmetic floor on this machine.
 
-    python benchmarks/analyze_budget.py [CHECKPOINT]
+    python benchmarks/analyze_budget.py [--checkpoint CKPT]
+    python benchmarks/analyze_budget.py --resnet18 50000 --device cuda --batch-size 1000 \
+        --settings '{"landscape2d": {"steps": 11}}' --no-quick          # the GPU check of issue 16
 
 Default checkpoint: the quickstart SB model (MLP 40-512-512-10, MNIST-1D, batch 32, Adam 1e-3, 30
 epochs; 8000 training examples), trained on first use into ``runs/`` (about 2 minutes on 2 cores).
+``--resnet18 N``: torchvision's ResNet-18 (10 classes, random weights, BN statistics from 10 training
+batches) on N random CIFAR-shaped examples.
 
 Each measure's work is counted from ``report.json`` in the passes it is made of — forwards over the
 training data (a loss at one point: PAC-Bayes draws, landscape points), loss-and-gradient passes
@@ -15,8 +19,9 @@ product rate (8000 × 512 × 512, float32) says how near a forward runs to what 
 
 from __future__ import annotations
 
+import argparse
+import json
 import platform
-import sys
 import tempfile
 import time
 
@@ -43,20 +48,47 @@ def best_of(f, n=5):
     return min(times)
 
 
-def unit_costs(model, X, y):
+def unit_costs(model, X, y, batch_size):
     """Seconds per forward, per loss-and-gradient pass and per Hessian-vector product over all of (X, y)."""
-    loss = nn.CrossEntropyLoss()
-    model.eval()
-    with torch.no_grad():
-        fwd = best_of(lambda: loss(model(X), y))
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    device = next(model.parameters()).device
+    parts = list(zip(X.split(batch_size or len(X)), y.split(batch_size or len(X))))
     params = list(model.parameters())
-    grad = best_of(lambda: torch.autograd.grad(loss(model(X), y), params))
-    op = HessianOperator(model, loss, (X, y))
-    v = torch.randn(op.num_params)
-    hvp = best_of(lambda: op.matvec(v))
-    a, b = torch.randn(8000, 512), torch.randn(512, 512)
-    gflops = 2 * 8000 * 512 * 512 / best_of(lambda: a @ b, 20) / 1e9
+    model.eval()
+
+    def timed(f):
+        def g():
+            f()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return best_of(g)
+
+    with torch.no_grad():
+        fwd = timed(lambda: [loss(model(x.to(device)), t.to(device)) for x, t in parts])
+    grad = timed(lambda: [torch.autograd.grad(loss(model(x.to(device)), t.to(device)), params) for x, t in parts])
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (X, y), batch_size=batch_size)
+    v = torch.randn(op.num_params, device=device)
+    hvp = timed(lambda: op.matvec(v))
+    a, b = torch.randn(8000, 512, device=device), torch.randn(512, 512, device=device)
+    gflops = 2 * 8000 * 512 * 512 / timed(lambda: a @ b) / 1e9
     return {"forward": fwd, "gradient": grad, "hvp": hvp}, gflops
+
+
+def resnet18_checkpoint(n: int, folder: str):
+    """torchvision's ResNet-18 on n random CIFAR-shaped examples, as a checkpoint analyze can read."""
+    import torchvision
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+    sh.register_data("bench_random_cifar", lambda: ((X, y), None))
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    model.train()
+    with torch.no_grad():  # BN running statistics of the data, as after training
+        for x in X[:10 * 256].split(256):
+            model(x)
+    torch.save(model.state_dict(), f"{folder}/resnet18.pt")
+    return sh.load_checkpoint(f"{folder}/resnet18.pt", model=model, data="bench_random_cifar")
 
 
 def count(rec: dict, key: str) -> int:
@@ -72,27 +104,44 @@ def scalars(measures: dict) -> dict:
 
 
 def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", help="a checkpoint to analyze (default: the quickstart SB model)")
+    p.add_argument("--resnet18", type=int, metavar="N", help="ResNet-18 on N random CIFAR-shaped examples")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="analyze's batch size (memory)")
+    p.add_argument("--settings", default="{}", help="per-measure settings over the defaults, as JSON")
+    p.add_argument("--measures", default=None, help="comma-separated measures (default: all)")
+    p.add_argument("--no-quick", action="store_true", help="skip the --quick comparison")
+    a = p.parse_args()
     sh.keep_freed_memory()
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}")
-    if len(sys.argv) > 1:
-        ckpt = sh.load_checkpoint(sys.argv[1])
-        model, (X, y) = ckpt.model(), ckpt.datasets()[0].tensors
+          f"threads {torch.get_num_threads()}"
+          + (f", {torch.cuda.get_device_name()}" if a.device.startswith("cuda") else ""))
+    tmp = tempfile.TemporaryDirectory()
+    if a.resnet18:
+        ckpt = resnet18_checkpoint(a.resnet18, tmp.name)
+    elif a.checkpoint:
+        ckpt = sh.load_checkpoint(a.checkpoint)
     else:
-        model, (X, y) = trained_mnist1d("mlp", {"widths": [512, 512]}, 10000, epochs=30, batch_size=32)
+        trained_mnist1d("mlp", {"widths": [512, 512]}, 10000, epochs=30, batch_size=32)
         ckpt = sh.load_checkpoint("runs/bench-mlp-10000-30/final.pt")
-    before, gflops = unit_costs(model, X, y)
+    model, (X, y) = ckpt.model(a.device), ckpt.datasets()[0].tensors
+    settings = json.loads(a.settings)
+    before, gflops = unit_costs(model, X, y, a.batch_size)
     runs = {}
-    for quick in (False, True):
+    for quick in (False,) if a.no_quick else (False, True):
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            report = sh.analyze(ckpt, out=out, progress=False, figures=False, quick=quick)
+            report = sh.analyze(ckpt, out=out, progress=False, figures=False, quick=quick, device=a.device,
+                                batch_size=a.batch_size, settings=settings or None,
+                                measures=a.measures.split(",") if a.measures else None)
             runs[quick] = next(iter(report.data["checkpoints"].values()))["measures"], time.perf_counter() - start
-    after, _ = unit_costs(model, X, y)  # the machine's speed drifts: the mean of the two timings
+    after, _ = unit_costs(model, X, y, a.batch_size)  # the machine's speed drifts: the mean of the two timings
     units = {k: (before[k] + after[k]) / 2 for k in before}
     print(f"{len(y)} training examples; per pass over them (before, after analyze): "
           + ", ".join(f"{k} {before[k] * 1e3:.1f}, {after[k] * 1e3:.1f} ms" for k in units)
-          + f"; matrix products {gflops:.0f} GFLOP/s")
+          + f"; matrix products {gflops:.0f} GFLOP/s" + (f"; settings {settings}" if settings else ""))
+    runs.setdefault(True, ({}, float("nan")))
     measures, quick = runs[False][0], runs[True][0]
     print("\n| measure | default s | passes | floor s | default ÷ floor | --quick s |\n|---|---|---|---|---|---|")
     total = floor_total = 0.0
@@ -111,6 +160,8 @@ def main():
     q_total = sum(r.get("seconds", 0.0) for r in quick.values())
     print(f"| **all measures** | **{total:.1f}** | | **{floor_total:.1f}** (counted) | | **{q_total:.1f}** |")
     print(f"\nwall of the analyze calls (figures off): default {runs[False][1]:.1f} s, --quick {runs[True][1]:.1f} s")
+    if a.no_quick:
+        return
     print("\nWhat --quick gives up (its 1000-example subset, coarse grids, fewer products):\n")
     print("| value | default | --quick | relative difference |\n|---|---|---|---|")
     d, q = scalars(measures), scalars(quick)
