@@ -304,6 +304,52 @@ def test_block_lanczos_invariant_subspaces_budget_and_arguments():
         hessian_eigenvalues(H, k=2, method="block-lanczos", block_size=0)
 
 
+def test_block_lanczos_edges_found_by_an_independent_check():
+    # float32 on a rank-deficient Hessian (rounding-noise directions must not enter the basis); a last
+    # block cut to the dimension left; a whole block invariant before k values are found; a budget
+    # smaller than the block.
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 2)
+    x, y = torch.randn(3, 8), torch.randn(3, 2)
+    op = HessianOperator(lin, nn.MSELoss(), (x, y))  # rank 6 of 18
+    want = np.sort(np.linalg.eigvalsh(op.to_dense().double().numpy()))[::-1][:8]
+    r = hessian_eigenvalues(op, k=8, tol=1e-3, method="block-lanczos", block_size=4)
+    assert r.values.max() <= want[0] * (1 + 1e-5) and np.allclose(r.values, want, atol=1e-4 * want[0])
+    V = r.vectors.double()
+    assert torch.allclose(V @ V.T, torch.eye(8, dtype=torch.float64), atol=1e-5)
+    A = torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    H = A + A.T
+    ev = np.linalg.eigvalsh(H.numpy())
+    for k, b in ((4, None), (1, 2), (2, 3)):  # b does not divide n = 5
+        e = hessian_eigenvalues(H, k=k, tol=1e-8, method="block-lanczos", block_size=b)
+        assert e.converged and np.allclose(e.values, ev[::-1][:k], atol=1e-10), (k, b, e.values)
+    Q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(40, 40)))
+    five = torch.tensor((Q * np.r_[[5.0] * 3, [1.0] * 37]) @ Q.T)
+    e = hessian_eigenvalues(five, k=5, tol=1e-8, method="block-lanczos", block_size=2, copies=False)
+    assert e.converged and np.allclose(e.values, [5, 5, 5, 1, 1], atol=1e-9)
+    z = hessian_eigenvalues(torch.zeros(40, 40, dtype=torch.float64), k=3, method="block-lanczos", block_size=2)
+    assert len(z.values) == 3 and np.allclose(z.values, 0)
+    c = hessian_eigenvalues(five, k=2, max_hvps=1, method="block-lanczos", block_size=4)
+    assert c.n_hvps == 1 and not c.converged  # the block is cut to the budget
+    assert c.extra["block_size"] == 1
+
+
+def test_the_copy_check_keeps_its_set_orthonormal_at_a_straddling_cluster():
+    # Three copies of 5 and 57 values at 1 ± 1e-3: the k-th value sits inside the cluster. A candidate
+    # leaning on the found directions once entered the set and blew the values up to 160 (found by an
+    # independent check); now each candidate is orthogonalized and measured by its own product.
+    g = torch.Generator().manual_seed(24)
+    Q, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.float64, generator=g))
+    ev = torch.cat([torch.full((3,), 5.0, dtype=torch.float64), 1 + 1e-3 * torch.randn(57, generator=g, dtype=torch.float64)])
+    H = (Q * ev) @ Q.T
+    want = np.sort(ev.numpy())[::-1][:5]
+    for method in ("lanczos", "block-lanczos"):
+        r = hessian_eigenvalues(H, k=5, method=method)
+        assert r.values.max() <= 5 + 1e-6 and np.allclose(r.values, want, atol=1e-4), (method, r.values, r.extra)
+        V = r.vectors
+        assert torch.allclose(V @ V.T, torch.eye(5, dtype=torch.float64), atol=1e-8)
+
+
 @pytest.mark.parametrize("spectrum,which,k", [
     (np.arange(1.0, 11.0), "smallest", 3),         # all positive: the found directions' 0 is not a copy
     (-np.arange(1.0, 11.0), "largest", 3),         # all negative, the mirror case

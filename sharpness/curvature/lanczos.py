@@ -11,12 +11,13 @@ Multiplicities: a Lanczos run from one start vector sees one copy of each eigenv
 arithmetic; rounding reveals the others only late), so a repeated eigenvalue can be missed while every
 residual is small. After convergence (``which`` "largest" or "smallest"), the operator deflated by the
 found vectors, (I − VVᵀ)H(I − VVᵀ) (with the found directions set to the k-th value, so they cannot pass
-for a copy), is searched for its extreme eigenvalue from a fresh start vector; one
-that reaches the k-th found value by more than the tolerance is a missed copy: it joins the set, the
+for a copy), is searched for its extreme eigenvalue from a fresh start vector; its vector, orthogonalized
+against the found ones and measured by one more product (its own Rayleigh quotient and residual), is a
+missed copy if it reaches beyond the k-th found value by more than the tolerance: it joins the set, the
 k-th drops out, and the search repeats (one equal to the k-th is a tie at the cut: the set is already a
-valid top k). ``converged`` is true only when the residuals meet the tolerance
-*and* this check found no missed copy; ``extra["copies_found"]`` counts the copies it added. The
-guarantee is that of the check's own Lanczos run: a copy is missed only if that run also misses it.
+valid top k). ``converged`` is true only when the residuals meet the tolerance *and* this check found no
+missed copy; ``extra["copies_found"]`` counts the copies it added. The guarantee is that of the check's
+own Lanczos run: a copy is missed only if that run also misses it.
 
 Smallest eigenvalues. A trained network's smallest Hessian eigenvalue sits at the edge of a dense cluster
 around zero, barely apart from its neighbours, and Lanczos needs many steps to resolve it. A shift does
@@ -261,10 +262,10 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
             values, vectors, residuals, converged, steps = _lanczos(op, k, which, tol, max_hvps, max_basis, seed,
                                                                      progress, krylov)
         else:
-            b = min(block_size or kk, n)
+            b = min(block_size or kk, n, max_hvps)
             values, vectors, residuals, converged, steps, passes = _block_lanczos(
                 op, k, which, tol, max_hvps, max_basis, seed, b, progress)
-            extra = {"block_size": b, "passes": passes}
+            extra = {"block_size": b, "passes": passes}  # passes of the block run (the copy check: its own)
         require("copies", copies, bool)
         if copies and which != "both" and converged:
             values, vectors, residuals, converged, checked = _copies(
@@ -330,10 +331,28 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
         if not ok:  # the check itself did not settle: no guarantee
             return values, vectors, residuals, False, {"copies_found": found, "copy_check": "unsettled"}
         scale = tol * max(abs(edge), 1e-3 * np.abs(values).max())
-        # beyond the k-th by more than the tolerance: a missed copy (equal to it: a tie at the cut, fine)
-        missed = v[0] > edge + scale if which == "largest" else v[0] < edge - scale
+
+        def beyond(value):  # beyond the k-th by more than the tolerance (equal to it: a tie at the cut, fine)
+            return value > edge + scale if which == "largest" else value < edge - scale
+
+        missed = beyond(v[0])
+        if missed:
+            # The candidate as a direction orthogonal to the found ones, with its own Rayleigh quotient and
+            # residual (one product): near a cluster straddling the cut the deflated run's vector can lean on
+            # the found directions, and appending it would spoil the orthonormal set later checks deflate by.
+            for _ in range(2):
+                x = x - (x @ vectors.T) @ vectors
+            norm = float(x.norm())
+            if norm > 0.5:
+                x = x / norm
+                hx = _matmat(op, x.T).T
+                budget -= 1
+                v = np.array([float((x * hx).sum())])
+                r = np.array([float((hx - v[0] * x).norm())])
+            missed = norm > 0.5 and beyond(v[0])  # in the found directions' span: no new direction
         if not missed:
-            return values, vectors, residuals, True, {"copies_found": found, "copy_check": "none missed"}
+            met = bool(np.all(residuals <= tol * np.maximum(np.abs(values), 1e-3 * np.abs(values).max())))
+            return values, vectors, residuals, met, {"copies_found": found, "copy_check": "none missed"}
         found += 1
         values = np.concatenate([values, v])
         vectors = torch.cat([vectors, x])
@@ -415,52 +434,62 @@ def _basis_cap(n: int, dtype: torch.dtype) -> int:
 def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
     """Block Lanczos with full reorthogonalization, no restart (module docstring).
 
+    The block after W = (I − QQᵀ)HQ_last is the left singular basis of W (B₊ = ΣVᵀ), reorthogonalized
+    once more against Q (its small singular directions amplify rounding). Directions with σ ≤ 10³ε·max|T|
+    are not in the Krylov space (rounding, or an invariant subspace) and are replaced by fresh random
+    directions orthogonal to the basis; their B₊ rows (≈ 0) keep the residual formula. The last block is
+    cut to the dimension left.
+
     Returns (values, vectors, residuals, converged, products, passes).
     """
     n = op.num_params
     kk = k * (2 if which == "both" else 1)
-    cap = min(n, max_basis or max(max_hvps, kk + 2 * b), _basis_cap(n, op.dtype) + 1)
+    b = min(b, n, max_hvps)
+    cap = min(n, max(b, max_basis or max(max_hvps, kk + 2 * b)), _basis_cap(n, op.dtype) + 1)
     starts = torch.stack([start_vector(op, seed + 7907 * i) for i in range(b)], 1)
-    Q = torch.empty(n, cap + b, device=op.device, dtype=op.dtype)
+    Q = torch.empty(n, cap, device=op.device, dtype=op.dtype)
     Q[:, :b] = torch.linalg.qr(starts)[0]
-    T = np.zeros((cap + b, cap + b))
-    m, passes, amax = 0, 0, 1.0
+    T = np.zeros((cap, cap))
+    m, width, passes, amax = 0, b, 0, 1.0
+    small_floor = 1e3 * torch.finfo(op.dtype).eps  # rounding noise of W after two passes is ≈ ε·max|T|
     bar = progress_bar(progress, total=max_hvps, desc="block lanczos", unit="hvp")
     while True:
-        blk = slice(m, m + b)
+        blk = slice(m, m + width)
         W = _matmat(op, Q[:, blk])
         passes += 1
-        bar.update(b)
-        Qa = Q[:, :m + b]
+        bar.update(width)
+        Qa = Q[:, :m + width]
         h = Qa.T @ W
         W = W - Qa @ h
         h2 = Qa.T @ W
         W = W - Qa @ h2
         h = (h + h2).double().cpu().numpy()
-        T[:m + b, blk] = h
-        T[blk, :m + b] = h.T
-        T[blk, blk] = (h[m:m + b] + h[m:m + b].T) / 2  # the diagonal block: symmetric up to rounding
-        m += b
-        amax = max(amax, float(np.abs(np.diag(T)[:m]).max()))
+        T[:m + width, blk] = h
+        T[blk, :m + width] = h.T
+        T[blk, blk] = (h[m:] + h[m:].T) / 2  # the diagonal block: symmetric up to rounding
+        m += width
+        amax = max(amax, float(np.abs(T[:m, :m]).max()))
         U, sig, Vh = torch.linalg.svd(W, full_matrices=False)  # W = Q₊B₊ with Q₊ = U, B₊ = diag(σ)Vᵀ
         Bn = (sig[:, None] * Vh).double().cpu().numpy()
-        sig = sig.double().cpu().numpy()
         theta, S = np.linalg.eigh(T[:m, :m])
         idx = _wanted(theta, k, which)
-        res = np.linalg.norm(Bn @ S[m - b:m, idx], axis=0)  # ‖Hy − θy‖ = ‖B₊ s_last‖
+        res = np.linalg.norm(Bn @ S[m - width:m, idx], axis=0)  # ‖Hy − θy‖ = ‖B₊ s_last‖
         scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
         done = len(idx) == kk and bool(np.all(res <= tol * scale))
-        small = sig <= 1e-10 * amax  # directions of W already in the basis (an invariant subspace)
-        if done or small.all() or m + b > min(cap, n) or m + b > max_hvps:
+        nxt = min(b, n - m)  # the last block: what is left of the dimension
+        if done or nxt == 0 or m + nxt > cap or m + nxt > max_hvps:
             break
-        if small.any():  # partly invariant: fresh directions (their B₊ rows ≈ 0) keep the block full rank
+        small = (sig <= small_floor * amax).cpu().numpy()  # σ sorted descending: the small ones are last
+        U = U[:, :nxt].clone()
+        fresh = np.flatnonzero(small[:nxt])
+        if len(fresh):  # not in the Krylov space: fresh directions (their B₊ rows ≈ 0)
             g = torch.Generator(device=op.device).manual_seed(seed + 104729 * m)
-            R = torch.randn(n, int(small.sum()), generator=g, device=op.device, dtype=op.dtype)
-            keep = torch.cat([Qa, U[:, torch.as_tensor(np.flatnonzero(~small), device=op.device)]], 1)
-            for _ in range(2):
-                R = R - keep @ (keep.T @ R)
-            U[:, torch.as_tensor(np.flatnonzero(small), device=op.device)] = torch.linalg.qr(R)[0]
-        Q[:, m:m + b] = U
+            U[:, torch.as_tensor(fresh, device=op.device)] = torch.randn(
+                n, len(fresh), generator=g, device=op.device, dtype=op.dtype)
+        for _ in range(2):  # once more against the basis (fresh columns: twice, as every new vector)
+            U = U - Qa @ (Qa.T @ U)
+        Q[:, m:m + nxt] = torch.linalg.qr(U)[0]
+        width = nxt
     bar.close()
     vectors = torch.as_tensor(S[:, idx], device=op.device, dtype=op.dtype).T @ Q[:, :m].T
     return theta[idx].copy(), vectors, res, done, m, passes
