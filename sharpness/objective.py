@@ -331,14 +331,23 @@ class Objective:
             defined[0] = defined[0] and c is not None  # runs once per vmap call: a plain flag is enough
             return self.loss.total(out, targets, extra), (c if c is not None else out.new_zeros(()))
 
+        fastpath = torch.backends.mha.get_fastpath_enabled()
         with preserved(self.model):
             set_mode(self.model, self.mode)
-            for i, inputs, targets, extra, n in self.batches():
-                l_, c = vmap(lambda th: one(th, i, inputs, targets, extra))(thetas)
-                loss += l_.double()
-                correct += c.double()
-                n_all += n
-                norm += self.loss.count(targets, n)
+            # Attention's inference fast path (fused encoder layer / MHA kernels) and the fused SDPA kernels
+            # have no vmap batching rule: vmap would run them point by point (and warn); the plain path and
+            # the math kernel give the same values, batched.
+            torch.backends.mha.set_fastpath_enabled(False)
+            try:
+                for i, inputs, targets, extra, n in self.batches():
+                    with sdpa_kernel([SDPBackend.MATH]):
+                        l_, c = vmap(lambda th: one(th, i, inputs, targets, extra))(thetas)
+                    loss += l_.double()
+                    correct += c.double()
+                    n_all += n
+                    norm += self.loss.count(targets, n)
+            finally:
+                torch.backends.mha.set_fastpath_enabled(fastpath)
         self.n_evals += len(thetas)
         loss, correct = all_sum(loss, self.world), all_sum(correct, self.world)  # data-parallel: all ranks' sums
         n_all, norm = all_sum_floats([n_all, norm], self.world, self.device)

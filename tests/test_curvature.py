@@ -334,6 +334,20 @@ def test_block_lanczos_edges_found_by_an_independent_check():
     assert c.extra["block_size"] == 1
 
 
+def test_lanczos_goes_on_past_an_invariant_subspace_with_fewer_than_k_values():
+    # A linear layer under MSE: H = (X̃ᵀX̃/N) ⊗ I₃, six distinct eigenvalues, each three times. One Krylov
+    # space holds six directions; asking for eight used to return six values.
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3).double()
+    x, y = torch.randn(50, 5, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
+    op = HessianOperator(lin, nn.MSELoss(), (x, y))
+    ev = np.sort(np.linalg.eigvalsh(op.to_dense().numpy()))[::-1]
+    r = hessian_eigenvalues(op, k=8, tol=1e-8)
+    assert r.converged and len(r.values) == 8 and np.allclose(r.values, ev[:8], atol=1e-9), (r.values, ev[:8])
+    z = hessian_eigenvalues(torch.zeros(40, 40, dtype=torch.float64), k=3)
+    assert len(z.values) == 3 and np.allclose(z.values, 0) and z.converged
+
+
 def test_the_copy_check_keeps_its_set_orthonormal_at_a_straddling_cluster():
     # Three copies of 5 and 57 values at 1 ± 1e-3: the k-th value sits inside the cluster. A candidate
     # leaning on the found directions once entered the set and blew the values up to 160 (found by an

@@ -361,3 +361,28 @@ def test_evaluate_many_in_train_mode_keeps_each_points_seeded_masks():
     assert obj.evaluate_many(thetas, per_forward=4) == [obj.evaluate(t) for t in thetas]
     ev = Objective(model, None, (x, y), batch_size=16)
     assert obj.evaluate_many(thetas[:1])[0] != ev.evaluate(thetas[0])  # train mode is not eval mode
+
+
+def test_evaluate_many_batches_attention_without_its_fused_kernels():
+    # The inference fast path of TransformerEncoderLayer/MultiheadAttention and the fused SDPA kernels have
+    # no vmap batching rule (vmap warned and ran them point by point); the plain path is used, same values.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, dropout=0.0)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.enc(x).mean(1))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x, y = torch.randn(10, 4, 8, dtype=torch.float64), torch.randint(0, 3, (10,))
+    obj = Objective(model, None, (x, y), batch_size=4)
+    thetas = obj.flat() + 0.01 * torch.randn(3, obj.num_params, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        many = obj.evaluate_many(thetas, per_forward=3)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    for (l1, a1), (l2, a2) in zip(many, [obj.evaluate(t) for t in thetas]):
+        assert abs(l1 - l2) < 1e-12 and a1 == a2

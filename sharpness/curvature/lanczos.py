@@ -400,9 +400,18 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
         done = len(idx) == kk and bool(np.all(res <= tol * scale))
         if V is not None:  # an invariant subspace was found
             breakdown = beta <= 1e-12 * max(1.0, np.abs(theta).max())
-        if done or breakdown or m == n or hvps >= max_hvps:
+        if done or m == n or hvps >= max_hvps:
             break
-        if V is not None:
+        if breakdown:  # an invariant subspace before k pairs met the test: go on from a fresh direction
+            if V is None:
+                V = torch.empty(max_basis + 1, n, device=op.device, dtype=op.dtype)
+                V[:m] = K.basis(0, m)
+            g = torch.Generator(device=op.device).manual_seed(seed + 104729 * m)
+            w = torch.randn(n, generator=g, device=op.device, dtype=op.dtype)
+            for _ in range(2):
+                w = w - V[:m].T @ (V[:m] @ w)
+            V[m] = w / w.norm()
+        elif V is not None:
             V[m] = w / beta
         if m == max_basis:  # thick restart: keep the Ritz vectors nearest the wanted end(s)
             if V is None:  # leave the Krylov run: its basis and next vector become our own
