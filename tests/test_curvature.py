@@ -348,6 +348,19 @@ def test_lanczos_goes_on_past_an_invariant_subspace_with_fewer_than_k_values():
     assert len(z.values) == 3 and np.allclose(z.values, 0) and z.converged
 
 
+def test_the_copy_check_covers_both_ends():
+    # which="both" converged with missed copies at either end (the check ran for one end only).
+    H, _ = _kronecker("largest")
+    ev = np.sort(np.linalg.eigvalsh(H.numpy()))
+    r = hessian_eigenvalues(H, k=3, which="both", tol=1e-8)
+    assert r.converged and r.extra["copy_check"] == "none missed" and r.extra["copies_found"] >= 2
+    assert np.allclose(np.sort(r.values), np.sort(np.r_[ev[-3:], ev[:3]]), atol=1e-7), r.values
+    Q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(40, 40)))
+    H = torch.tensor((Q * np.repeat([7.0, 2.0, -3.0], [5, 10, 25])) @ Q.T)
+    b = hessian_eigenvalues(H, k=3, which="both", tol=1e-8, method="block-lanczos", block_size=2)
+    assert b.converged and np.allclose(b.values, [7, 7, 7, -3, -3, -3], atol=1e-7), b.values
+
+
 def test_the_copy_check_keeps_its_set_orthonormal_at_a_straddling_cluster():
     # Three copies of 5 and 57 values at 1 ± 1e-3: the k-th value sits inside the cluster. A candidate
     # leaning on the found directions once entered the set and blew the values up to 160 (found by an

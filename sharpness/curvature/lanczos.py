@@ -9,15 +9,15 @@ so convergence is checked without extra products.
 
 Multiplicities: a Lanczos run from one start vector sees one copy of each eigenvalue (in exact
 arithmetic; rounding reveals the others only late), so a repeated eigenvalue can be missed while every
-residual is small. After convergence (``which`` "largest" or "smallest"), the operator deflated by the
-found vectors, (I − VVᵀ)H(I − VVᵀ) (with the found directions set to the k-th value, so they cannot pass
-for a copy), is searched for its extreme eigenvalue from a fresh start vector; its vector, orthogonalized
-against the found ones and measured by one more product (its own Rayleigh quotient and residual), is a
-missed copy if it reaches beyond the k-th found value by more than the tolerance: it joins the set, the
-k-th drops out, and the search repeats (one equal to the k-th is a tie at the cut: the set is already a
-valid top k). ``converged`` is true only when the residuals meet the tolerance *and* this check found no
-missed copy; ``extra["copies_found"]`` counts the copies it added. The guarantee is that of the check's
-own Lanczos run: a copy is missed only if that run also misses it.
+residual is small. After convergence (for ``which="both"``, each end on its own), the operator deflated
+by the found vectors, (I − VVᵀ)H(I − VVᵀ) (with the found directions set to the k-th value, so they
+cannot pass for a copy), is searched for its extreme eigenvalue from a fresh start vector; its vector,
+orthogonalized against the found ones and measured by one more product (its own Rayleigh quotient and
+residual), is a missed copy if it reaches beyond the k-th found value by more than the tolerance: it
+joins the set, the k-th drops out, and the search repeats (one equal to the k-th is a tie at the cut: the
+set is already a valid top k). ``converged`` is true only when the residuals meet the tolerance *and*
+this check found no missed copy; ``extra["copies_found"]`` counts the copies it added. The guarantee is
+that of the check's own Lanczos run: a copy is missed only if that run also misses it.
 
 Smallest eigenvalues. A trained network's smallest Hessian eigenvalue sits at the edge of a dense cluster
 around zero, barely apart from its neighbours, and Lanczos needs many steps to resolve it. A shift does
@@ -267,8 +267,8 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
                 op, k, which, tol, max_hvps, max_basis, seed, b, progress)
             extra = {"block_size": b, "passes": passes}  # passes of the block run (the copy check: its own)
         require("copies", copies, bool)
-        if copies and which != "both" and converged:
-            values, vectors, residuals, converged, checked = _copies(
+        if copies and converged:
+            values, vectors, residuals, converged, checked = _check_copies(
                 op, k, which, tol, max_hvps - steps, max_basis, seed, values, vectors, residuals)
             extra.update(checked)
     elif method == "power":
@@ -317,6 +317,24 @@ class _Deflated:
         X = X - self.V.T @ C
         W = _matmat(self.op, X)
         return W - self.V.T @ (self.V @ W) + self.c * (self.V.T @ C)
+
+
+def _check_copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals):
+    """The copy check for one end, or for ``"both"`` each end on its own (half the budget each)."""
+    if which != "both":
+        return _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals)
+    order = np.argsort(-values, kind="stable")
+    parts, found, status = [], 0, "none missed"
+    for end, sel in (("largest", order[:k]), ("smallest", order[::-1][:k])):
+        rows = torch.as_tensor(sel.copy(), device=vectors.device)
+        *part, checked = _copies(op, k, end, tol, budget // 2, max_basis, seed, values[sel], vectors[rows],
+                                 residuals[sel])
+        parts.append(part)
+        found += checked["copies_found"]
+        status = status if checked["copy_check"] == "none missed" else checked["copy_check"]
+    (v1, x1, r1, ok1), (v2, x2, r2, ok2) = parts
+    return (np.concatenate([v1, v2]), torch.cat([x1, x2]), np.concatenate([r1, r2]), ok1 and ok2,
+            {"copies_found": found, "copy_check": status})
 
 
 def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals):
