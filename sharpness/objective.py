@@ -53,6 +53,17 @@ __all__ = ["Objective", "as_objective", "flat_params", "default_batch_fn", "defa
 _TARGET_KEYS = ("labels", "label", "targets", "target", "y")
 
 
+@contextlib.contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """``torch.backends.mha`` fast path off inside, restored after."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def flat_params(model: nn.Module) -> torch.Tensor:
     """The model's parameters as one flat (detached, copied) tensor on its device."""
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
@@ -268,6 +279,10 @@ class Objective:
             if double_backward:
                 # The fused attention kernels have no double backward; the math kernel does.
                 stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            # Attention's inference fast path (taken only without gradients) zeroes padded positions that the
+            # plain path computes, and has no vmap rule: without it, a loss, a gradient and a Hessian product
+            # at θ see one and the same function.
+            stack.enter_context(_no_mha_fastpath())
             return functional_call(self._module, {f"m.{k}": v for k, v in state.items()}, (inputs,))
 
     def evaluate(self, theta: torch.Tensor | None = None, buffers: dict | None = None) -> tuple[float, float | None]:
@@ -331,23 +346,17 @@ class Objective:
             defined[0] = defined[0] and c is not None  # runs once per vmap call: a plain flag is enough
             return self.loss.total(out, targets, extra), (c if c is not None else out.new_zeros(()))
 
-        fastpath = torch.backends.mha.get_fastpath_enabled()
         with preserved(self.model):
             set_mode(self.model, self.mode)
-            # Attention's inference fast path (fused encoder layer / MHA kernels) and the fused SDPA kernels
-            # have no vmap batching rule: vmap would run them point by point (and warn); the plain path and
-            # the math kernel give the same values, batched.
-            torch.backends.mha.set_fastpath_enabled(False)
-            try:
-                for i, inputs, targets, extra, n in self.batches():
-                    with sdpa_kernel([SDPBackend.MATH]):
-                        l_, c = vmap(lambda th: one(th, i, inputs, targets, extra))(thetas)
-                    loss += l_.double()
-                    correct += c.double()
-                    n_all += n
-                    norm += self.loss.count(targets, n)
-            finally:
-                torch.backends.mha.set_fastpath_enabled(fastpath)
+            for i, inputs, targets, extra, n in self.batches():
+                # The fused SDPA kernels have no vmap batching rule (vmap would loop point by point and
+                # warn); the math kernel gives the same values, batched.
+                with sdpa_kernel([SDPBackend.MATH]):
+                    l_, c = vmap(lambda th: one(th, i, inputs, targets, extra))(thetas)
+                loss += l_.double()
+                correct += c.double()
+                n_all += n
+                norm += self.loss.count(targets, n)
         self.n_evals += len(thetas)
         loss, correct = all_sum(loss, self.world), all_sum(correct, self.world)  # data-parallel: all ranks' sums
         n_all, norm = all_sum_floats([n_all, norm], self.world, self.device)

@@ -361,6 +361,45 @@ def test_the_copy_check_covers_both_ends():
     assert b.converged and np.allclose(b.values, [7, 7, 7, -3, -3, -3], atol=1e-7), b.values
 
 
+def _rotated(values, seed):
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(values), len(values))))
+    return torch.tensor((Q * np.asarray(values, float)) @ Q.T)
+
+
+def _true_residuals(H, r):
+    V = r.vectors.double()
+    return (H.double() @ V.T - V.T * torch.tensor(r.values)).norm(dim=0).numpy()
+
+
+def test_eigen_edges_from_a_second_independent_check():
+    # A null space at the wanted end (PSD Hessians): the copy check's tolerance is floored by ‖H‖ as the
+    # search's is, else rounding passed for copies and converged was False.
+    H = _rotated([3.0, 2.0, 1.0, 0, 0, 0, 0, 0], 0)
+    r = hessian_eigenvalues(H, k=2, which="smallest", tol=1e-8)
+    assert r.converged and np.allclose(r.values, 0, atol=1e-12)
+    b = hessian_eigenvalues(H, k=2, which="both", tol=1e-8)
+    assert b.converged and np.allclose(b.values, [3, 2, 0, 0], atol=1e-12)
+    # Both ends reaching the same eigenvalue (rank one): each end's check deflates the other's vectors.
+    one = torch.tensor(np.outer(np.arange(1.0, 6), np.arange(1.0, 6)))
+    r = hessian_eigenvalues(one, k=2, which="both", tol=1e-8)
+    assert torch.allclose(r.vectors @ r.vectors.T, torch.eye(4, dtype=torch.float64), atol=1e-10)
+    # A Hessian of scale 1e-11: invariant-subspace tests are relative (they were absolute: every step a
+    # breakdown, and a fresh direction dropped part of the Krylov space).
+    A = _rotated([3.0, 1.0, -2.0, 0.5, 0.2], 1).numpy()
+    tiny = torch.tensor(1e-11 * np.kron(np.eye(3), A))
+    r = hessian_eigenvalues(tiny, k=4, tol=1e-6, max_basis=12)
+    assert r.converged and np.allclose(r.values / 1e-11, [3, 3, 3, 1], atol=1e-6)
+    assert np.all(_true_residuals(tiny, r) <= 1e-6 * 3e-11)
+    # k = n: nothing can be missing.
+    assert hessian_eigenvalues(torch.eye(3, dtype=torch.float64), k=3).converged
+    # float32 block Lanczos: the residuals it reports are the true ones (dropped couplings re-measured).
+    H32 = _rotated(np.r_[np.logspace(-3, 2, 30), -np.logspace(-3, 0, 10)], 1).float()
+    r = hessian_eigenvalues(H32, k=3, which="smallest", method="block-lanczos", block_size=5, tol=1e-3)
+    true = _true_residuals(H32, r)
+    assert np.allclose(r.residuals, true, rtol=0.05, atol=1e-5)
+    assert r.converged == bool(np.all(true <= 1e-3 * np.maximum(np.abs(r.values), 0.1) * 1.05))
+
+
 def test_the_copy_check_keeps_its_set_orthonormal_at_a_straddling_cluster():
     # Three copies of 5 and 57 values at 1 ± 1e-3: the k-th value sits inside the cluster. A candidate
     # leaning on the found directions once entered the set and blew the values up to 160 (found by an

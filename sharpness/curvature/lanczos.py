@@ -131,7 +131,7 @@ class Krylov:
         self.norms: list[np.ndarray] = []   # step j: (r,) the norm of the new vector, β_{j+1}
         self.lengths = np.zeros(self.runs, dtype=int)  # steps each run has taken
         self.stopped = np.zeros(self.runs, dtype=bool)
-        self._amax = np.ones(self.runs)  # max(1, max|α|) per run: the scale of the invariant-subspace test
+        self._amax = np.zeros(self.runs)  # max |α|, β so far per run (≈ ‖H‖): the invariant-subspace test's scale
 
     def __len__(self) -> int:
         return len(self.coeffs)
@@ -160,8 +160,8 @@ class Krylov:
             self.coeffs.append(coeffs)
             self.norms.append(norms)
             self.lengths[live] += 1
-            self._amax[live] = np.maximum(self._amax[live], np.abs(h[j]))
-            ends = (beta <= 1e-10 * self._amax[live]) | (j + 1 >= n)
+            self._amax[live] = np.maximum(self._amax[live], np.maximum(np.abs(h[j]), beta))
+            ends = (beta <= 1e-10 * self._amax[live]) | (j + 1 >= n)  # relative: a Hessian of any scale
             self.stopped[live[ends]] = True
             self._V[j + 1] = 0.0
             self._V[j + 1, live] = W / torch.as_tensor(np.where(ends, 1.0, beta), device=W.device, dtype=W.dtype)[:, None]
@@ -258,18 +258,19 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     extra = {}
     if method in ("lanczos", "block-lanczos"):
+        seen: dict = {}  # the run's ‖H‖ estimate: the copy check's scale near zero eigenvalues
         if method == "lanczos":
             values, vectors, residuals, converged, steps = _lanczos(op, k, which, tol, max_hvps, max_basis, seed,
-                                                                     progress, krylov)
+                                                                     progress, krylov, seen)
         else:
             b = min(block_size or kk, n, max_hvps)
             values, vectors, residuals, converged, steps, passes = _block_lanczos(
-                op, k, which, tol, max_hvps, max_basis, seed, b, progress)
+                op, k, which, tol, max_hvps, max_basis, seed, b, progress, seen)
             extra = {"block_size": b, "passes": passes}  # passes of the block run (the copy check: its own)
         require("copies", copies, bool)
         if copies and converged:
             values, vectors, residuals, converged, checked = _check_copies(
-                op, k, which, tol, max_hvps - steps, max_basis, seed, values, vectors, residuals)
+                op, k, which, tol, max_hvps - steps, max_basis, seed, values, vectors, residuals, seen["scale"])
             extra.update(checked)
     elif method == "power":
         if which != "largest":
@@ -319,17 +320,22 @@ class _Deflated:
         return W - self.V.T @ (self.V @ W) + self.c * (self.V.T @ C)
 
 
-def _check_copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals):
-    """The copy check for one end, or for ``"both"`` each end on its own (half the budget each)."""
+def _check_copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals, hscale):
+    """The copy check for one end, or for ``"both"`` each end on its own (half the budget each).
+
+    For ``"both"`` the other end's vectors are deflated too, so an eigenvalue both ends reach (a null
+    space, say) is not taken twice.
+    """
     if which != "both":
-        return _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals)
+        return _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals, hscale)
     order = np.argsort(-values, kind="stable")
-    parts, found, status = [], 0, "none missed"
-    for end, sel in (("largest", order[:k]), ("smallest", order[::-1][:k])):
-        rows = torch.as_tensor(sel.copy(), device=vectors.device)
-        *part, checked = _copies(op, k, end, tol, budget // 2, max_basis, seed, values[sel], vectors[rows],
-                                 residuals[sel])
-        parts.append(part)
+    rows = [torch.as_tensor(sel.copy(), device=vectors.device) for sel in (order[:k], order[::-1][:k])]
+    parts = [[values[sel], vectors[r], residuals[sel], True] for sel, r in zip((order[:k], order[::-1][:k]), rows)]
+    found, status = 0, "none missed"
+    for i, end in enumerate(("largest", "smallest")):
+        v, x, r, _ = parts[i]
+        *parts[i], checked = _copies(op, k, end, tol, budget // 2, max_basis, seed, v, x, r, hscale,
+                                     others=parts[1 - i][1])
         found += checked["copies_found"]
         status = status if checked["copy_check"] == "none missed" else checked["copy_check"]
     (v1, x1, r1, ok1), (v2, x2, r2, ok2) = parts
@@ -337,18 +343,32 @@ def _check_copies(op, k, which, tol, budget, max_basis, seed, values, vectors, r
             {"copies_found": found, "copy_check": status})
 
 
-def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals):
-    """Search the deflated operator for missed copies of the wanted eigenvalues (module docstring)."""
+def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals, hscale, others=None):
+    """Search the deflated operator for missed copies of the wanted eigenvalues (module docstring).
+
+    ``hscale`` (‖H‖ as the search saw it) sets the floor of the tolerance, as in the search: near a zero
+    eigenvalue (a null space) the found values' own size would make rounding pass for a copy. ``others``:
+    vectors found at the other end (``which="both"``), deflated too and kept orthogonal to.
+    """
     found, rounds = 0, 0
+    if len(values) + (0 if others is None else len(others)) >= op.num_params:  # the whole space is found
+        return values, vectors, residuals, True, {"copies_found": 0, "copy_check": "none missed"}
+
+    def tolerance(vals):
+        return tol * np.maximum(np.abs(vals), 1e-3 * max(hscale, np.abs(values).max()))
+
     while rounds <= 2 * k and budget > 2 and len(values) < op.num_params:
         rounds += 1
         edge = values.min() if which == "largest" else values.max()
-        D = _Deflated(op, vectors, edge)
-        v, x, r, ok, _ = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False)
+        found_all = vectors if others is None else torch.cat([vectors, others])
+        D = _Deflated(op, found_all, edge)
+        seen: dict = {}
+        v, x, r, ok, _ = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False, info=seen)
         budget -= D.n_hvps
+        hscale = max(hscale, seen.get("scale", 0.0))
         if not ok:  # the check itself did not settle: no guarantee
             return values, vectors, residuals, False, {"copies_found": found, "copy_check": "unsettled"}
-        scale = tol * max(abs(edge), 1e-3 * np.abs(values).max())
+        scale = float(tolerance(edge))
 
         def beyond(value):  # beyond the k-th by more than the tolerance (equal to it: a tie at the cut, fine)
             return value > edge + scale if which == "largest" else value < edge - scale
@@ -359,7 +379,7 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
             # residual (one product): near a cluster straddling the cut the deflated run's vector can lean on
             # the found directions, and appending it would spoil the orthonormal set later checks deflate by.
             for _ in range(2):
-                x = x - (x @ vectors.T) @ vectors
+                x = x - (x @ found_all.T) @ found_all
             norm = float(x.norm())
             if norm > 0.5:
                 x = x / norm
@@ -369,7 +389,7 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
                 r = np.array([float((hx - v[0] * x).norm())])
             missed = norm > 0.5 and beyond(v[0])  # in the found directions' span: no new direction
         if not missed:
-            met = bool(np.all(residuals <= tol * np.maximum(np.abs(values), 1e-3 * np.abs(values).max())))
+            met = bool(np.all(residuals <= tolerance(values)))
             return values, vectors, residuals, met, {"copies_found": found, "copy_check": "none missed"}
         found += 1
         values = np.concatenate([values, v])
@@ -380,7 +400,7 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
     return values, vectors, residuals, False, {"copies_found": found, "copy_check": "budget or rounds spent"}
 
 
-def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None):
+def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None, info=None):
     """Thick-restart Lanczos.
 
     Until the first restart its steps are those of a :class:`Krylov` run (the one given, else a fresh one
@@ -417,7 +437,7 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
         scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
         done = len(idx) == kk and bool(np.all(res <= tol * scale))
         if V is not None:  # an invariant subspace was found
-            breakdown = beta <= 1e-12 * max(1.0, np.abs(theta).max())
+            breakdown = beta <= 1e-10 * max(np.abs(theta).max(), beta)  # relative, as in Krylov.extend
         if done or m == n or hvps >= max_hvps:
             break
         if breakdown:  # an invariant subspace before k pairs met the test: go on from a fresh direction
@@ -450,6 +470,8 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
     vectors = S_w.T @ (K.basis(0, m) if V is None else V[:m])
     scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
     converged = len(idx) == kk and bool(np.all(res <= tol * scale))
+    if info is not None:
+        info["scale"] = float(np.abs(theta).max())  # ‖H‖ as far as the last basis saw it
     return theta[idx].copy(), vectors, res, converged, hvps
 
 
@@ -458,13 +480,14 @@ def _basis_cap(n: int, dtype: torch.dtype) -> int:
     return int(2**31 / (n * torch.finfo(dtype).bits / 8)) - 1
 
 
-def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
+def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress, info=None):
     """Block Lanczos with full reorthogonalization, no restart (module docstring).
 
     The block after W = (I − QQᵀ)HQ_last is the left singular basis of W (B₊ = ΣVᵀ), reorthogonalized
-    once more against Q (its small singular directions amplify rounding). Directions with σ ≤ 10³ε·max|T|
+    once more against Q (its small singular directions amplify rounding). Directions with σ ≤ 100ε·‖H‖ₑₛₜ
     are not in the Krylov space (rounding, or an invariant subspace) and are replaced by fresh random
-    directions orthogonal to the basis; their B₊ rows (≈ 0) keep the residual formula. The last block is
+    directions orthogonal to the basis; the couplings dropped with them are outside the residual formula,
+    so after such a run the residuals are measured (one more pass of the wanted vectors). The last block is
     cut to the dimension left.
 
     Returns (values, vectors, residuals, converged, products, passes).
@@ -477,8 +500,8 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
     Q = torch.empty(n, cap, device=op.device, dtype=op.dtype)
     Q[:, :b] = torch.linalg.qr(starts)[0]
     T = np.zeros((cap, cap))
-    m, width, passes, amax = 0, b, 0, 1.0
-    small_floor = 1e3 * torch.finfo(op.dtype).eps  # rounding noise of W after two passes is ≈ ε·max|T|
+    m, width, passes, amax, replaced = 0, b, 0, 0.0, False
+    small_floor = 100 * torch.finfo(op.dtype).eps  # rounding noise of W after two passes is ≈ ε·max|T|
     bar = progress_bar(progress, total=max_hvps, desc="block lanczos", unit="hvp")
     while True:
         blk = slice(m, m + width)
@@ -495,9 +518,9 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
         T[blk, :m + width] = h.T
         T[blk, blk] = (h[m:] + h[m:].T) / 2  # the diagonal block: symmetric up to rounding
         m += width
-        amax = max(amax, float(np.abs(T[:m, :m]).max()))
         U, sig, Vh = torch.linalg.svd(W, full_matrices=False)  # W = Q₊B₊ with Q₊ = U, B₊ = diag(σ)Vᵀ
         Bn = (sig[:, None] * Vh).double().cpu().numpy()
+        amax = max(amax, float(np.abs(T[:m, :m]).max()), float(sig.max()))  # ≈ ‖H‖: the scale of 'small'
         theta, S = np.linalg.eigh(T[:m, :m])
         idx = _wanted(theta, k, which)
         res = np.linalg.norm(Bn @ S[m - width:m, idx], axis=0)  # ‖Hy − θy‖ = ‖B₊ s_last‖
@@ -509,6 +532,7 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
         small = (sig <= small_floor * amax).cpu().numpy()  # σ sorted descending: the small ones are last
         U = U[:, :nxt].clone()
         fresh = np.flatnonzero(small[:nxt])
+        replaced |= bool(len(fresh))
         if len(fresh):  # not in the Krylov space: fresh directions (their B₊ rows ≈ 0)
             g = torch.Generator(device=op.device).manual_seed(seed + 104729 * m)
             U[:, torch.as_tensor(fresh, device=op.device)] = torch.randn(
@@ -519,6 +543,13 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
         width = nxt
     bar.close()
     vectors = torch.as_tensor(S[:, idx], device=op.device, dtype=op.dtype).T @ Q[:, :m].T
+    if replaced and m < n:  # dropped couplings (≤ the floor) are outside the residual formula: measure them
+        R = _matmat(op, vectors.T).T - torch.as_tensor(theta[idx], device=op.device, dtype=op.dtype)[:, None] * vectors
+        res = R.norm(dim=1).double().cpu().numpy()
+        done = len(idx) == kk and bool(np.all(res <= tol * scale))
+        m, passes = m + len(idx), passes + 1
+    if info is not None:
+        info["scale"] = float(np.abs(theta).max())
     return theta[idx].copy(), vectors, res, done, m, passes
 
 
