@@ -27,6 +27,7 @@ import time
 
 import torch
 from curvature import trained_mnist1d
+from products import best
 from torch import nn
 
 import sharpness as sh
@@ -38,16 +39,6 @@ UNITS = {"eigenvalues": ("n_hvps", "hvp"), "trace": ("n_hvps", "hvp"), "density"
          "landscape1d": ("points", "forward"), "landscape2d": ("points", "forward")}
 
 
-def best_of(f, n=5):
-    f()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def unit_costs(model, X, y, batch_size):
     """Seconds per forward, per loss-and-gradient pass and per Hessian-vector product over all of (X, y)."""
     loss = nn.CrossEntropyLoss(reduction="sum")
@@ -56,12 +47,8 @@ def unit_costs(model, X, y, batch_size):
     params = list(model.parameters())
     model.eval()
 
-    def timed(f):
-        def g():
-            f()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        return best_of(g)
+    def timed(f):  # the best of six (the first warms up), synchronized on CUDA
+        return best(f, device, rounds=6)
 
     with torch.no_grad():
         fwd = timed(lambda: [loss(model(x.to(device)), t.to(device)) for x, t in parts])

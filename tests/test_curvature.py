@@ -247,6 +247,12 @@ def test_repeated_eigenvalues_are_found_with_their_multiplicity(which):
     assert torch.allclose(V @ H @ V.T, torch.diag(torch.as_tensor(r.values)), atol=1e-6)
 
 
+def _rotated(values, seed):
+    """A symmetric matrix with this spectrum in a seeded random basis."""
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(values), len(values))))
+    return torch.tensor((Q * np.asarray(values, float)) @ Q.T)
+
+
 @pytest.mark.parametrize("which", ["largest", "smallest", "both"])
 def test_block_lanczos_matches_eigvalsh_with_one_pass_per_block(case, which):
     # On the users' shapes (BN, 1-D/2-D convs + LayerNorm, MSE/CE), uneven batches: the values, honest
@@ -285,9 +291,7 @@ def test_block_lanczos_invariant_subspaces_budget_and_arguments():
     from sharpness.errors import SharpnessError
     # 6 distinct eigenvalues in 40 dimensions: the block space closes after a few steps (fresh directions
     # keep it going); the values are exact.
-    Q, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(40, 40)))
-    spectrum = np.repeat([5.0, 3.0, 2.0, 1.0, -1.0, -4.0], [1, 2, 3, 4, 10, 20])
-    H = torch.tensor((Q * spectrum) @ Q.T)
+    H = _rotated(np.repeat([5.0, 3.0, 2.0, 1.0, -1.0, -4.0], [1, 2, 3, 4, 10, 20]), 5)
     r = hessian_eigenvalues(H, k=4, which="largest", tol=1e-10, method="block-lanczos", block_size=4)
     assert r.converged and np.allclose(r.values, [5, 3, 3, 2], atol=1e-9)
     s = hessian_eigenvalues(H, k=2, which="smallest", tol=1e-10, method="block-lanczos", block_size=2)
@@ -323,8 +327,7 @@ def test_block_lanczos_edges_found_by_an_independent_check():
     for k, b in ((4, None), (1, 2), (2, 3)):  # b does not divide n = 5
         e = hessian_eigenvalues(H, k=k, tol=1e-8, method="block-lanczos", block_size=b)
         assert e.converged and np.allclose(e.values, ev[::-1][:k], atol=1e-10), (k, b, e.values)
-    Q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(40, 40)))
-    five = torch.tensor((Q * np.r_[[5.0] * 3, [1.0] * 37]) @ Q.T)
+    five = _rotated(np.r_[[5.0] * 3, [1.0] * 37], 1)
     e = hessian_eigenvalues(five, k=5, tol=1e-8, method="block-lanczos", block_size=2, copies=False)
     assert e.converged and np.allclose(e.values, [5, 5, 5, 1, 1], atol=1e-9)
     z = hessian_eigenvalues(torch.zeros(40, 40, dtype=torch.float64), k=3, method="block-lanczos", block_size=2)
@@ -355,15 +358,9 @@ def test_the_copy_check_covers_both_ends():
     r = hessian_eigenvalues(H, k=3, which="both", tol=1e-8)
     assert r.converged and r.extra["copy_check"] == "none missed" and r.extra["copies_found"] >= 2
     assert np.allclose(np.sort(r.values), np.sort(np.r_[ev[-3:], ev[:3]]), atol=1e-7), r.values
-    Q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(40, 40)))
-    H = torch.tensor((Q * np.repeat([7.0, 2.0, -3.0], [5, 10, 25])) @ Q.T)
+    H = _rotated(np.repeat([7.0, 2.0, -3.0], [5, 10, 25]), 2)
     b = hessian_eigenvalues(H, k=3, which="both", tol=1e-8, method="block-lanczos", block_size=2)
     assert b.converged and np.allclose(b.values, [7, 7, 7, -3, -3, -3], atol=1e-7), b.values
-
-
-def _rotated(values, seed):
-    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(values), len(values))))
-    return torch.tensor((Q * np.asarray(values, float)) @ Q.T)
 
 
 def _true_residuals(H, r):
@@ -423,8 +420,7 @@ def test_the_copy_check_keeps_its_set_orthonormal_at_a_straddling_cluster():
     (np.repeat([0.3, 0.7, 1.1, 2.0], 3), "smallest", 3),  # positive and repeated: three copies of 0.3
 ])
 def test_the_copy_check_never_takes_the_deflated_directions_for_a_copy(spectrum, which, k):
-    Q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(len(spectrum), len(spectrum))))
-    H = torch.tensor((Q * spectrum) @ Q.T)
+    H = _rotated(spectrum, 4)
     want = np.sort(spectrum)[:k] if which == "smallest" else np.sort(spectrum)[::-1][:k]
     r = hessian_eigenvalues(H, k=k, which=which, tol=1e-8)
     assert r.converged and np.allclose(np.sort(r.values), np.sort(want), atol=1e-7), (r.values, r.extra)

@@ -113,7 +113,7 @@ class Krylov:
     Each step multiplies the r current vectors in one ``matmat`` (one pass over the data for all runs)
     and orthogonalizes each run's new vector twice against its own basis (classical Gram–Schmidt). Run i
     builds V_i (rows) and the tridiagonal T_i = V_iᵀ H V_i (α on the diagonal, β off it); a run stops at
-    an invariant subspace (β ≤ 1e-10·max(1, max|α|)) or at the dimension. ``extend(steps)`` takes the
+    an invariant subspace (β ≤ 1e-10 of the largest |α| or β so far) or at the dimension. ``extend(steps)`` takes the
     steps not yet taken, so one run serves every reader (module docstring).
 
     Args:
@@ -203,6 +203,18 @@ def _orthogonalize(V: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torc
     return w - V.T @ h2, h + h2
 
 
+def _fresh(op, count: int, seed: int) -> torch.Tensor:
+    """``count`` seeded Gaussian directions (columns) to go on with where a Krylov space closed."""
+    g = torch.Generator(device=op.device).manual_seed(seed)
+    return torch.randn(op.num_params, count, generator=g, device=op.device, dtype=op.dtype)
+
+
+def _met(theta: np.ndarray, idx: np.ndarray, res: np.ndarray, kk: int, tol: float) -> bool:
+    """All kk wanted Ritz pairs have ‖Hy − θy‖ ≤ tol·max(|θ|, 1e-3·max|θ|) (the search's residual test)."""
+    scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
+    return len(idx) == kk and bool(np.all(res <= tol * scale))
+
+
 def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 1e-4,
                         max_hvps: int | None = None, max_basis: int | None = None, seed: int = 0,
                         method: str = "lanczos", block_size: int | None = None, copies: bool = True,
@@ -258,19 +270,18 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     extra = {}
     if method in ("lanczos", "block-lanczos"):
-        seen: dict = {}  # the run's ‖H‖ estimate: the copy check's scale near zero eigenvalues
         if method == "lanczos":
-            values, vectors, residuals, converged, steps = _lanczos(op, k, which, tol, max_hvps, max_basis, seed,
-                                                                     progress, krylov, seen)
+            values, vectors, residuals, converged, steps, hscale = _lanczos(
+                op, k, which, tol, max_hvps, max_basis, seed, progress, krylov)
         else:
             b = min(block_size or kk, n, max_hvps)
-            values, vectors, residuals, converged, steps, passes = _block_lanczos(
-                op, k, which, tol, max_hvps, max_basis, seed, b, progress, seen)
+            values, vectors, residuals, converged, steps, passes, hscale = _block_lanczos(
+                op, k, which, tol, max_hvps, max_basis, seed, b, progress)
             extra = {"block_size": b, "passes": passes}  # passes of the block run (the copy check: its own)
         require("copies", copies, bool)
         if copies and converged:
             values, vectors, residuals, converged, checked = _check_copies(
-                op, k, which, tol, max_hvps - steps, max_basis, seed, values, vectors, residuals, seen["scale"])
+                op, k, which, tol, max_hvps - steps, max_basis, seed, values, vectors, residuals, hscale)
             extra.update(checked)
     elif method == "power":
         if which != "largest":
@@ -329,8 +340,8 @@ def _check_copies(op, k, which, tol, budget, max_basis, seed, values, vectors, r
     if which != "both":
         return _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residuals, hscale)
     order = np.argsort(-values, kind="stable")
-    rows = [torch.as_tensor(sel.copy(), device=vectors.device) for sel in (order[:k], order[::-1][:k])]
-    parts = [[values[sel], vectors[r], residuals[sel], True] for sel, r in zip((order[:k], order[::-1][:k]), rows)]
+    parts = [[values[sel], vectors[torch.as_tensor(sel.copy(), device=vectors.device)], residuals[sel], True]
+             for sel in (order[:k], order[::-1][:k])]
     found, status = 0, "none missed"
     for i, end in enumerate(("largest", "smallest")):
         v, x, r, _ = parts[i]
@@ -362,10 +373,9 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
         edge = values.min() if which == "largest" else values.max()
         found_all = vectors if others is None else torch.cat([vectors, others])
         D = _Deflated(op, found_all, edge)
-        seen: dict = {}
-        v, x, r, ok, _ = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False, info=seen)
+        v, x, r, ok, _, seen_scale = _lanczos(D, 1, which, tol, budget, max_basis, seed + 7919 * rounds, False)
         budget -= D.n_hvps
-        hscale = max(hscale, seen.get("scale", 0.0))
+        hscale = max(hscale, seen_scale)
         if not ok:  # the check itself did not settle: no guarantee
             return values, vectors, residuals, False, {"copies_found": found, "copy_check": "unsettled"}
         scale = float(tolerance(edge))
@@ -378,8 +388,7 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
             # The candidate as a direction orthogonal to the found ones, with its own Rayleigh quotient and
             # residual (one product): near a cluster straddling the cut the deflated run's vector can lean on
             # the found directions, and appending it would spoil the orthonormal set later checks deflate by.
-            for _ in range(2):
-                x = x - (x @ found_all.T) @ found_all
+            x = _orthogonalize(found_all, x.T)[0].T
             norm = float(x.norm())
             if norm > 0.5:
                 x = x / norm
@@ -400,11 +409,12 @@ def _copies(op, k, which, tol, budget, max_basis, seed, values, vectors, residua
     return values, vectors, residuals, False, {"copies_found": found, "copy_check": "budget or rounds spent"}
 
 
-def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None, info=None):
+def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None):
     """Thick-restart Lanczos.
 
     Until the first restart its steps are those of a :class:`Krylov` run (the one given, else a fresh one
-    from :func:`start_vector` at ``seed``); after it, its own basis.
+    from :func:`start_vector` at ``seed``); after it, its own basis. Returns (values, vectors, residuals,
+    converged, products, max|θ|: ‖H‖ as far as the last basis saw it).
     """
     n = op.num_params
     kk = k * (2 if which == "both" else 1)
@@ -434,8 +444,7 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
         theta, S = np.linalg.eigh(T[:m, :m])
         idx = _wanted(theta, k, which)
         res = np.abs(beta * S[m - 1, idx])
-        scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
-        done = len(idx) == kk and bool(np.all(res <= tol * scale))
+        done = _met(theta, idx, res, kk, tol)
         if V is not None:  # an invariant subspace was found
             breakdown = beta <= 1e-10 * max(np.abs(theta).max(), beta)  # relative, as in Krylov.extend
         if done or m == n or hvps >= max_hvps:
@@ -444,10 +453,7 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
             if V is None:
                 V = torch.empty(max_basis + 1, n, device=op.device, dtype=op.dtype)
                 V[:m] = K.basis(0, m)
-            g = torch.Generator(device=op.device).manual_seed(seed + 104729 * m)
-            w = torch.randn(n, generator=g, device=op.device, dtype=op.dtype)
-            for _ in range(2):
-                w = w - V[:m].T @ (V[:m] @ w)
+            w = _orthogonalize(V[:m], _fresh(op, 1, seed + 104729 * m)[:, 0])[0]
             V[m] = w / w.norm()
         elif V is not None:
             V[m] = w / beta
@@ -468,11 +474,7 @@ def _lanczos(op, k, which, tol, max_hvps, max_basis, seed, progress, krylov=None
     bar.close()
     S_w = torch.as_tensor(S[:, idx], device=op.device, dtype=op.dtype)
     vectors = S_w.T @ (K.basis(0, m) if V is None else V[:m])
-    scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
-    converged = len(idx) == kk and bool(np.all(res <= tol * scale))
-    if info is not None:
-        info["scale"] = float(np.abs(theta).max())  # ‖H‖ as far as the last basis saw it
-    return theta[idx].copy(), vectors, res, converged, hvps
+    return theta[idx].copy(), vectors, res, done, hvps, float(np.abs(theta).max())
 
 
 def _basis_cap(n: int, dtype: torch.dtype) -> int:
@@ -480,7 +482,7 @@ def _basis_cap(n: int, dtype: torch.dtype) -> int:
     return int(2**31 / (n * torch.finfo(dtype).bits / 8)) - 1
 
 
-def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress, info=None):
+def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress):
     """Block Lanczos with full reorthogonalization, no restart (module docstring).
 
     The block after W = (I − QQᵀ)HQ_last is the left singular basis of W (B₊ = ΣVᵀ), reorthogonalized
@@ -490,7 +492,7 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress, in
     so after such a run the residuals are measured (one more pass of the wanted vectors). The last block is
     cut to the dimension left.
 
-    Returns (values, vectors, residuals, converged, products, passes).
+    Returns (values, vectors, residuals, converged, products, passes, max|θ|).
     """
     n = op.num_params
     kk = k * (2 if which == "both" else 1)
@@ -509,11 +511,8 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress, in
         passes += 1
         bar.update(width)
         Qa = Q[:, :m + width]
-        h = Qa.T @ W
-        W = W - Qa @ h
-        h2 = Qa.T @ W
-        W = W - Qa @ h2
-        h = (h + h2).double().cpu().numpy()
+        W, h = _orthogonalize(Qa.T, W)
+        h = h.double().cpu().numpy()
         T[:m + width, blk] = h
         T[blk, :m + width] = h.T
         T[blk, blk] = (h[m:] + h[m:].T) / 2  # the diagonal block: symmetric up to rounding
@@ -524,8 +523,7 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress, in
         theta, S = np.linalg.eigh(T[:m, :m])
         idx = _wanted(theta, k, which)
         res = np.linalg.norm(Bn @ S[m - width:m, idx], axis=0)  # ‖Hy − θy‖ = ‖B₊ s_last‖
-        scale = np.maximum(np.abs(theta[idx]), 1e-3 * np.abs(theta).max())
-        done = len(idx) == kk and bool(np.all(res <= tol * scale))
+        done = _met(theta, idx, res, kk, tol)
         nxt = min(b, n - m)  # the last block: what is left of the dimension
         if done or nxt == 0 or m + nxt > cap or m + nxt > max_hvps:
             break
@@ -534,11 +532,8 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress, in
         fresh = np.flatnonzero(small[:nxt])
         replaced |= bool(len(fresh))
         if len(fresh):  # not in the Krylov space: fresh directions (their B₊ rows ≈ 0)
-            g = torch.Generator(device=op.device).manual_seed(seed + 104729 * m)
-            U[:, torch.as_tensor(fresh, device=op.device)] = torch.randn(
-                n, len(fresh), generator=g, device=op.device, dtype=op.dtype)
-        for _ in range(2):  # once more against the basis (fresh columns: twice, as every new vector)
-            U = U - Qa @ (Qa.T @ U)
+            U[:, torch.as_tensor(fresh, device=op.device)] = _fresh(op, len(fresh), seed + 104729 * m)
+        U = _orthogonalize(Qa.T, U)[0]  # once more against the basis (fresh columns: twice, as every new vector)
         Q[:, m:m + nxt] = torch.linalg.qr(U)[0]
         width = nxt
     bar.close()
@@ -546,11 +541,9 @@ def _block_lanczos(op, k, which, tol, max_hvps, max_basis, seed, b, progress, in
     if replaced and m < n:  # dropped couplings (≤ the floor) are outside the residual formula: measure them
         R = _matmat(op, vectors.T).T - torch.as_tensor(theta[idx], device=op.device, dtype=op.dtype)[:, None] * vectors
         res = R.norm(dim=1).double().cpu().numpy()
-        done = len(idx) == kk and bool(np.all(res <= tol * scale))
+        done = _met(theta, idx, res, kk, tol)
         m, passes = m + len(idx), passes + 1
-    if info is not None:
-        info["scale"] = float(np.abs(theta).max())
-    return theta[idx].copy(), vectors, res, done, m, passes
+    return theta[idx].copy(), vectors, res, done, m, passes, float(np.abs(theta).max())
 
 
 def _power(op, k, tol, max_hvps, seed, progress):
