@@ -328,7 +328,11 @@ class Objective:
         and one forward per batch through ``torch.func.vmap``. In train mode every row is evaluated alone:
         its forward draws seeded dropout masks and computes BN batch statistics per point.
         """
-        k = self.points_per_forward() if per_forward is None else max(1, int(per_forward))
+        require("per_forward", per_forward, int, optional=True, ge=1)
+        if not isinstance(thetas, torch.Tensor) or thetas.dim() != 2 or thetas.shape[1] != self.num_params:
+            got = tuple(thetas.shape) if isinstance(thetas, torch.Tensor) else type(thetas).__name__
+            raise SharpnessError(f"thetas must be a (points × {self.num_params}) tensor (got {got})")
+        k = per_forward or self.points_per_forward()
         if k == 1 or len(thetas) == 1 or self.mode == "train":
             return [self.evaluate(t) for t in thetas]
         return [r for s in range(0, len(thetas), k) for r in self._vmapped(thetas[s:s + k])]

@@ -350,6 +350,10 @@ def test_evaluate_many_vmapped_equals_one_at_a_time(name):
         assert (a1 is None and a2 is None) or abs(a1 - a2) < 1e-12
     assert len({lo for lo, _ in many}) == 7  # distinct points, not one point repeated
     assert_unchanged(case.model, snap)
+    for bad, match in ((dict(per_forward=0), "per_forward"), (dict(per_forward="2"), "per_forward"),
+                       (dict(thetas=thetas[:, :-1]), "thetas must be"), (dict(thetas=thetas[0]), "thetas must be")):
+        with pytest.raises(SharpnessError, match=match):
+            obj.evaluate_many(**{"thetas": thetas, **bad})
 
 
 def test_evaluate_many_in_train_mode_keeps_each_points_seeded_masks():
@@ -416,3 +420,24 @@ def test_one_function_with_and_without_gradients_for_a_masked_transformer_encode
         many = obj.evaluate_many(thetas, per_forward=2)
         assert all(abs(a[0] - obj.evaluate(t)[0]) < 1e-12 for a, t in zip(many, thetas))
     assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_block_lanczos_and_evaluate_many_on_dict_batches_with_a_sum_loss():
+    # Embedding + LayerNorm on uneven dict batches, cross-entropy summed: block Lanczos against the dense
+    # Hessian of the data mean, and several points per vmapped forward against one at a time.
+    torch.manual_seed(2)
+    model = DictNet().double()
+    ids, mask = torch.randint(0, 11, (13, 5)), (torch.rand(13, 5) > 0.3).double()
+    mask[:, 0] = 1
+    labels = torch.randint(0, 3, (13,))
+    batches = [{"input_ids": ids[a:b], "attention_mask": mask[a:b], "labels": labels[a:b]}
+               for a, b in ((0, 6), (6, 11), (11, 13))]
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    op = HessianOperator(model, loss, batches)
+    ev = np.sort(torch.linalg.eigvalsh(op.to_dense()).numpy())
+    r = hessian_eigenvalues(op, k=2, which="both", tol=1e-10, method="block-lanczos")
+    assert r.converged and np.allclose(np.sort(r.values), np.r_[ev[:2], ev[-2:]], atol=1e-8)
+    obj = Objective(model, loss, batches)
+    thetas = obj.flat() + 0.1 * torch.randn(5, obj.num_params, dtype=torch.float64)
+    for (l1, a1), (l2, a2) in zip(obj.evaluate_many(thetas, per_forward=2), [obj.evaluate(t) for t in thetas]):
+        assert abs(l1 - l2) < 1e-12 and abs(a1 - a2) < 1e-12
