@@ -18,14 +18,26 @@ fits. A ``DataLoader`` is never frozen: every pass iterates it again, so a shuff
 same examples in another order (the same mean, up to rounding), and random augmentation gives a
 *different* loss at every pass — pass the un-augmented data to measure one fixed loss.
 Floating-point leaves are cast to the model's dtype as they reach the device.
+
+A ``DataLoader`` draws random numbers as it is iterated — its workers' base seed and a shuffling
+sampler's seed come from torch's global generator (or the loader's own ``generator``), even with
+``shuffle=False`` — and main-process transforms may draw from torch, NumPy and Python's ``random``. Every
+step of a loader here runs on private generators instead (:class:`_PrivateRandom`: reset from one seed
+at each pass, swapped in around each ``next`` and swapped out before the batch is used), so iterating a
+user's loader leaves every one of the caller's random states bit for bit as it was — a training loop that
+analyzes or tracks its model trains exactly as one that does not — and each pass draws the same numbers
+(the same order, the same augmentation), so two passes see one and the same loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import warnings
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
@@ -120,6 +132,50 @@ def _in_memory(data: Any) -> Any | None:
     return None
 
 
+class _PrivateRandom:
+    """Generators a DataLoader's steps run on, in place of the caller's (see the module docstring).
+
+    Covers torch's global CPU generator, the loader's own ``generator`` (and its sampler's), NumPy's and
+    Python's global generators. :meth:`reset` starts a pass from the same seed; :meth:`step` swaps the
+    private states in and, on exit, saves them and puts the caller's back (also when the step raises).
+    """
+
+    def __init__(self, loader: DataLoader | None, seed: int = 0):
+        self.seed = seed
+        own = [loader.generator, getattr(loader.sampler, "generator", None)] if loader is not None else []
+        self.generators = [g for i, g in enumerate(own) if g is not None and all(g is not o for o in own[:i])]
+        self.reset()
+
+    def reset(self) -> None:
+        """Private states as drawn from ``seed``: every pass draws the same numbers."""
+        g = torch.Generator().manual_seed(self.seed)
+        self.states = [g.get_state()] + [torch.Generator().manual_seed(self.seed + 1 + i).get_state()
+                                          for i in range(len(self.generators))]
+        self.np_state = np.random.RandomState(self.seed).get_state()
+        self.py_state = random.Random(self.seed).getstate()
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """The private states in place of the caller's for the body; the caller's back after it."""
+        mine = [torch.get_rng_state()] + [g.get_state() for g in self.generators]
+        mine_np, mine_py = np.random.get_state(), random.getstate()
+        torch.set_rng_state(self.states[0])
+        for g, st in zip(self.generators, self.states[1:]):
+            g.set_state(st)
+        np.random.set_state(self.np_state)
+        random.setstate(self.py_state)
+        try:
+            yield
+        finally:
+            self.states = [torch.get_rng_state()] + [g.get_state() for g in self.generators]
+            self.np_state, self.py_state = np.random.get_state(), random.getstate()
+            torch.set_rng_state(mine[0])
+            for g, st in zip(self.generators, mine[1:]):
+                g.set_state(st)
+            np.random.set_state(mine_np)
+            random.setstate(mine_py)
+
+
 def _default_budget(device: torch.device) -> float:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -149,6 +205,7 @@ class Batches:
         self._cache_after_pass = False
         self.num_samples: int | None = None  # known after the first pass for loaders
         self.source = data
+        self.random: _PrivateRandom | None = None  # a loader's private generators (set below)
         tree = _in_memory(data)
         if tree is not None:
             self._store(split(tree, batch_size) if batch_size else [tree])
@@ -167,6 +224,8 @@ class Batches:
         else:
             raise SharpnessError("data must be (X, y) tensors, a TensorDataset, a list of batches, a Dataset or "
                                  f"a DataLoader (got {type(data).__name__})")
+        if self.loader is not None:
+            self.random = _PrivateRandom(self.loader)
 
     def _store(self, batches: list) -> None:
         if not batches or sum(length(b) for b in batches) == 0:
@@ -191,13 +250,18 @@ class Batches:
             yield from self.stored
             return
         async_copy = self.device.type == "cuda"
-        source = iter(self.stored if self.stored is not None else self.loader)
+        if self.stored is None:
+            self.random.reset()
+            with self.random.step():
+                source = iter(self.loader)
+        else:
+            source = iter(self.stored)
         kept, n, nbytes = [], 0, 0
-        nxt = next(source, None)
+        nxt = self._next(source)
         nxt = None if nxt is None else _move(nxt, self.device, self.dtype, async_copy)
         while nxt is not None:
             cur = nxt
-            raw = next(source, None)  # issue the next copy before the current batch is used
+            raw = self._next(source)  # issue the next copy before the current batch is used
             nxt = None if raw is None else _move(raw, self.device, self.dtype, async_copy)
             n += length(cur)
             if self._cache_after_pass:
@@ -212,6 +276,13 @@ class Batches:
         if self._cache_after_pass:  # a Dataset that fits: read once, like in-memory data
             self.stored, self.cached, self._cache_after_pass = kept, True, False
 
+    def _next(self, source: Iterator) -> Any:
+        """The next batch of ``source`` (None at its end); a loader's step on its private generators."""
+        if self.stored is not None:
+            return next(source, None)
+        with self.random.step():
+            return next(source, None)
+
     def examples(self, idx: torch.Tensor) -> Any:
         """The examples ``idx`` (positions in pass order) as one batch on the host or device."""
         if isinstance(self.source, (TensorDataset, tuple, dict)) or (
@@ -220,6 +291,8 @@ class Batches:
         loader = self.loader
         if loader is not None and not isinstance(loader.dataset, IterableDataset):
             # By data-set index, so a shuffling loader gives the same subset every time.
-            return loader.collate_fn([loader.dataset[int(i)] for i in idx])
+            self.random.reset()
+            with self.random.step():
+                return loader.collate_fn([loader.dataset[int(i)] for i in idx])
         return index(cat(list(self)), idx)
 

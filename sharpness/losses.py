@@ -34,6 +34,7 @@ arguments. Accuracy is defined only for classification (class-index targets with
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -53,11 +54,35 @@ def _same_shape(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y.reshape(out.shape) if y.shape != out.shape and y.numel() == out.numel() else y
 
 
+def _class_targets(name: str, out: Any, y: Any) -> None:
+    """Refuse what a class loss would silently get wrong: one output, or real-valued targets.
+
+    Cross-entropy over a single output is 0 whatever the weights (log-softmax of one logit), and real
+    targets that are not class probabilities give a number with no meaning: both once trained a
+    regression model to "loss 0.0000" without a word.
+    """
+    if not (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return
+    if out.dim() >= 2 and out.shape[1] == 1:
+        raise SharpnessError(f"loss '{name}' over a single output is 0 whatever the weights (outputs "
+                             f"{tuple(out.shape)}); for regression use mse, for 0/1 labels bce_with_logits")
+    if y.is_floating_point():
+        if y.shape != out.shape:
+            raise SharpnessError(f"loss '{name}' got real-valued targets {tuple(y.shape)} for outputs "
+                                 f"{tuple(out.shape)}: class labels must be integers; for regression use mse")
+        if out.dim() >= 2 and not ((y >= 0).all() and torch.allclose(y.sum(1), torch.ones((), dtype=y.dtype),
+                                                                      atol=1e-3)):
+            raise SharpnessError(f"loss '{name}' got real-valued targets that are not class probabilities "
+                                 "(each row ≥ 0, summing to 1); for regression use mse")
+
+
 def _cross_entropy(out, y, **kw):
+    _class_targets("cross_entropy", out, y)
     return F.cross_entropy(out, y, **kw)
 
 
 def _nll(out, y, **kw):
+    _class_targets("nll", out, y)
     return F.nll_loss(out, y, **kw)
 
 
@@ -126,19 +151,52 @@ class Loss:
     Args:
         fn: ``fn(output, targets, *extra)`` → a scalar (``reduction`` says which) or per-example values.
         name: recorded in reports and on figure axes.
-        reduction: ``"mean"`` or ``"sum"``: what a scalar returned by ``fn`` is over the batch.
+        reduction: ``"mean"`` or ``"sum"``: what a scalar returned by ``fn`` is over the batch; None: not
+            declared, found by :meth:`resolve` on the first batch of two or more examples.
         per_example: ``fn`` accepts ``reduction="none"`` (named losses): sample weights are applied
             per example and the reduction is done here.
         label: human-readable name for axes (default: ``name``).
     """
 
-    def __init__(self, fn: Callable, *, name: str, reduction: str = "mean", per_example: bool = False,
+    def __init__(self, fn: Callable | None, *, name: str, reduction: str | None = "mean", per_example: bool = False,
                  label: str | None = None, normalizer: Callable | None = None):
-        if reduction not in REDUCTIONS:
+        if reduction is not None and reduction not in REDUCTIONS:
             raise SharpnessError(f"loss reduction must be one of {', '.join(REDUCTIONS)} (got {reduction!r})")
-        self.fn, self.name, self.reduction, self.per_example = fn, name, reduction, per_example
+        self.fn, self.name, self.per_example = fn, name, per_example
+        self.reduction = reduction or "mean"
         self.label = label or name
-        self._normalizer = normalizer if reduction == "mean" else None
+        self._normalizer = normalizer if self.reduction == "mean" else None
+        # What the first batch still has to settle: "infer" (no loss named) or "reduction" (not declared).
+        self.pending: str | None = "infer" if fn is None else ("reduction" if reduction is None else None)
+        self.inferred = self.probed = False
+        self._infer_args: tuple[dict, str] = ({}, "mean")
+
+    def resolve(self, out: Any, targets: Any, extra: tuple = ()) -> None:
+        """Settle what the first batch decides (no-op once settled); outside ``vmap``, on detached outputs.
+
+        - No loss named: class-index targets with (n, C ≥ 2, …) outputs → cross-entropy; real-valued
+          targets shaped like the outputs → MSE, said in a one-line warning; anything else is refused in
+          one line that names ``loss=`` (cross-entropy on real-valued targets was silently 0).
+        - A scalar-returning function with no declared reduction is evaluated on the whole batch and on its
+          two halves (the batch's outputs split, no extra forward): the whole equal to the halves' sum is
+          a sum (handled as ``reduction="sum"``, said in a warning), equal to their size-weighted mean is a
+          mean. A batch that cannot tell (one example; losses where both hold, e.g. all zero) leaves it to
+          the next; a loss that is neither (a batch-level normalization, a regularizer) is taken as a mean
+          with a warning. Taken as a mean, a summing loss would give curvature ×n too large.
+        """
+        if self.pending == "infer":
+            args, reduction = self._infer_args
+            choice = _infer(out, targets)
+            if choice == "mse":
+                warnings.warn(f"no loss given: real-valued targets shaped like the outputs {tuple(out.shape)}, "
+                              "so the loss is mse (pass loss= / --loss to choose another)", stacklevel=3)
+            named = _named(choice, args, reduction)
+            self.__dict__.update({k: v for k, v in named.__dict__.items() if k not in ("inferred", "probed")})
+            self.inferred, self.pending = True, None
+        elif self.pending == "reduction":
+            found = _probe_reduction(self.fn, self.name, out, targets, extra)
+            if found is not None:
+                self.reduction, self.probed, self.pending = found, True, None
 
     def count(self, targets: Any, n: int) -> torch.Tensor | int:
         """The batch's share of the denominator of the data-set mean: n, or Σ w_{yᵢ} with class weights."""
@@ -146,6 +204,8 @@ class Loss:
 
     def total(self, out: torch.Tensor, targets: Any, extra: tuple = ()) -> torch.Tensor:
         """Σ over the batch's examples of ℓ_i (a 0-dim tensor, differentiable)."""
+        if self.pending:
+            self.resolve(out, targets, extra)
         n = out.shape[0]
         if self.per_example:
             v = self.fn(out, targets, reduction="none")
@@ -170,6 +230,8 @@ class Loss:
         A named loss with its default mean reduction and no weights calls PyTorch's own mean, so a run
         trains bit-identically to ``F.cross_entropy(out, y)``.
         """
+        if self.pending:
+            self.resolve(out, targets, extra)
         if self.per_example and self.reduction == "mean" and not extra:
             return self.fn(out, targets, reduction="mean")
         return self.total(out, targets, extra) / self.count(targets, out.shape[0])
@@ -190,8 +252,9 @@ class Loss:
         return None
 
     def to_dict(self) -> dict:
-        """Name and reduction, for reports."""
-        return {"name": self.name, "reduction": self.reduction}
+        """Name and reduction, for reports; ``inferred`` / ``reduction_probed`` where the data decided them."""
+        return {"name": self.name, "reduction": self.reduction, **({"inferred": True} if self.inferred else {}),
+                **({"reduction_probed": True} if self.probed else {})}
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r}, reduction={self.reduction!r})"
@@ -202,20 +265,23 @@ def make_loss(spec: Any = None, args: dict | None = None, *, reduction: str | No
     """A :class:`Loss` from a name, ``"pkg.module:fn"``, a loss module, a function, or a Loss.
 
     Args:
-        spec: None (cross-entropy), a registered name (``cross_entropy``, ``mse``, ``nll``,
+        spec: None (inferred from the first batch: see :meth:`Loss.resolve`), a registered name (``cross_entropy``, ``mse``, ``nll``,
             ``bce_with_logits``, or one added with :func:`register_loss`), ``"pkg.module:fn"`` (a
             function, or an ``nn.Module`` class built with ``args``), an ``nn.Module`` instance, a callable.
         args: keyword arguments: for named losses e.g. ``label_smoothing``, ``reduction``, ``weight``; for a
-            loss class, its constructor's; for a function, passed on every call.
-        reduction: what a plain function's scalar is over a batch (default ``"mean"``; a module's own
-            ``reduction`` attribute takes precedence, and a named loss reads ``args["reduction"]``).
+            loss class, its constructor's; for a function, passed on every call — except ``reduction``,
+            which declares what the function returns and is not passed to it.
+        reduction: what a plain function's scalar is over a batch (a module's own ``reduction`` attribute
+            takes precedence, then ``args["reduction"]``); None: probed on the first batch.
         trusted: False when the name comes from a checkpoint (see :mod:`sharpness.specs`).
     """
     if isinstance(spec, Loss):
         return spec
     args = dict(args or {})
     if spec is None:
-        spec = "cross_entropy"
+        inferred = Loss(None, name="auto")
+        inferred._infer_args = (args, args.pop("reduction", reduction or "mean"))
+        return inferred
     if isinstance(spec, str) and spec in _NAMED and LOSSES.resolve(spec, trusted=True) is _NAMED[spec][0]:
         return _named(spec, args, args.pop("reduction", reduction or "mean"))
     if type(spec) in (nn.CrossEntropyLoss, nn.NLLLoss):  # their mean is weighted: handled as the named loss
@@ -234,7 +300,11 @@ def make_loss(spec: Any = None, args: dict | None = None, *, reduction: str | No
         args = {}
     if not callable(spec):
         raise SharpnessError(f"loss must be a name, 'pkg.module:fn' or a callable (got {type(spec).__name__})")
-    red = getattr(spec, "reduction", None) or args.get("reduction") or reduction or "mean"
+    declared = args.pop("reduction", None)  # the toolkit's declaration, never passed into the user's function
+    red = getattr(spec, "reduction", None) or declared or reduction
+    if red is not None and red not in REDUCTIONS:
+        raise SharpnessError(f"loss '{name or getattr(spec, '__name__', type(spec).__name__)}': reduction must be "
+                             f"one of {', '.join(REDUCTIONS)} (got {_short(red)})")
     name = name or getattr(spec, "__name__", None) or type(spec).__name__
     fn = (lambda out, y, *extra, _f=spec, _a=args: _f(out, y, *extra, **_a)) if args else spec
     return Loss(fn, name=name, reduction=red)
@@ -309,3 +379,57 @@ def _named(name: str, args: dict, reduction: str) -> Loss:
     normalizer = _class_normalizer(args.get("weight"), args.get("ignore_index", -100)) \
         if name in ("cross_entropy", "nll") else None
     return Loss(bound, name=name, reduction=reduction, per_example=True, label=label, normalizer=normalizer)
+
+
+def _describe(t: Any) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+    return type(t).__name__
+
+
+def _infer(out: Any, y: Any) -> str:
+    """The loss the data imply (see :meth:`Loss.resolve`), else a SharpnessError naming ``loss=``."""
+    if isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor) and out.is_floating_point():
+        labels = not (y.is_floating_point() or y.is_complex()) and y.dtype != torch.bool
+        if labels and out.dim() >= 2 and out.shape[1] >= 2 and tuple(y.shape) == (out.shape[0], *out.shape[2:]):
+            return "cross_entropy"
+        if y.is_floating_point() and _same_shape(out, y).shape == out.shape:
+            return "mse"
+    raise SharpnessError(f"no loss given, and none follows from the outputs {_describe(out)} and targets "
+                         f"{_describe(y)}: pass loss= (--loss), e.g. cross_entropy for class indices, mse for "
+                         "real-valued targets shaped like the outputs, or your own function")
+
+
+def _probe_reduction(fn: Callable, name: str, out: Any, targets: Any, extra: tuple) -> str | None:
+    """"sum" or "mean" from the loss of a batch and of its two halves (see :meth:`Loss.resolve`); None: undecided."""
+    from .batches import length, tree_map  # batches imports nothing from here; at call time: no import cycle
+
+    n = length(out)
+    if n < 2:
+        return None
+    h = n // 2
+
+    def part(tree: Any, sl: slice) -> Any:
+        return tree_map(lambda t: t.detach()[sl], tree)
+
+    with torch.no_grad():
+        values = [fn(part(out, sl), part(targets, sl), *part(extra, sl))
+                  for sl in (slice(None), slice(0, h), slice(h, None))]
+    if not all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in values):
+        return "mean"  # per-example values: summed by Loss.total whatever the reduction
+    whole, a, b = (float(v) for v in values)
+    mean, total = (h * a + (n - h) * b) / n, a + b
+    tol = 1e-4 * max(abs(whole), abs(mean), abs(total), 1e-30)
+    is_mean, is_sum = abs(whole - mean) <= tol, abs(whole - total) <= tol
+    if is_mean and is_sum:
+        return None
+    if is_sum:
+        warnings.warn(f"loss '{name}' returns a sum over the batch (whole batch {whole:.6g} = the sum of its halves' "
+                      f"{a:.6g} + {b:.6g}): handled as reduction='sum'; pass reduction='sum' (--loss-arg "
+                      "reduction=sum) to declare it", stacklevel=4)
+        return "sum"
+    if not is_mean:
+        warnings.warn(f"loss '{name}' is neither the mean nor the sum of its examples' losses (whole batch "
+                      f"{whole:.6g}, halves {a:.6g} and {b:.6g}): taken as a mean over the batch; pass "
+                      "reduction='mean' or 'sum' to declare it", stacklevel=4)
+    return "mean"

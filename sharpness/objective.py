@@ -10,8 +10,13 @@ to the user's batches and model:
   ``(x, y, *extra)``; a dict batch takes its ``"labels"`` (or ``"label"``, ``"targets"``, ``"target"``,
   ``"y"``) entry as targets and the rest as inputs. ``extra`` (e.g. sample weights) goes to the loss.
 - ``forward_fn(model, inputs) → output``. Default: ``model(inputs)``, ``model(*inputs)`` for a
-  tuple/list, ``model(**inputs)`` for a dict; an output with a ``logits`` attribute (Hugging Face
-  models) gives its logits.
+  tuple/list, ``model(**inputs)`` for a dict; of what the model returns, a tensor is the output, an
+  object with a ``logits`` attribute (Hugging Face models) or a dict gives its ``"logits"`` (a dict
+  without one: its only tensor), a tuple or list (``return_dict=False``) its first element.
+
+θ is the parameters that require grad (``params=`` globs choose among them), so every measure of one
+model works in one parameter space: frozen weights are part of the function, not of θ. Tied (shared)
+parameters are one entry of θ, as ``model.named_parameters()`` lists them once.
 
 Every analyzer — Hessian products, ε-sharpness, adaptive sharpness, the noise scale, landscapes,
 interpolation — and the trainer's evaluation go through it: one data loop, one flat-parameter view
@@ -48,7 +53,7 @@ from .errors import SharpnessError
 from .losses import make_loss
 from .model_state import preserved, set_mode
 
-__all__ = ["Objective", "as_objective", "flat_params", "default_batch_fn", "default_forward"]
+__all__ = ["Objective", "as_objective", "flat_params", "default_batch_fn", "default_forward", "model_output"]
 
 _TARGET_KEYS = ("labels", "label", "targets", "target", "y")
 
@@ -64,9 +69,14 @@ def _no_mha_fastpath() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(was)
 
 
-def flat_params(model: nn.Module) -> torch.Tensor:
-    """The model's parameters as one flat (detached, copied) tensor on its device."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+def flat_params(model: nn.Module, params: str | Iterable[str] | None = None,
+                trainable_only: bool = True) -> torch.Tensor:
+    """θ of ``model`` as one flat (detached, copied) tensor on its device.
+
+    The parameters :func:`select_params` takes (default: every parameter that requires grad, in
+    ``named_parameters`` order).
+    """
+    return torch.cat([p.detach().reshape(-1) for _, p in select_params(model, params, trainable_only)]).clone()
 
 
 def default_batch_fn(batch: Any) -> tuple[Any, Any, tuple]:
@@ -83,15 +93,36 @@ def default_batch_fn(batch: Any) -> tuple[Any, Any, tuple]:
                          "pass batch_fn=")
 
 
+def model_output(out: Any) -> Any:
+    """The tensor a loss takes from what a model returned (see the module docstring), else a SharpnessError."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)  # Hugging Face ModelOutput (a dict too: its attribute first)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, dict):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        tensors = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return out[tensors[0]]
+        raise SharpnessError(f"the model returned a dict without 'logits' and with {len(tensors)} tensors "
+                             f"({', '.join(map(str, tensors)) or 'none'}): pass forward_fn= to say which is the output")
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise SharpnessError(f"the model returned {type(out).__name__}, not a tensor, a dict with 'logits' or a tuple "
+                         "starting with one: pass forward_fn= to say which is the output")
+
+
 def default_forward(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """``model(x)``, ``model(*inputs)`` or ``model(**inputs)``; a Hugging Face output gives its logits."""
+    """``model(x)``, ``model(*inputs)`` or ``model(**inputs)``, its output read by :func:`model_output`."""
     if isinstance(inputs, dict):
         out = model(**inputs)
     elif isinstance(inputs, (tuple, list)):
         out = model(*inputs)
     else:
         out = model(inputs)
-    return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
+    return model_output(out)
 
 
 class _Forward(nn.Module):
@@ -107,16 +138,29 @@ class _Forward(nn.Module):
 
 
 def select_params(model: nn.Module, params: str | Iterable[str] | None,
-                  trainable_only: bool = False) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) pairs: all (or those requiring grad), or those matching glob patterns."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only]
+                  trainable_only: bool = True) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) pairs: those requiring grad (or all), or those of them matching glob patterns.
+
+    Tied parameters come once (``named_parameters`` lists a shared tensor under its first name).
+    """
+    every = list(model.named_parameters())
+    named = [(n, p) for n, p in every if p.requires_grad or not trainable_only]
     if not named:
-        raise SharpnessError("the model has no parameters" + (" that require grad" if trainable_only else ""))
+        raise SharpnessError("the model has no parameters" + (" that require grad (all are frozen)"
+                                                              if every else ""))
     if params is None:
         return named
     patterns = [params] if isinstance(params, str) else list(params)
-    chosen = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+
+    def matches(n: str) -> bool:
+        return any(fnmatch.fnmatchcase(n, pat) for pat in patterns)
+
+    chosen = [(n, p) for n, p in named if matches(n)]
     if not chosen:
+        frozen = [n for n, p in every if matches(n) and not p.requires_grad]
+        if frozen:
+            raise SharpnessError(f"params {patterns} match only frozen parameters (requires_grad=False: "
+                                 f"{', '.join(frozen[:5])}); unfreeze them to measure them")
         raise SharpnessError(f"no parameter matches {patterns}; names are e.g. {[n for n, _ in named[:5]]}")
     return chosen
 
@@ -135,8 +179,8 @@ class Objective:
         batch_size: split in-memory data into batches of this size (memory only).
         mode: ``"eval"`` or ``"train"`` (see the module docstring).
         seed: seeds the per-batch random draws of train-mode forwards.
-        params: parameter names or glob patterns to take as θ (None: all parameters).
-        trainable_only: take only parameters that require grad.
+        params: parameter names or glob patterns to take as θ (None: every parameter that requires grad).
+        trainable_only: take only parameters that require grad (default; False: frozen ones too).
         cache_bytes: device-memory budget for caching the data (see :class:`Batches`).
         reduction: for a plain-function loss: what its scalar is over a batch, ``"mean"`` or ``"sum"``.
         distributed: split the data over the ranks of the default process group and all-reduce every sum
@@ -146,7 +190,7 @@ class Objective:
     def __init__(self, model: nn.Module, loss: Any = None, data: Any = None, *, loss_args: dict | None = None,
                  batch_fn: Callable | None = None, forward_fn: Callable | None = None,
                  batch_size: int | None = None, mode: str = "eval", seed: int = 0,
-                 params: str | Iterable[str] | None = None, trainable_only: bool = False,
+                 params: str | Iterable[str] | None = None, trainable_only: bool = True,
                  cache_bytes: float | None = None, reduction: str | None = None, distributed: bool | None = None):
         if not isinstance(model, nn.Module):
             raise SharpnessError(f"model must be an nn.Module (got {type(model).__name__})")
@@ -238,9 +282,18 @@ class Objective:
         return parts[0], parts[1], tuple(parts[2]) if len(parts) == 3 else ()
 
     def batches(self) -> Iterator[tuple[int, Any, Any, tuple, int]]:
-        """(index, inputs, targets, extra, n) per batch, on the device."""
+        """(index, inputs, targets, extra, n) per batch, on the device.
+
+        While the loss has something to settle from the data (:meth:`~sharpness.losses.Loss.resolve`: no
+        loss named, or a reduction not declared), each batch's output is computed once more, without
+        gradients, to settle it before the batch is used: outside any ``vmap``, on one batch in practice.
+        """
         for i, raw in enumerate(self.data):
             inputs, targets, extra = self.split(raw)
+            if self.loss.pending:
+                with torch.no_grad(), preserved(self.model):
+                    set_mode(self.model, self.mode)
+                    self.loss.resolve(self.output(i, inputs), targets, extra)
             yield i, inputs, targets, extra, length(targets if targets is not None else inputs)
 
     def with_data(self, data: Any, *, batch_size: int | None = None) -> "Objective":
@@ -270,10 +323,11 @@ class Objective:
         """The model's output on batch ``i`` with parameters/buffers ``state`` (None: the model's own)."""
         state = dict(state or {})
         with contextlib.ExitStack() as stack:
+            # Any random draw of the forward (dropout in train mode, a model's own noise) comes from a generator
+            # seeded by (seed, batch): the objective is a function of θ, and the caller's random state is untouched.
+            stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
+            torch.manual_seed(self.seed * 1_000_003 + i)
             if self.mode == "train":
-                cuda = [self.device] if self.device.type == "cuda" else []
-                stack.enter_context(torch.random.fork_rng(devices=cuda))
-                torch.manual_seed(self.seed * 1_000_003 + i)
                 # Train-mode BN writes running statistics in the forward: give it clones.
                 state.update({n: b.clone() for n, b in self.model.named_buffers() if n not in state})
             if double_backward:

@@ -1,6 +1,8 @@
 """Directions in parameter space for loss landscapes (Li et al. 2018; Goodfellow et al. 2015).
 
-Every direction is a flat tensor on the model's device, ordered as ``model.parameters()``, and comes in
+Every direction is a flat tensor on the model's device over θ — the parameters that require grad, or those
+``params=`` selects, ordered as ``model.named_parameters()`` (:func:`~sharpness.objective.select_params`:
+the one parameter space of every measure) — and comes in
 a :class:`Directions` record that says how it was made (kind, normalization, seed) so results that use
 it describe themselves.
 """
@@ -16,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..errors import SharpnessError
-from ..objective import flat_params
+from ..objective import flat_params, select_params
 
 __all__ = ["Directions", "random_directions", "between", "eigenvector_directions", "pca_directions",
            "flat_params", "cosine"]
@@ -52,17 +54,18 @@ class Directions:
                 "norms": [float(v.norm()) for v in self.vectors], **self.info}
 
 
-def _ignored(model: nn.Module) -> list[bool]:
+def _ignored(model: nn.Module, params: list[nn.Parameter]) -> list[bool]:
     """Per parameter: a bias, or a parameter of a normalization layer (Li et al.'s 'biasbn')."""
     owner = {}
     for m in model.modules():
         for p in m.parameters(recurse=False):
             owner[id(p)] = m
-    return [p.dim() <= 1 or isinstance(owner.get(id(p)), _NORM_LAYERS) for p in model.parameters()]
+    return [p.dim() <= 1 or isinstance(owner.get(id(p)), _NORM_LAYERS) for p in params]
 
 
 def random_directions(model: nn.Module, n: int = 2, *, normalization: str = "filter",
-                      ignore: str | None = "biasbn", seed: int = 0) -> Directions:
+                      ignore: str | None = "biasbn", seed: int = 0,
+                      params: str | Sequence[str] | None = None) -> Directions:
     """Gaussian directions normalized as in Li et al. 2018 ("Visualizing the Loss Landscape of Neural Nets").
 
     Args:
@@ -74,14 +77,15 @@ def random_directions(model: nn.Module, n: int = 2, *, normalization: str = "fil
         ignore: ``"biasbn"``: biases and normalization-layer parameters get exactly zero direction.
             None: as Li et al.'s code without that flag, their direction is a copy of the weight.
         seed: the Gaussian draws (CPU generator, so the same on every device).
+        params: glob patterns of the parameters θ spans (None: every parameter that requires grad).
     """
     if normalization not in ("filter", "layer", "none"):
         raise SharpnessError(f"normalization must be 'filter', 'layer' or 'none' (got {normalization!r})")
     if ignore not in ("biasbn", None):
         raise SharpnessError(f"ignore must be 'biasbn' or None (got {ignore!r})")
     gen = torch.Generator().manual_seed(seed)
-    params = list(model.parameters())
-    skip = _ignored(model)
+    params = [p for _, p in select_params(model, params)]
+    skip = _ignored(model, params)
     out = []
     for _ in range(n):
         pieces = []
@@ -116,9 +120,6 @@ def eigenvector_directions(model: nn.Module, loss_fn: Callable | None, data: Any
     """The top-n Hessian eigenvectors (unit norm) from the curvature engine, eigenvalues in ``info``."""
     from ..curvature import HessianOperator, hessian_eigenvalues
 
-    params = [p for p in model.parameters()]
-    if not all(p.requires_grad for p in params):
-        raise SharpnessError("eigenvector directions need every parameter to require grad")
     r = hessian_eigenvalues(HessianOperator(model, loss_fn, data), k=n, seed=seed, **eig_kwargs)
     return Directions(r.vectors, "eigenvectors", seed=seed,
                       info={"eigenvalues": r.values.tolist(), "converged": r.converged})
@@ -143,12 +144,13 @@ def pca_directions(trajectory: Sequence[nn.Module | torch.Tensor], n: int = 2,
                                       "trajectory_coords": coords.tolist()})
 
 
-def as_directions(directions: Any, model: nn.Module, n: int, seed: int) -> Directions:
+def as_directions(directions: Any, model: nn.Module, n: int, seed: int,
+                  params: str | Sequence[str] | None = None) -> Directions:
     """Accept a normalization name ("filter", "layer", "none"), a Directions, or tensors (k × P)."""
     if isinstance(directions, Directions):
         return directions
     if isinstance(directions, str):
-        return random_directions(model, n, normalization=directions, seed=seed)
+        return random_directions(model, n, normalization=directions, seed=seed, params=params)
     if isinstance(directions, (list, tuple)):
         directions = torch.stack([torch.as_tensor(d).reshape(-1) for d in directions])
     if isinstance(directions, (torch.Tensor, np.ndarray)):

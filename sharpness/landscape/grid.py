@@ -35,7 +35,7 @@ from ..distributed import all_sum, from_main
 from ..errors import SharpnessError
 from ..io import write_npz
 from ..model_state import preserved
-from ..objective import Objective, as_objective, flat_params
+from ..objective import Objective, as_objective
 from ..progress import progress_bar
 from .directions import Directions, as_directions
 
@@ -305,6 +305,22 @@ def _mix(name: str, a: torch.Tensor, b: torch.Tensor, ca: float, cb: float) -> t
     return mixed.clamp_min(0.0) if name.endswith("running_var") else mixed
 
 
+def _endpoints(obj: Objective, model_b: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ_a and θ_b over the objective's parameters; the parameters outside θ (frozen) must agree."""
+    named_b = dict(model_b.named_parameters())
+    named_a = dict(obj.model.named_parameters())
+    if set(named_a) != set(named_b) or any(named_a[k].shape != named_b[k].shape for k in named_a):
+        raise SharpnessError(f"models differ in their parameters ({sum(p.numel() for p in named_a.values())} vs "
+                             f"{sum(p.numel() for p in named_b.values())} values, or other names or shapes)")
+    outside = [k for k in named_a if k not in obj.names and not torch.equal(named_a[k].detach(),
+                                                                               named_b[k].detach().to(named_a[k]))]
+    if outside:
+        raise SharpnessError(f"parameters outside θ (frozen, or not in params=) differ between the models: "
+                             f"{', '.join(outside[:5])}; the line would not join the two models")
+    tb = torch.cat([named_b[k].detach().reshape(-1).to(named_a[k]) for k in obj.names])
+    return obj.flat(), tb
+
+
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | str | None, datasets: dict[str, Any], *,
                 alphas: Any = None, path: str = "linear", bn: str = "interpolate",
                 batch_size: int | None = None, points_per_forward: int | None = None,
@@ -337,9 +353,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | str 
     objs = {n: d if isinstance(d, Objective) else Objective(model_a, loss_fn, d, batch_size=batch_size, **objective_args)
             for n, d in datasets.items()}
     evs = {n: _Evaluator(o, bn, objs[next(iter(objs))], points_per_forward) for n, o in objs.items()}
-    ta, tb = flat_params(model_a), flat_params(model_b)
-    if ta.shape != tb.shape:
-        raise SharpnessError(f"models differ in size ({ta.numel()} vs {tb.numel()} parameters)")
+    ta, tb = _endpoints(objs[next(iter(objs))], model_b)
     coeff = _path_coefficients(alphas, path)
     C = torch.tensor(coeff, device=ta.device, dtype=ta.dtype)
     thetas = C[:, :1] * ta + C[:, 1:] * tb

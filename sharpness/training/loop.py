@@ -310,7 +310,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 examples += len(idx)
                 if config.trace_log_steps and step in TRACE_STEPS:
                     trace.append({"step": step, "examples": examples, "batch_loss": loss.item(),
-                                  "dist_from_init": (flat_params(model) - w0).norm().item()})
+                                  "dist_from_init": (flat_params(model, trainable_only=False) - w0).norm().item()})
                 if step in save_steps:
                     ckpt(out / f"ckpt_step{step}.pt", epoch, extra={"mid_epoch": True})
             wall += time.perf_counter() - t0
@@ -322,7 +322,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
                 "epoch": epoch + 1, "step": step, "examples": examples, "wall_time": wall, "lr": lr,
                 "batch_size": bsz, "train_loss": train_loss, "train_acc": train_acc,
                 "test_loss": test_loss, "test_acc": test_acc,
-                "dist_from_init": (flat_params(model) - w0).norm().item(),
+                "dist_from_init": (flat_params(model, trainable_only=False) - w0).norm().item(),
             })
             bar.set_postfix(loss=f"{train_loss:.4f}", **({"acc": f"{train_acc:.3f}", "test_acc": f"{test_acc:.3f}"}
                                                         if train_acc is not None else {}))
