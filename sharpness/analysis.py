@@ -1,18 +1,33 @@
-"""One call from checkpoints to a report: every registered measure, arrays and figures, cached.
+"""One call from checkpoints (files or modules in memory) to a report: every registered measure, arrays and figures, cached.
 
 ``analyze`` is what ``python -m sharpness.analyze`` runs. It writes into ``out``:
 
-- ``report.json`` — schema ``sharpness-report`` version 1 (documented in README.md): per checkpoint, its
-  SHA-256, specs, loss and, per measure, the record's summary and details with the settings, seed and
-  seconds (or ``{"status": "failed", "error": ...}``); per pair of checkpoints, the pair measures.
+- ``report.json`` — schema ``sharpness-report`` version 1 (documented in README.md): the run's settings
+  (``settings.variant``: what the results depend on, and its ``tag``), per checkpoint its source
+  (``"file"`` with its path, or ``"memory"`` with path null), SHA-256 (of the file; in memory, of the
+  weights: :func:`~sharpness.checkpoint.tensor_checksum`), specs, loss, parameters (``params``:
+  patterns, tensor count, number of parameters) and, per measure, the record's summary and details with
+  the settings, seed and seconds (or ``{"status": "failed", "error": ...}``); per pair of checkpoints,
+  the pair measures.
 - ``arrays.npz`` — spectra, grids and lines, keyed ``<label>/<measure>/<name>``.
 - the measures' figures (:mod:`sharpness.measures.builtin`).
 
 A measure is recorded in the report only after its arrays and figures are written, and the report is
 rewritten after each measure, so an interrupted run keeps its work. A rerun skips a measure already in
-the report for the same checkpoint hash, loss, data subset, seed and settings whose arrays and figures
-are all there (``force`` recomputes). A measure that fails is recorded with its one-line reason and the
-others still run. One run at a time writes a folder: a second one is refused while the first holds it.
+the report for the same checkpoint hash, loss, data, parameters, data subset, seed and settings whose
+arrays and figures are all there (``force`` recomputes). A measure that fails is recorded with its
+one-line reason and the others still run. One run at a time writes a folder: a second one is refused
+while the first holds it.
+
+Nothing is silently replaced. A folder holds the results of one *variant* — the run-level settings the
+numbers depend on: ``quick``, ``max_samples``, ``seed``, the ``settings`` overrides, the caller's ``loss``
+(and ``loss_args``), ``params``, and the caller's ``model`` / ``data`` overrides (in-memory data by a hash
+of their tensors, else by their type and size); not ``batch_size``, ``device``, ``measures``, ``force`` or
+the figure style. When ``out`` already holds results of another variant, this run writes into
+``out/<tag>/`` instead — ``tag`` is ``"quick"`` or ``"full"``, followed by ``-`` and 8 hex digits of a hash
+of the variant unless it is the plain default one — and warns in one line where they go; the earlier
+results (report, arrays, figures) stay byte for byte as they were, and a rerun with the same settings
+finds its folder again and its cache.
 """
 
 from __future__ import annotations
@@ -36,18 +51,23 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .batches import Batches, leaves
+from .checkpoint import Checkpoint, load_checkpoint, tensor_checksum
 from .checks import require
 from .distributed import from_main, per_rank, rank_and_world
 from .errors import SharpnessError
 from .io import to_jsonable, write_json, write_npz
-from .losses import make_loss
+from .losses import Loss, make_loss
 from .measures import builtin  # noqa: F401 - registers the toolkit's measures
 from .measures.registry import MEASURES, Context, Measure, Record, headline_keys, measure_names
-from .objective import Objective
+from .model_state import preserved
+from .objective import Objective, default_batch_fn, default_forward, select_params
 from .plots.style import current as figure_style
 from .plots.style import targets
+from .progress import task
+from .specs import Spec
 
 __all__ = ["analyze", "Report", "measure_names", "SCHEMA", "SCHEMA_VERSION"]
 
@@ -70,10 +90,12 @@ class Report:
         return {f"{lb}/{m}": r["error"] for lb, ms in entries for m, r in ms.items() if r.get("status") == "failed"}
 
     def table(self) -> str:
-        """The headline numbers the measures declare, one column per checkpoint."""
+        """The headline numbers the measures declare, one column per checkpoint, under the run's settings."""
         labels = list(self.data["checkpoints"])
         width = max(12, *(len(lb) for lb in labels))
-        lines = [f"{'':<16}" + "".join(f"{lb:>{width + 2}}" for lb in labels)]
+        variant = self.data.get("settings", {}).get("variant")
+        lines = [f"settings: {_describe(variant)}"] if variant else []
+        lines.append(f"{'':<16}" + "".join(f"{lb:>{width + 2}}" for lb in labels))
         for measure, key in headline_keys():
             results = [self.data["checkpoints"][lb]["measures"].get(measure) for lb in labels]
             if all(r is None for r in results):
@@ -96,22 +118,214 @@ def _num(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) else "—"
 
 
-def _labels(paths: list[Path], previous: dict) -> list[str]:
-    """Short unique labels: the file stem, else folder_stem, else stem_hash of the path.
+_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-    A label that an earlier entry of the report uses for another file is not taken, so an analysis never
-    overwrites another checkpoint's results.
+
+def _check_label(field: str, label: Any) -> str:
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
+        raise SharpnessError(f"{field}: a label is 1 to 64 characters of A-Z a-z 0-9 _ . - (got {label!r})")
+    return label
+
+
+def _items(checkpoints: Any, labels: Any) -> tuple[list, list[str | None]]:
+    """The checkpoints as a list (paths, Checkpoints, modules) and the label each was given (None: chosen here)."""
+    if isinstance(checkpoints, dict):
+        if labels is not None:
+            raise SharpnessError("labels: given twice (the keys of the checkpoints dict are the labels)")
+        given = [_check_label("checkpoints key", k) for k in checkpoints]
+        items = list(checkpoints.values())
+    else:
+        items = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
+        given = [None] * len(items)
+    if not items:
+        raise SharpnessError("no checkpoint given")
+    for c in items:
+        if not isinstance(c, (str, os.PathLike, Checkpoint, nn.Module)):
+            raise SharpnessError(f"checkpoints: each is a path, a Checkpoint or an nn.Module (got {type(c).__name__})")
+    if labels is not None:
+        if not isinstance(labels, (list, tuple)) or len(labels) != len(items):
+            n = len(labels) if isinstance(labels, (list, tuple)) else type(labels).__name__
+            raise SharpnessError(f"labels: one per checkpoint ({len(items)}) (got {n})")
+        given = [_check_label("labels", lb) for lb in labels]
+    seen = [lb for lb in given if lb is not None]
+    dup = sorted({lb for lb in seen if seen.count(lb) > 1})
+    if dup:
+        raise SharpnessError(f"labels: each must be unique (repeated: {', '.join(dup)})")
+    return items, given
+
+
+def _labels(ckpts: list[Checkpoint], given: list[str | None], previous: dict) -> list[str]:
+    """The given labels; for the others short unique ones.
+
+    A file: its stem, else folder_stem, else stem_hash of the path. A module in memory: ``model`` (several:
+    ``model0``, ``model1``, ...). A label that an earlier entry of the report uses for another file (or,
+    in memory, other weights) is not taken — the memory label gets ``_<8 hex of the weights' hash>`` —
+    so an analysis never overwrites another checkpoint's results.
     """
     def clean(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", s)[:64]
 
-    resolved = [str(Path(p).resolve()) for p in paths]
+    out: list[str | None] = list(given)
+    files = [i for i, c in enumerate(ckpts) if given[i] is None and c.path is not None]
+    paths = [Path(ckpts[i].path) for i in files]
+    resolved = [str(p.resolve()) for p in paths]
+    taken = {lb for lb in given if lb is not None}
+    chosen = None
     for name in (lambda p: p.stem, lambda p: f"{p.parent.name}_{p.stem}"):
-        labels = [clean(name(Path(p))) for p in paths]
-        if len(set(labels)) == len(labels) and all(
+        labels = [clean(name(p)) for p in paths]
+        if len(set(labels)) == len(labels) and not taken & set(labels) and all(
                 previous.get(lb, {}).get("path", r) == r for lb, r in zip(labels, resolved)):
-            return labels
-    return [clean(f"{Path(p).stem}_{hashlib.sha256(r.encode()).hexdigest()[:8]}") for p, r in zip(paths, resolved)]
+            chosen = labels
+            break
+    if chosen is None:
+        chosen = [clean(f"{p.stem[:55]}_{hashlib.sha256(r.encode()).hexdigest()[:8]}") for p, r in zip(paths, resolved)]
+    for i, lb in zip(files, chosen):
+        out[i] = lb
+    memory = [i for i, c in enumerate(ckpts) if given[i] is None and c.path is None]
+    for k, i in enumerate(memory):
+        lb = "model" if len(memory) == 1 else f"model{k}"
+        old = previous.get(lb)
+        if lb in taken or lb in out or (old is not None and (old.get("path") is not None
+                                                             or old.get("sha256") != ckpts[i].sha256)):
+            lb = f"{lb}_{ckpts[i].sha256[:8]}"
+        out[i] = lb
+    return [str(lb) for lb in out]
+
+
+def _is_spec(data: Any) -> bool:
+    """A data set named (a name, ``"pkg.module:fn"``, a Spec or its dict form), not data in memory."""
+    return isinstance(data, (str, Spec)) or (isinstance(data, dict) and isinstance(data.get("name"), str)
+                                             and set(data) <= {"name", "args"})
+
+
+def _one_data(where: str, d: Any) -> Any:
+    """Data in memory as the Objective takes them (checked for their kind only: the data loop checks more)."""
+    if isinstance(d, (Dataset, DataLoader)):
+        return d
+    if isinstance(d, (tuple, list, dict)) and leaves(d):
+        return d
+    raise SharpnessError(f"{where}: expected (X, y) tensors, a Dataset, a DataLoader or a list of batches "
+                         f"(got {type(d).__name__}{' without tensors' if isinstance(d, (tuple, list, dict)) else ''})")
+
+
+def _memory_data(data: Any) -> tuple | None:
+    """``data`` as an in-memory ``(train, test)`` (test may be None), or None when it names a data set.
+
+    A tuple of two items, neither of them a tensor (e.g. two ``(X, y)`` pairs, two Datasets or
+    DataLoaders, or a data set and None) is ``(train, test)``; anything else the Objective takes — ``(X, y)``
+    tensors, a Dataset, a DataLoader, a list of batches — is the training data alone (no test set). A single
+    training set that is itself a tuple of two tuples is passed as ``(data, None)``.
+    """
+    if data is None or _is_spec(data):
+        return None
+    if isinstance(data, tuple) and len(data) == 2 and data[0] is None:
+        raise SharpnessError("data[0] (train): the training data are needed (got None)")
+    if isinstance(data, tuple) and len(data) == 2 and not any(isinstance(d, torch.Tensor) for d in data) \
+            and data[0] is not None:
+        return _one_data("data[0] (train)", data[0]), (None if data[1] is None else _one_data("data[1] (test)", data[1]))
+    return _one_data("data", data), None
+
+
+def _fingerprint(d: Any) -> Any:
+    """What identifies data given in memory in the variant: a hash of their tensors, else their kind and size."""
+    if d is None:
+        return None
+    tree = d.dataset if isinstance(d, DataLoader) else d
+    tree = tree.tensors if isinstance(tree, TensorDataset) else tree
+    if isinstance(tree, (tuple, list, dict)) and leaves(tree):
+        return {"tensors": tensor_checksum({"state_dict": tree})[:16]}
+    return {"kind": type(d).__name__, "size": len(tree) if hasattr(tree, "__len__") else None}
+
+
+def _check_params(params: Any) -> list[str] | None:
+    if params is None:
+        return None
+    if isinstance(params, str):
+        params = [params]
+    if not isinstance(params, (list, tuple)) or not params or not all(isinstance(p, str) and p for p in params):
+        raise SharpnessError(f"params must be a name pattern or a non-empty list of them, e.g. 'fc.*' (got {params!r})")
+    return list(params)
+
+
+def _name(x: Any) -> Any:
+    """A caller's model, loss or data choice as plain JSON for the variant."""
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    if isinstance(x, Spec):
+        return x.to_dict()
+    if isinstance(x, Loss):
+        return x.name
+    if isinstance(x, nn.Module):
+        return f"{type(x).__module__}.{type(x).__qualname__}"
+    if callable(x):
+        return f"{getattr(x, '__module__', '?')}:{getattr(x, '__qualname__', type(x).__name__)}"
+    return _plain(x)
+
+
+def _variant(*, quick: bool, max_samples: int | None, seed: int, overrides: dict, loss: Any, loss_args: Any,
+             params: list | None, model: Any, model_args: Any, data: Any, data_args: Any,
+             memory: tuple | None) -> dict:
+    """The run-level settings the results depend on (see the module docstring)."""
+    data_id = None if data is None else (_name(data) if memory is None else
+                                         {"train": _fingerprint(memory[0]), "test": _fingerprint(memory[1])})
+    return _plain({"quick": quick, "max_samples": max_samples, "seed": seed, "settings": overrides,
+                   "loss": _name(loss), "loss_args": loss_args or None, "params": params,
+                   "model": _name(model), "model_args": model_args or None, "data": data_id,
+                   "data_args": data_args or None})
+
+
+def _plain_variant(quick: bool) -> dict:
+    return _variant(quick=quick, max_samples=1000 if quick else None, seed=0, overrides={}, loss=None,
+                    loss_args=None, params=None, model=None, model_args=None, data=None, data_args=None,
+                    memory=None)
+
+
+def _tag(variant: dict) -> str:
+    """``quick`` / ``full``, and ``-<8 hex>`` of the variant's hash unless it is the plain one."""
+    base = "quick" if variant["quick"] else "full"
+    if variant == _plain_variant(variant["quick"]):
+        return base
+    return f"{base}-{hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _describe(variant: dict) -> str:
+    """The variant in one line for the table: ``quick, max_samples 1000, seed 0, ...``."""
+    parts = ["quick" if variant.get("quick") else "full settings"]
+    parts += [f"{k} {json.dumps(variant[k], sort_keys=True)}" for k in
+              ("max_samples", "seed", "params", "loss", "loss_args", "settings", "model", "model_args", "data",
+               "data_args") if k in variant and (variant[k] not in (None, {}) or k in ("max_samples", "seed"))]
+    return ", ".join(parts)
+
+
+def _folder_variant(folder: Path) -> dict | None:
+    """The variant of the results in ``folder`` (None: none there, or unreadable: _previous sets it aside)."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        settings = report["settings"]
+        if "variant" in settings:
+            return settings["variant"]
+        # written before variants were recorded: what its settings say, the rest as by default
+        return {**_plain_variant(bool(settings["quick"])), "seed": settings["seed"],
+                "max_samples": settings["max_samples"]}
+    except Exception:  # no report, or one _previous will set aside
+        return None
+
+
+def _target(out: Path, variant: dict) -> Path:
+    """The folder this run writes: ``out``, unless it holds another variant's results: then ``out/<tag>``."""
+    held = _folder_variant(out)
+    if held is None or held == variant:
+        return out
+    target = out / _tag(variant)
+    there = _folder_variant(target)
+    if there is not None and there != variant:
+        raise SharpnessError(f"{target}: holds results of other settings than this run's; choose another folder "
+                             "(--out; out= in analyze)")
+    diff = ", ".join(f"{k} {json.dumps(held.get(k))}→{json.dumps(variant.get(k))}"
+                     for k in variant if held.get(k) != variant.get(k))
+    warnings.warn(f"{out} holds results of other settings ({diff[:200]}); kept as they are, this run's go to {target}",
+                  stacklevel=3)
+    return target
 
 
 def _finite(d: Any) -> Any:
@@ -158,29 +372,60 @@ def _check_settings(settings: Any, names: list[str]) -> dict[str, dict]:
     return dict(settings or {})
 
 
-def _context(label: str, ckpt: Checkpoint, *, device: str, loss: Any, loss_args: dict | None,
-             batch_size: int | None, max_samples: int | None, seed: int, progress: bool | None) -> Context:
-    """The checkpoint's model and objectives, tried on two examples so bad input fails before any work."""
-    train, test = ckpt.datasets()  # first: a data set that cannot be had is the first thing to say
-    model = ckpt.model(device)
-    if loss is not None:
-        fn = make_loss(loss, loss_args)
-    elif ckpt.loss_spec is not None:  # named by the checkpoint: never imported from site-packages
-        fn = make_loss(ckpt.loss_spec.name, {**ckpt.loss_spec.args, **(loss_args or {})}, trusted=False)
-    else:
-        fn = make_loss("cross_entropy", loss_args)
-    tr = Objective(model, fn, train, batch_size=batch_size)
-    te = Objective(model, fn, test, batch_size=batch_size) if test is not None else None
-    try:  # the same two examples on every rank, no collective: a failure cannot leave other ranks waiting
-        Objective(model, fn, tr.all.examples(torch.arange(min(2, tr.all.num_samples or 2))),
-                  distributed=False).evaluate()
+def _reason(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}".rstrip(": ")
+
+
+def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, loss: Any, loss_args: dict | None,
+             batch_size: int | None, max_samples: int | None, seed: int, progress: bool | None,
+             params: list | None) -> Context:
+    """The checkpoint's model and objectives, tried on two examples so bad input fails before any work.
+
+    The model's forward is tried first, then the loss on its output, so a message names the one that failed.
+    Every objective selects the same parameters (``params``; None: those that require grad).
+    """
+    # first: a data set that cannot be had is the first thing to say
+    train, test = data if data is not None else ckpt.datasets()
+    model = ckpt.model(device, data=(train, test))  # a factory gets input_shape / num_classes from the data
+    where = ckpt.where
+    try:
+        first = select_params(model, params, trainable_only=True)[0][1]
+    except SharpnessError as e:
+        raise SharpnessError(f"{where}: params: {e}") from None
+    batches = Batches(train, batch_size=batch_size, device=first.device, dtype=first.dtype)
+    # the same two examples on every rank, no collective: a failure cannot leave other ranks waiting
+    probe = batches.examples(torch.arange(min(2, batches.num_samples or 2)))
+    try:
+        with torch.no_grad(), preserved(model):
+            raw = next(iter(Batches(probe, device=first.device, dtype=first.dtype)))
+            inputs, _, _ = default_batch_fn(raw)
+            default_forward(model, inputs)
     except SharpnessError:
         raise
-    except Exception as e:  # the user's model or loss raising on the user's data: bad input, one line
-        raise SharpnessError(f"{ckpt.path}: the model (with loss '{fn.name}') does not accept the data "
-                             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    except Exception as e:  # the user's model raising on the user's data: bad input, one line
+        raise SharpnessError(f"{where}: the model ({type(model).__name__}) does not accept the data "
+                             f"({_reason(e)})") from None
+    if loss is not None:
+        fn, shown = make_loss(loss, loss_args), None
+    elif ckpt.loss_spec is not None:  # named by the checkpoint: never imported from site-packages
+        fn, shown = make_loss(ckpt.loss_spec.name, {**ckpt.loss_spec.args, **(loss_args or {})}, trusted=False), None
+    else:  # none named: the Objective's default (inferred from the targets where it can tell)
+        fn, shown = None, "(the default for these targets)"
+    kw = dict(batch_size=batch_size, params=params, trainable_only=True)
+    try:
+        tr = Objective(model, fn, batches, loss_args=loss_args if fn is None else None, **kw)
+        shown = tr.loss.name
+        Objective(model, tr.loss, probe, distributed=False, **kw).evaluate()
+    except SharpnessError:
+        raise
+    except Exception as e:  # the forward ran: the loss raises on the model's output and the targets
+        name = shown or getattr(fn, "name", None)
+        raise SharpnessError(f"{where}: the loss '{name}' fails on the model's output for the data "
+                             f"({_reason(e)})") from None
+    te = Objective(model, tr.loss, test, **kw) if test is not None else None
     return Context(label, model, tr.subset(max_samples, seed, batch_size=batch_size), tr, te, seed, batch_size,
-                   progress, ckpt.path)
+                   progress, ckpt.path, params)
 
 
 @contextlib.contextmanager
@@ -199,7 +444,8 @@ def _locked(out: Path | None) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SharpnessError(f"{out}: another analysis is writing this folder; wait for it or use --out") from None
+            raise SharpnessError(f"{out}: another analysis is writing this folder; wait for it or choose another "
+                                 "(--out; out= in analyze)") from None
         try:
             yield
         finally:
@@ -278,7 +524,8 @@ class _Run:
             return
         t0 = time.perf_counter()
         try:
-            rec = measure.run(*ctxs, settings=chosen)
+            with task(f"{key}: {measure.name}"):  # every bar of the measure says whose and which it is
+                rec = measure.run(*ctxs, settings=chosen)
             keys = [f"{key}/{measure.name}/{k}" for k in rec.arrays]
             self.arrays.update({k: np.asarray(v) for k, v in zip(keys, rec.arrays.values())})
             if self.out is not None and rec.arrays:
@@ -322,13 +569,24 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
             max_samples: int | None = None, seed: int = 0, model: str | Callable | nn.Module | None = None,
             model_args: dict | None = None, data: Any = None, data_args: dict | None = None, loss: Any = None,
             loss_args: dict | None = None, force: bool = False, progress: bool | None = None,
-            figures: bool = True, settings: dict[str, dict] | None = None) -> Report:
-    """Analyze one or more checkpoints (paths or loaded :class:`Checkpoint` objects) with every measure.
+            figures: bool = True, settings: dict[str, dict] | None = None, labels: list[str] | None = None,
+            params: str | list[str] | None = None) -> Report:
+    """Analyze checkpoints — files, loaded :class:`Checkpoint` objects or modules in memory — with every measure.
 
-    Every measure is of the mean loss over the data set (:mod:`sharpness.losses`).
+    Every measure is of the mean loss over the data set (:mod:`sharpness.losses`), with respect to one set
+    of parameters (``params``) for all of them.
+
+    Results are kept by their settings (module docstring): when ``out`` holds results of other run-level
+    settings (``quick``, ``max_samples``, ``seed``, ``settings``, ``loss``, ``loss_args``, ``params``, the
+    ``model`` / ``data`` overrides), this run writes into ``out/<tag>/`` (``quick``, ``full``, or either
+    with ``-<8 hex>`` of the settings' hash), warns where in one line, and leaves the earlier files
+    untouched; :attr:`Report.out` is the folder written. A rerun with the same settings finds its folder
+    and its cached results. The caller's random state (torch's CPU generator, and the CUDA one of
+    ``device``) is as it was afterwards.
 
     Args:
-        checkpoints: a path, a Checkpoint, or a list of them.
+        checkpoints: a path, a Checkpoint, an ``nn.Module`` (analyzed as it is: copied, never modified), a
+            list of them, or a dict label → one of them.
         out: output folder (None: nothing written, no caching).
         measures: names of registered measures (default: all; pair measures need two checkpoints).
         quick: the measures' quick settings and a 1000-example subset unless ``max_samples`` says otherwise.
@@ -337,22 +595,52 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
         max_samples: a fixed random subset of the training data for curvature and sharpness.
         seed: seed of every random choice.
         model: for bare state_dicts (or to override): a registered name, ``"pkg.module:factory"``, a
-            factory or a module.
+            factory or a module. A factory (or name) that takes ``input_shape`` / ``num_classes`` and is
+            not given them gets them from the data, as ``train`` does.
         model_args: the factory's keyword arguments.
-        data: for bare state_dicts (or to override): a data set name or ``"pkg.module:fn"``.
+        data: a data set name or ``"pkg.module:fn"`` (for bare state_dicts, or to override the
+            checkpoint's; needed for a module); or data in memory for every checkpoint: a pair
+            ``(train, test)`` whose items are anything the Objective takes — ``(X, y)`` tensors, Datasets,
+            DataLoaders, lists of batches — or a single training data set (no test set). A tuple of two
+            items neither of which is a tensor is the pair; ``(X, y)`` tensors are one data set.
         data_args: the data function's keyword arguments.
-        loss: a loss name, ``"pkg.module:fn"`` or callable (default: the checkpoint's loss, else
-            cross-entropy).
+        loss: a loss name, ``"pkg.module:fn"`` or callable (default: the checkpoint's loss, else the
+            Objective's default for the data).
         loss_args: the loss's keyword arguments (e.g. ``{"reduction": "sum"}``).
         force: recompute measures already in the report.
         progress: progress bars (None: on a terminal only).
         figures: write the measures' figures.
         settings: per-measure settings over the defaults (and the quick ones), e.g.
             ``{"interpolation": {"path": "sin"}}``; each key must be one the measure has.
+        labels: one label per checkpoint (unique, 1 to 64 characters of ``A-Za-z0-9_.-``), instead of the
+            ones chosen from the file names (``model``, ``model0``, ... for modules in memory).
+        params: the parameters every measure works on: a glob pattern over ``named_parameters()`` names
+            (``"fc.*"``) or a list of them; None: every parameter that requires grad. Each checkpoint's
+            entry records ``params``: ``{"patterns", "count" (tensors), "num_params" (P)}``.
 
     Raises:
         SharpnessError: bad input of any kind, before anything is written.
     """
+    cuda = isinstance(device, str) and _valid_device(device) and torch.device(device).type == "cuda" \
+        and torch.cuda.is_available()  # else _check says why the device cannot be had
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):  # the caller's state, untouched
+        return _analyze(checkpoints, out=out, measures=measures, quick=quick, device=device, batch_size=batch_size,
+                        max_samples=max_samples, seed=seed, model=model, model_args=model_args, data=data,
+                        data_args=data_args, loss=loss, loss_args=loss_args, force=force, progress=progress,
+                        figures=figures, settings=settings, labels=labels, params=params)
+
+
+def _valid_device(device: str) -> bool:
+    try:
+        torch.device(device)
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: Any, batch_size: Any, max_samples: Any,
+             seed: Any, model: Any, model_args: Any, data: Any, data_args: Any, loss: Any, loss_args: Any, force: Any,
+             progress: Any, figures: Any, settings: Any, labels: Any, params: Any) -> Report:
     from . import __version__
 
     names = _check(measures, device, batch_size, max_samples, seed)
@@ -361,27 +649,52 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
         require(name, flag, bool)
     if out is not None and not isinstance(out, (str, Path)):
         raise SharpnessError(f"out must be a folder path or None (got {type(out).__name__})")
-    items = checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints]
-    if not items:
-        raise SharpnessError("no checkpoint given")
+    items, given = _items(checkpoints, labels)
+    params = _check_params(params)
+    memory = _memory_data(data)
+    for name, arg in (("model_args", model_args), ("data_args", data_args), ("loss_args", loss_args)):
+        require(name, arg, dict, optional=True)
+    if memory is not None and data_args:
+        raise SharpnessError("data_args given, but data are in memory (data_args are for a named data set)")
     if measures is not None and len(items) < 2 and any(MEASURES[n].pair for n in names):
         warnings.warn(f"{', '.join(n for n in names if MEASURES[n].pair)} needs two checkpoints; "
-                      "with one it is skipped", stacklevel=2)
-    ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c, model=model, model_args=model_args, data=data,
-                                                                 data_args=data_args) for c in items]
+                      "with one it is skipped", stacklevel=3)
+    if (model is not None or model_args) and all(isinstance(c, nn.Module) for c in items):
+        raise SharpnessError("model / model_args given, but the checkpoints are modules in memory (the two are "
+                             "for checkpoint files)")
+    spec = None if memory is not None else data
+
+    def load(c: Any) -> Checkpoint:
+        if isinstance(c, Checkpoint):
+            return c
+        if isinstance(c, nn.Module):
+            if spec is None and memory is None:
+                raise SharpnessError("a model in memory needs its data: pass data=(train, test), data=train or a "
+                                     "data set name")
+            return Checkpoint.from_module(c, data=spec, data_args=data_args)
+        return load_checkpoint(c, model=model, model_args=model_args, data=spec, data_args=data_args)
+
+    ckpts = [load(c) for c in items]
     max_samples = max_samples if max_samples is not None else (1000 if quick else None)
-    ctxs = [_context("", c, device=device, loss=loss, loss_args=loss_args, batch_size=batch_size,
-                     max_samples=max_samples, seed=seed, progress=progress) for c in ckpts]
+    ctxs = [_context("", c, data=memory, device=device, loss=loss, loss_args=loss_args, batch_size=batch_size,
+                     max_samples=max_samples, seed=seed, progress=progress, params=params) for c in ckpts]
+    variant = _variant(quick=quick, max_samples=max_samples, seed=seed, overrides=overrides, loss=loss,
+                       loss_args=loss_args, params=params, model=model, model_args=model_args, data=data,
+                       data_args=data_args, memory=memory)
     rank, world = rank_and_world()
-    out = Path(out) if out is not None and rank == 0 else None  # data-parallel: rank 0 writes, once
-    with _locked(out):
+    root = Path(out) if out is not None and rank == 0 else None  # data-parallel: rank 0 writes, once
+    with _locked(root):
+        out = None if root is None else _target(root, variant)
+        if out is not None and out != root:
+            out.mkdir(exist_ok=True)
         previous, arrays = _previous(out)
-        for ctx, label in zip(ctxs, _labels([c.path for c in ckpts], previous.get("checkpoints", {}))):
+        for ctx, label in zip(ctxs, _labels(ckpts, given, previous.get("checkpoints", {}))):
             ctx.label = label
         report = {"schema": SCHEMA, "version": SCHEMA_VERSION, "toolkit": __version__, "torch": str(torch.__version__),
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "settings": {"quick": quick, "device": device, "seed": seed, "batch_size": batch_size,
-                               "max_samples": max_samples, "world_size": world},
+                               "max_samples": max_samples, "world_size": world, "variant": variant,
+                               "tag": _tag(variant)},
                   # what an earlier run left here is kept unless this run replaces it
                   "checkpoints": dict(previous.get("checkpoints", {})), "pairs": dict(previous.get("pairs", {}))}
         report["figure_style"] = figure_style() if figures else previous.get("figure_style")
@@ -389,15 +702,20 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
         run = _Run(out, quick, seed, force, figures, arrays, report, overrides, restyle)
         for ctx, ckpt in zip(ctxs, ckpts):
             prev = previous.get("checkpoints", {}).get(ctx.label, {})
+            data_entry = ckpt.data_spec.to_dict() if ckpt.data_spec and memory is None else None
+            if memory is not None:
+                data_entry = {"source": "memory", **variant["data"]}
+            chosen = {"patterns": params, "count": len(ctx.train.names), "num_params": ctx.train.num_params}
             entry = report["checkpoints"][ctx.label] = {
-                "path": str(Path(ckpt.path).resolve()), "sha256": ckpt.sha256, "epoch": ckpt.epoch,
-                "step": ckpt.step, "model": ckpt.model_spec.to_dict() if ckpt.model_spec else None,
-                "data": ckpt.data_spec.to_dict() if ckpt.data_spec else None, "loss": ctx.train.loss.to_dict(),
+                "source": ckpt.source, "path": None if ckpt.path is None else str(Path(ckpt.path).resolve()),
+                "sha256": ckpt.sha256, "epoch": ckpt.epoch, "step": ckpt.step,
+                "model": ckpt.model_spec.to_dict() if ckpt.model_spec else None,
+                "data": data_entry, "loss": ctx.train.loss.to_dict(), "params": chosen,
                 "n_train": ctx.train.num_samples,
                 "examples_per_rank": per_rank(ctx.train.data.num_samples, ctx.train.device) if world > 1 else None,
                 # earlier results for these same weights stay, each saying which loss and data it used
                 "measures": dict(prev.get("measures", {})) if prev.get("sha256") == ckpt.sha256 else {}}
-            tags = {"loss": entry["loss"], "max_samples": max_samples}
+            tags = {"loss": entry["loss"], "max_samples": max_samples, "data": data_entry, "params": _plain(chosen)}
             for name in (n for n in names if not MEASURES[n].pair):
                 run.measure(MEASURES[name], (ctx,), ctx.label, entry["measures"], entry["measures"].get(name), tags)
             ctx.shared.clear()  # the shared Krylov run holds ~steps × P floats: not past its checkpoint
@@ -408,7 +726,8 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
                                   for m in {*before, *made} if before.get(m) or made.get(m)}
         for (i, a), (j, b) in itertools.combinations(enumerate(ctxs), 2):
             key = f"{a.label}→{b.label}"
-            tags = {"sha256": [ckpts[i].sha256, ckpts[j].sha256], "loss": a.train.loss.to_dict()}
+            tags = {"sha256": [ckpts[i].sha256, ckpts[j].sha256], "loss": a.train.loss.to_dict(),
+                    "params": _plain({"patterns": params, "count": len(a.train.names)})}
             for name in (n for n in names if MEASURES[n].pair):
                 entry = report["pairs"].setdefault(key, {})
                 run.measure(MEASURES[name], (a, b), key, entry, entry.get(name), tags)

@@ -21,7 +21,13 @@ package), unless the caller passes it explicitly; a data ``root`` read from a fi
 ``$SHARPNESS_DATA`` (:mod:`sharpness.data`). Other weights load too when the caller supplies the model:
 a bare ``state_dict`` ``.pt`` file, one wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``
 (Lightning, common scripts), or a Hugging Face ``.safetensors`` file; keys carrying one common prefix
-such as ``model.`` (Lightning) or ``module.`` (DDP) are loaded stripped of it.
+such as ``model.`` (Lightning) or ``module.`` (DDP) are loaded stripped of it; a wrapper's top-level
+``epoch`` and ``global_step`` (Lightning) or ``step`` are kept as the checkpoint's epoch and step.
+
+A module in memory becomes a checkpoint too (:meth:`Checkpoint.from_module`: path None, identified by
+the :func:`tensor_checksum` of its state_dict), so ``analyze`` has one code path for files and modules.
+A factory or registered name that takes ``input_shape`` / ``num_classes`` and was not given them gets
+them from the data, as the trainer does (``Checkpoint.model(data=(train, test))``).
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .data import DataSpec, load_data, valid_root
+from .data import DataSpec, load_data, model_args_from_data, valid_root
 from .errors import SharpnessError
 from .io import atomic_write
-from .models import ModelSpec, build_model
+from .models import MODELS, ModelSpec, _takes, build_model
 from .specs import Spec, as_spec
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "tensor_checksum", "FORMAT", "VERSION"]
@@ -153,12 +160,12 @@ class Checkpoint:
     file: a ``root`` among them is held to ``$SHARPNESS_DATA`` even when the caller named the data set).
     """
 
-    def __init__(self, path: Path, state_dict: dict, *, model_spec: ModelSpec | None = None,
+    def __init__(self, path: Path | None, state_dict: dict, *, model_spec: ModelSpec | None = None,
                  data_spec: DataSpec | None = None, config: dict | None = None, epoch: int | None = None,
                  step: int | None = None, history: list | None = None, optimizer: dict | None = None,
-                 extra: dict | None = None, model_factory: Callable[[], nn.Module] | None = None,
+                 extra: dict | None = None, model_factory: Callable[..., nn.Module] | None = None,
                  model_trusted: bool = False, data_trusted: bool = False, data_caller_args: tuple | None = None):
-        self.path = path
+        self.path = path  # None: a module in memory (from_module)
         self.state_dict = state_dict
         self.model_spec = model_spec
         self.data_spec = data_spec
@@ -168,15 +175,53 @@ class Checkpoint:
         self.history = history or []
         self.optimizer = optimizer
         self.extra = extra or {}
-        self._model_factory = model_factory
+        self._model_factory = model_factory  # a _Factory (the caller's factory or module), or any () → module
         self._model_trusted = model_trusted
         self._data_trusted = data_trusted
         self._data_caller_args = None if data_caller_args is None else tuple(data_caller_args)
         self._sha256: str | None = None
 
+    @classmethod
+    def from_module(cls, model: nn.Module, *, data: DataSpec | str | dict | None = None,
+                    data_args: dict | None = None) -> "Checkpoint":
+        """A module in memory as a checkpoint: path None, weights its state_dict (views, not copies).
+
+        ``data`` / ``data_args`` name its data set as in :func:`load_checkpoint` (None: :meth:`datasets`
+        has none to give; data in memory go to ``analyze`` itself).
+
+        :meth:`model` returns a deep copy of ``model`` (never the module itself); :attr:`sha256` is the
+        :func:`tensor_checksum` of its state_dict. Build it when it is used: later changes to the module's
+        weights show through its state_dict.
+
+        Raises:
+            SharpnessError: ``model`` is not an ``nn.Module``; weights that are not dense real tensors.
+        """
+        if not isinstance(model, nn.Module):
+            raise SharpnessError(f"expected an nn.Module (got {type(model).__name__})")
+        state_dict = {k: v.detach() for k, v in model.state_dict().items()}
+        where = "the model in memory"
+        _check_weights(where, state_dict)
+        _check_finite(where, state_dict)
+        factory, _, _ = _model_choice(model, None, None)
+        data_spec, _, _ = _data_choice(data, data_args, None)
+        return cls(None, state_dict, data_spec=data_spec, model_factory=factory, model_trusted=True,
+                   data_trusted=True)
+
+    @property
+    def where(self) -> str:
+        """The file, or "the model in memory": how messages name this checkpoint."""
+        return str(self.path) if self.path is not None else "the model in memory"
+
+    @property
+    def source(self) -> str:
+        """``"file"`` or ``"memory"``."""
+        return "file" if self.path is not None else "memory"
+
     @property
     def sha256(self) -> str:
-        """SHA-256 of the checkpoint file's bytes (identifies it in reports)."""
+        """SHA-256 identifying the weights in reports: of the file's bytes, or (in memory) :func:`tensor_checksum`."""
+        if self._sha256 is None and self.path is None:
+            self._sha256 = tensor_checksum({"state_dict": self.state_dict})
         if self._sha256 is None:
             h = hashlib.sha256()
             with open(self.path, "rb") as f:
@@ -193,45 +238,59 @@ class Checkpoint:
             SharpnessError: the config's loss is malformed.
         """
         if not isinstance(self.config, dict):
-            raise SharpnessError(f"{self.path}: malformed checkpoint config (a {type(self.config).__name__}, "
+            raise SharpnessError(f"{self.where}: malformed checkpoint config (a {type(self.config).__name__}, "
                                  "not a dict)")
         if self.config.get("loss") is None:
             return None
         try:
             return Spec.from_dict({"name": self.config["loss"], "args": self.config.get("loss_args")})
         except SharpnessError as e:
-            raise SharpnessError(f"{self.path}: malformed loss in the checkpoint's config: {e}") from None
+            raise SharpnessError(f"{self.where}: malformed loss in the checkpoint's config: {e}") from None
 
-    def model(self, device: str | torch.device | None = None) -> nn.Module:
+    def model(self, device: str | torch.device | None = None, *, data: tuple | None = None) -> nn.Module:
         """The model with the saved weights, in eval mode, on ``device`` (default CPU).
+
+        Args:
+            device: where the model goes.
+            data: the ``(train, test)`` the model will see (test may be None): a factory or name that takes
+                ``input_shape`` / ``num_classes`` and was not given them gets them from these, as the
+                trainer fills them (:func:`sharpness.data.input_shape`, :func:`sharpness.data.num_classes`).
 
         Raises:
             SharpnessError: the model cannot be built (unknown or refused name, bad arguments), or the
                 weights do not fit it.
         """
         try:
-            if self._model_factory is not None:
+            if isinstance(self._model_factory, _Factory):
+                model = self._model_factory(data)
+                what = type(model).__name__
+            elif self._model_factory is not None:
                 model = self._model_factory()
                 what = type(model).__name__
             elif self.model_spec is not None:
-                model = build_model(self.model_spec, trusted=self._model_trusted)
+                spec = self.model_spec
+                if data is not None and any(k not in spec.args for k in _DATA_ARGS):
+                    fn = MODELS.resolve(spec.name, trusted=self._model_trusted)
+                    spec = Spec(spec.name, {**_data_model_args(spec.args, data, fn), **spec.args})
+                model = build_model(spec, trusted=self._model_trusted)
                 what = f"model '{self.model_spec.name}'"
             else:
-                raise SharpnessError("a bare state_dict; pass model=... to load_checkpoint")
+                raise SharpnessError("a bare state_dict; pass the model it belongs to "
+                                     "(--model pkg.module:factory; model= in load_checkpoint and analyze)")
         except SharpnessError as e:
-            raise SharpnessError(f"{self.path}: {e}") from e.__cause__  # a user factory's own error stays chained
+            raise SharpnessError(f"{self.where}: {e}") from e.__cause__  # a user factory's own error stays chained
         expected = model.state_dict()
         weights = _fitted(self.state_dict, set(expected))
         for name, t in weights.items():  # load_state_dict would cast int8/bool weights silently
             if name in expected and expected[name].is_floating_point() and isinstance(t, torch.Tensor) \
                     and not t.is_floating_point():
-                raise SharpnessError(f"{self.path}: weight '{name}' has dtype {t.dtype}: only real floating-point "
+                raise SharpnessError(f"{self.where}: weight '{name}' has dtype {t.dtype}: only real floating-point "
                                      f"weights are analyzed ({what} holds it as {expected[name].dtype})")
         try:
             model.load_state_dict(weights, strict=True)
         except RuntimeError as e:
             detail = " ".join(str(e).split())
-            raise SharpnessError(f"{self.path}: weights do not fit {what}: {detail[:300]}") from None
+            raise SharpnessError(f"{self.where}: weights do not fit {what}: {detail[:300]}") from None
         return model.to(device or "cpu").eval()
 
     def datasets(self) -> tuple:
@@ -242,16 +301,17 @@ class Checkpoint:
                 ``root`` outside ``$SHARPNESS_DATA`` (pass ``data_args={"root": ...}`` to read it).
         """
         if self.data_spec is None:
-            raise SharpnessError(f"{self.path}: the checkpoint names no data set; pass data=... "
-                                 "to load_checkpoint")
+            raise SharpnessError(f"{self.where}: the checkpoint names no data set; pass it "
+                                 "(--data NAME|pkg.module:fn; data= in load_checkpoint and analyze)")
         try:
             return load_data(self.data_spec, trusted=self._data_trusted, trusted_args=self._data_caller_args)
         except SharpnessError as e:
-            raise SharpnessError(f"{self.path}: {e}") from e.__cause__  # a user function's own error stays chained
+            raise SharpnessError(f"{self.where}: {e}") from e.__cause__  # a user function's own error stays chained
 
     def __repr__(self) -> str:
         name = self.model_spec.name if self.model_spec else "user model"
-        return f"Checkpoint({str(self.path)!r}, model={name}, epoch={self.epoch}, step={self.step})"
+        where = repr(str(self.path)) if self.path is not None else "<memory>"
+        return f"Checkpoint({where}, model={name}, epoch={self.epoch}, step={self.step})"
 
 
 def _is_safetensors(path: Path, head: bytes) -> bool:
@@ -360,6 +420,19 @@ def _bare_state_dict(obj: Any) -> dict | None:
     return None
 
 
+def _wrapper_counts(obj: Any, state_dict: dict) -> tuple[int | None, int | None]:
+    """(epoch, step) that a wrapper around the weights records at its top level.
+
+    Lightning: ``epoch``, ``global_step``; other scripts: ``step``. None where it records none, or not an
+    integer in [0, 10**9].
+    """
+    if obj is state_dict or not isinstance(obj, dict):
+        return None, None
+    epoch = obj.get("epoch")
+    step = obj.get("global_step", obj.get("step"))
+    return (epoch if _is_count(epoch) else None), (step if _is_count(step) else None)
+
+
 # The dtypes a weight may have: real floating point (analyzed), and integer or bool (buffers such as
 # BN's num_batches_tracked; refused where the model holds a floating-point tensor, see Checkpoint.model).
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -415,8 +488,46 @@ def _check_finite(path: Path, state_dict: dict) -> None:
             raise SharpnessError(f"{path}: weight '{_shown(name)}' contains NaN or Inf")
 
 
+def _as_set(data: Any) -> Any:
+    """In-memory tensors ``(X, y, ...)`` as a TensorDataset, for the data helpers; other data as given."""
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        try:
+            return TensorDataset(*data)
+        except (AssertionError, ValueError):  # tensors of different lengths: not examples
+            return None
+    return data if isinstance(data, (Dataset, DataLoader)) else None
+
+
+def _data_model_args(given: dict, data: tuple | None, fn: Callable) -> dict:
+    """``input_shape`` / ``num_classes`` from ``data = (train, test)`` for a factory ``fn`` that takes them.
+
+    Only the ones ``given`` lacks, and only what the data can tell (regression targets: no classes; a
+    data set whose inputs are not tensors: no shape): the trainer's rule, so a bare state_dict analyzed
+    with ``--model mlp --data mnist1d`` is built as ``train --model mlp --dataset mnist1d`` built it.
+    """
+    wanted = [k for k in _DATA_ARGS if k not in given and _takes(fn, k)] if data is not None else []
+    if not wanted:
+        return {}
+    train, test = (_as_set(d) for d in data)
+    if train is None:
+        return {}
+    return {k: v for k, v in model_args_from_data(train, test, strict=False).items() if k in wanted}
+
+
+class _Factory:
+    """The caller's model: a factory with its arguments (the data fill in what it lacks), or a module (copied)."""
+
+    def __init__(self, fn: Callable | None = None, args: dict | None = None, module: nn.Module | None = None):
+        self.fn, self.args, self.module = fn, dict(args or {}), module
+
+    def __call__(self, data: tuple | None = None) -> nn.Module:
+        if self.module is not None:
+            return copy.deepcopy(self.module)  # the caller's module is never modified
+        return build_model(self.fn, **{**_data_model_args(self.args, data, self.fn), **self.args})
+
+
 def _model_choice(model: Any, model_args: dict | None, stored: Spec | None
-                  ) -> tuple[Callable[[], nn.Module] | None, Spec | None, bool]:
+                  ) -> tuple[_Factory | None, Spec | None, bool]:
     """(factory, spec, trusted) of the model to build: the caller's, else the stored spec's."""
     if model_args is not None and not isinstance(model_args, dict):
         raise SharpnessError(f"model_args must be a dict (got {type(model_args).__name__})")
@@ -427,7 +538,7 @@ def _model_choice(model: Any, model_args: dict | None, stored: Spec | None
     if isinstance(model, nn.Module):
         if model_args:
             raise SharpnessError("model_args given, but model is a module instance, not a factory")
-        return (lambda: copy.deepcopy(model)), stored, True
+        return _Factory(module=model), stored, True
     if not isinstance(model, str) and not callable(model):
         raise SharpnessError(f"model must be an nn.Module, a factory, a registered name or 'pkg.module:fn' "
                              f"(got {type(model).__name__})")
@@ -437,7 +548,7 @@ def _model_choice(model: Any, model_args: dict | None, stored: Spec | None
     args = {**base, **(model_args or {})}
     if isinstance(model, str):
         return None, Spec(model, args), True
-    return (lambda: build_model(model, **args)), stored, True
+    return _Factory(model, args), stored, True
 
 
 def _data_choice(data: Any, data_args: dict | None, stored: Spec | None
@@ -633,10 +744,11 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Mod
         _check_weights(path, state_dict)
         if model is None:
             raise SharpnessError(f"{path}: a bare state_dict; pass the model it belongs to "
-                                 "(model=... here, --model pkg.module:factory on the command line)")
+                                 "(--model pkg.module:factory; model= in load_checkpoint and analyze)")
         factory, model_spec, _ = _model_choice(model, model_args, None)
         data_spec, _, _ = _data_choice(data, data_args, None)
+        epoch, step = _wrapper_counts(obj, state_dict)
         ckpt = Checkpoint(path, state_dict, model_spec=model_spec, data_spec=data_spec, model_factory=factory,
-                          model_trusted=True, data_trusted=True)
+                          model_trusted=True, data_trusted=True, epoch=epoch, step=step)
     _check_finite(path, ckpt.state_dict)
     return ckpt

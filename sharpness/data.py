@@ -42,7 +42,7 @@ from .io import write_npz
 from .specs import Registry, Spec, _short, as_spec, check_args, check_int, check_number
 
 __all__ = ["DataSpec", "load_data", "dataset_names", "register_data", "DATASETS", "input_shape",
-           "num_classes", "as_tensors", "data_root"]
+           "num_classes", "model_args_from_data", "as_tensors", "data_root"]
 
 DataSpec = Spec  # the name this module used before specs were shared; kept for existing imports
 
@@ -531,6 +531,30 @@ def _targets(data: Any) -> torch.Tensor | None:
         except (TypeError, ValueError, RuntimeError):  # strings, dicts: not labels
             return None
     return torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64)
+
+
+def model_args_from_data(train: Any, test: Any = None, *, strict: bool = True) -> dict:
+    """The model arguments the data decide: ``input_shape`` (of the training inputs) and ``num_classes``.
+
+    ``num_classes`` is left out for targets that are not class labels (regression). ``strict`` False
+    leaves out, instead of raising, an ``input_shape`` the data cannot tell (inputs that are not tensors).
+    The trainer builds its model from these, and a bare state_dict's factory gets the same (``analyze``).
+    """
+    out: dict = {}
+    try:
+        out["input_shape"] = list(input_shape(train))
+    except SharpnessError:
+        if strict:
+            raise
+    try:
+        classes = num_classes(train, test)
+    except SharpnessError:
+        if strict:
+            raise
+        classes = None
+    if classes is not None:
+        out["num_classes"] = classes
+    return out
 
 
 def num_classes(*sets: Dataset | DataLoader) -> int | None:

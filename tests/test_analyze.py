@@ -210,7 +210,7 @@ def test_regression_mse_sum_and_mean_through_the_cli_any_batching(tmp_path, monk
             assert code == 0, capsys.readouterr().err
             r = json.loads((out / "report.json").read_text())
             e = r["checkpoints"]["reg"]
-            assert e["loss"] == {"name": "mse", "reduction": reduction}
+            assert {k: e["loss"][k] for k in ("name", "reduction")} == {"name": "mse", "reduction": reduction}
             assert e["measures"]["loss"]["summary"]["train_acc"] is None  # regression: no accuracy
             got = e["measures"]["eigenvalues"]["summary"]["lambda_max"]
             assert got == pytest.approx(want, rel=1e-4), (reduction, bs)
@@ -316,12 +316,20 @@ def test_later_analyses_of_a_folder_keep_what_earlier_ones_wrote(runs, tmp_path)
     out = tmp_path / "an"
     analyze(root / "sb" / "final.pt", out=out, measures=["loss", "trace"], quick=True, progress=False)
     analyze(root / "lb" / "final.pt", out=out, measures=["loss"], quick=True, progress=False)  # same stem "final"
-    analyze(root / "lb" / "final.pt", out=out, measures=["loss"], quick=True, progress=False, force=True,
-            max_samples=50)
+    with pytest.warns(UserWarning, match="other settings"):  # another subset: kept apart, in a folder of its own
+        other = analyze(root / "lb" / "final.pt", out=out, measures=["loss"], quick=True, progress=False,
+                        force=True, max_samples=50)
     r = json.loads((out / "report.json").read_text())["checkpoints"]
     assert set(r) == {"final", "lb_final"}  # the second checkpoint did not take the first one's label
     assert set(r["final"]["measures"]) == {"loss", "trace"} and r["final"]["path"] == str((root / "sb" / "final.pt"))
-    assert r["lb_final"]["measures"]["loss"]["max_samples"] == 50
+    assert r["lb_final"]["measures"]["loss"]["max_samples"] == 1000
+    assert other.out.parent == out and other.out.name.startswith("quick-") and len(other.out.name) == 14
+    sub = json.loads((other.out / "report.json").read_text())
+    assert sub["checkpoints"]["final"]["measures"]["loss"]["max_samples"] == 50
+    assert sub["settings"]["variant"]["max_samples"] == 50 and sub["settings"]["tag"] == other.out.name
+    with pytest.warns(UserWarning, match="other settings"):  # the default full settings: the plain tag
+        full = analyze(root / "sb" / "final.pt", out=out, measures=["loss"], progress=False)
+    assert full.out == out / "full" and "final" in json.loads((out / "full" / "report.json").read_text())["checkpoints"]
     # one call with two stems that clean to the same label
     a, b = tmp_path / "a b.pt", tmp_path / "a_b.pt"
     for p in (a, b):

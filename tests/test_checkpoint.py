@@ -575,3 +575,84 @@ def test_a_tampered_resume_state_is_refused_in_one_line(tmp_path, run_dir, chang
     with pytest.raises(SharpnessError, match=re.escape(message)) as e:
         train(tiny_config(), out, progress=False)
     assert "\n" not in str(e.value) and sorted(os.listdir(out)) == before
+
+
+def test_a_lightning_checkpoints_epoch_and_step_are_kept(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    wrapped = {"epoch": 7, "global_step": 420, "pytorch-lightning_version": "2.1.0",
+               "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "optimizer_states": []}
+    torch.save(wrapped, tmp_path / "light.ckpt")
+    ckpt = load_checkpoint(tmp_path / "light.ckpt", model=net)
+    assert (ckpt.epoch, ckpt.step) == (7, 420)
+    assert same_state(ckpt.model().state_dict(), net.state_dict())
+    torch.save({"epoch": "seven", "step": -1, "state_dict": net.state_dict()}, tmp_path / "odd.pt")
+    odd = load_checkpoint(tmp_path / "odd.pt", model=net)
+    assert (odd.epoch, odd.step) == (None, None)  # not counts: not kept
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    assert load_checkpoint(tmp_path / "bare.pt", model=net).epoch is None
+
+
+def test_messages_name_the_flag_and_the_argument(tmp_path, run_dir):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(SharpnessError) as e:
+        load_checkpoint(tmp_path / "bare.pt")
+    assert "--model" in str(e.value) and "model=" in str(e.value)
+    with pytest.raises(SharpnessError) as e:
+        load_checkpoint(tmp_path / "bare.pt", model=net).datasets()
+    assert "--data" in str(e.value) and "data=" in str(e.value) and "load_checkpoint" in str(e.value)
+
+
+def test_a_module_in_memory_is_a_checkpoint_identified_by_its_weights():
+    from sharpness.checkpoint import Checkpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ckpt = Checkpoint.from_module(net)
+    assert ckpt.path is None and ckpt.source == "memory" and "memory" in repr(ckpt)
+    assert ckpt.sha256 == tensor_checksum({"state_dict": net.state_dict()}) and len(ckpt.sha256) == 64
+    copy = ckpt.model()
+    assert copy is not net and same_state(copy.state_dict(), net.state_dict())
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    assert Checkpoint.from_module(other).sha256 != ckpt.sha256
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    with pytest.raises(SharpnessError, match="the model in memory: weight '0.weight' contains NaN"):
+        Checkpoint.from_module(net)
+    with pytest.raises(SharpnessError, match="expected an nn.Module"):
+        Checkpoint.from_module("net.pt")
+    named = Checkpoint.from_module(other, data="gaussian", data_args={"n_train": 20, "n_test": 10, "dim": 4})
+    train, test = named.datasets()
+    assert len(train) == 20 and len(test) == 10
+
+
+def test_a_factory_gets_input_shape_and_num_classes_from_the_data(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    user_module(tmp_path, monkeypatch, "shape_nets",
+                "import math\nimport torch.nn as nn\n"
+                "def make_net(input_shape, num_classes, hidden=5):\n"
+                "    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),\n"
+                "                         nn.Linear(hidden, num_classes))\n"
+                "def plain():\n    return nn.Sequential(nn.Flatten(), nn.Linear(6, 4))\n")
+    import shape_nets
+
+    net = shape_nets.make_net((2, 3), 4)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    data = (torch.randn(10, 2, 3), torch.randint(0, 4, (10,)))
+    ckpt = load_checkpoint(tmp_path / "w.safetensors", model="shape_nets:make_net")
+    with pytest.raises(SharpnessError, match="input_shape"):  # nothing to fill them from
+        ckpt.model()
+    built = ckpt.model(data=(data, None))
+    assert same_state(built.state_dict(), net.state_dict())
+    # a callable factory, and the caller's own arguments first
+    called = load_checkpoint(tmp_path / "w.safetensors", model=shape_nets.make_net, model_args={"num_classes": 4})
+    assert same_state(called.model(data=(data, None)).state_dict(), net.state_dict())
+    wrong = load_checkpoint(tmp_path / "w.safetensors", model=shape_nets.make_net, model_args={"num_classes": 5})
+    with pytest.raises(SharpnessError, match="weights do not fit"):
+        wrong.model(data=(data, None))
+    # a factory without those arguments is built as it is (a Dataset of dicts cannot tell a shape: not asked)
+    plain = shape_nets.plain()
+    torch.save(plain.state_dict(), tmp_path / "plain.pt")
+    assert same_state(load_checkpoint(tmp_path / "plain.pt", model="shape_nets:plain").model(
+        data=(data, None)).state_dict(), plain.state_dict())

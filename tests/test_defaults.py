@@ -282,6 +282,8 @@ def test_a_glob_on_a_frozen_weight_says_frozen_and_tied_weights_count_once():
     with pytest.raises(SharpnessError, match="frozen"):
         sh.Objective(net, None, (x, y), params=["0.weight"])
     assert sh.Objective(net, None, (x, y), params=["0.weight"], trainable_only=False).num_params == 30
+    s = sh.surface(net, None, (x, y), steps=3, dims=1, params=["2.*"])  # directions over the selection only
+    assert s.directions.vectors.shape == (1, 21)
     tied = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Tanh(), nn.Linear(4, 4, bias=False)).double()
     tied[2].weight = tied[0].weight
     xt, yt = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 4, (10,))

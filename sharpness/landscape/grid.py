@@ -182,7 +182,7 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
     start = time.perf_counter()
     obj = as_objective(model, loss_fn, data, batch_size=batch_size, **objective_args)
     model = obj.model
-    D = as_directions(directions, model, dims, seed)
+    D = as_directions(directions, model, dims, seed, params=obj.names)
     theta0 = obj.flat()
     V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
     if V.shape[1] != theta0.numel() or len(V) not in (1, 2):

@@ -4,6 +4,13 @@ Each entry says what it computes (the definitions are in the functions it calls)
 defaults, and the ``--quick`` overrides), and the summary keys tables and figures show. Curvature and
 sharpness use ``ctx.work`` (the training data, or a seeded subset of ``max_samples``); the loss and
 accuracy use the whole training and test sets.
+
+One parameter space: every measure works on the parameters the context's objectives select
+(``analyze(params=...)``; default: those that require grad). A measure that needs its own objective or
+operator builds it from the context's (``HessianOperator(ctx.work)``, ``ctx.work.subset``,
+``ctx.work.with_data``: they keep the selection); random landscape directions are drawn over the selected
+parameters (:func:`~sharpness.landscape.surface` draws them over its objective's θ); interpolation walks
+the line in the first checkpoint's θ.
 """
 
 from __future__ import annotations
@@ -287,6 +294,7 @@ register_measure("landscape2d", _landscape(2), settings={"steps": 51, "span": 1.
 
 
 def _interpolation(a: Context, b: Context, st: dict) -> Record:
+    # a's objectives: the line runs in their θ (the parameters outside it must agree between the two)
     sets = {"train": a.train, **({"test": a.test} if a.test is not None else {})}
     r = interpolate(a.model, b.model, None, sets, alphas=np.linspace(*st["range"], st["n_alphas"]), path=st["path"],
                     progress=a.progress)

@@ -68,6 +68,12 @@ class Context:
     subset when ``max_samples`` is set); ``train`` and ``test`` cover the whole training and test sets.
     ``path`` is the checkpoint's file (None for a model given in memory). ``shared`` holds what several
     measures of this checkpoint reuse (the Hessian operator and its Krylov run).
+
+    One parameter space: ``work``, ``train`` and ``test`` select the same parameters (``params``: the
+    patterns given to ``analyze``, None: every parameter that requires grad; ``work.names`` are the chosen
+    ones). A measure that needs an objective or operator of its own builds it from these —
+    ``HessianOperator(ctx.work)``, ``ctx.work.subset(n, seed)``, ``ctx.work.with_data(data)`` keep the
+    selection — so every measure of one analysis is of the same θ.
     """
 
     label: str
@@ -79,6 +85,7 @@ class Context:
     batch_size: int | None = None
     progress: bool | None = None
     path: Path | None = None
+    params: Any = None           # the parameter patterns of the objectives (None: those that require grad)
     shared: dict = field(default_factory=dict)  # work measures share (one Krylov run); cleared after the checkpoint
 
 

@@ -26,11 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
 
 from ..batches import tree_map
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..data import input_shape, load_data, num_classes
+from ..data import load_data, model_args_from_data
 from ..distributed import is_main, rank_and_world, shard
 from ..errors import SharpnessError
 from ..io import write_json
@@ -38,6 +37,7 @@ from ..losses import make_loss
 from ..model_state import preserved
 from ..models import build_model
 from ..objective import Objective, flat_params
+from ..progress import progress_bar
 from ..specs import Spec
 from ..tracker import SharpnessTracker
 from .config import TrainConfig
@@ -128,11 +128,7 @@ def _try_model(model: nn.Module, loss_fn: Any, obj: Objective, batches: _TrainBa
 
 
 def _specs(c: TrainConfig, train_set, test_set) -> tuple[Spec, Spec]:
-    args = dict(c.model_args)
-    args.setdefault("input_shape", list(input_shape(train_set)))
-    classes = num_classes(train_set, test_set)
-    if classes is not None:  # regression targets have none
-        args.setdefault("num_classes", classes)
+    args = {**model_args_from_data(train_set, test_set), **c.model_args}
     if c.ghost_batch_size is not None:
         args["ghost_batch_size"] = c.ghost_batch_size
     return Spec(c.model, args), Spec(c.dataset, dict(c.data_args))
@@ -266,8 +262,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, progress: bool = True) ->
             return (config.target_train_loss is not None and bool(history)
                     and history[-1]["train_loss"] <= config.target_train_loss)
 
-        bar = tqdm(range(epoch0, sched.epochs), initial=epoch0, total=sched.epochs, disable=not progress or rank > 0,
-                   desc=f"train B={config.batch_size}", unit="epoch")
+        bar = progress_bar(bool(progress) and rank == 0, range(epoch0, sched.epochs), initial=epoch0,
+                           total=sched.epochs, desc=f"train B={config.batch_size}", unit="epoch")
         for epoch in bar:
             if reached_target():  # resuming a run that had already reached its target
                 break
