@@ -4,6 +4,12 @@
 shims onto the same functions. The parsers live in this module rather than in ``train.py`` and
 friends so that importing them never shadows the library functions of the same name on the package.
 Bad input (:class:`SharpnessError`) prints one line and exits with code 2, no traceback.
+
+Progress: ``train``, ``analyze`` and ``run`` pass ``progress=True`` unless ``--no-progress``: a bar on a
+terminal, a log line every 10 s in a log file (:mod:`sharpness.progress`). Output folders: ``run`` writes
+to ``results/NAME/`` and ``figures``/``correlate`` read ``figures/NAME/results.json`` and write to
+``results/NAME/``, so the committed figures change only when asked (``--figures figures``, ``--out
+figures``, ``--in-place``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from .errors import SharpnessError
@@ -72,14 +79,20 @@ def _numbers(text: str) -> list:
     return [_json_or_text(v.strip()) for v in text.split(",") if v.strip()]
 
 
+_PROGRESS_HELP = ("no progress output (default: a bar on a terminal; in a log file or pipe, a line every 10 s "
+                  "saying what is measured, done/total and the ETA)")
+
+
 def _add_figure_flags(p: argparse.ArgumentParser) -> None:
-    """``--format``, ``--dpi`` and ``--style``: how the command's figures are written."""
+    """``--format``, ``--dpi``, ``--style`` and ``--title``: how the command's figures are written."""
     g = p.add_argument_group("figures")
     g.add_argument("--format", default="png", metavar="FMT[,FMT...]",
                    help="figure formats, comma-separated, from pdf, svg, png (default: png)")
     g.add_argument("--dpi", default="300", metavar="INT", help="resolution of PNGs (default: 300)")
     g.add_argument("--style", default="default", metavar="{default,neurips,icml,iclr}",
                    help="sizes and fonts: default (3.3-inch column, 8 pt) or a venue's template (default: default)")
+    g.add_argument("--title", default=None, metavar="TEXT",
+                   help="the title of every figure written (instead of the default or the experiment's titles)")
 
 
 def _figure_options(a: argparse.Namespace):
@@ -107,7 +120,7 @@ def _figure_options(a: argparse.Namespace):
         STYLES[a.style]()
     except ImportError:
         raise SharpnessError(f"--style {a.style} needs the tueplots package (pip install tueplots)") from None
-    return figure_options(formats=formats, dpi=dpi, style=a.style)
+    return figure_options(formats=formats, dpi=dpi, style=a.style, title=a.title)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +139,28 @@ def _shown_default(o) -> object:
     return o.default
 
 
+def _flag_examples(doc: str, flag: str) -> str:
+    """A dict field's comment with its TOML examples as flags: ``{"k": 1}`` → ``--data-arg k=1``.
+
+    ``...`` (a value left to the reader) becomes ``PATH`` for a root, else ``VALUE``.
+    """
+    import re
+
+    def one(m: re.Match) -> str:
+        key, value = m.group(1), m.group(2).strip()
+        if value == "...":
+            value = "PATH" if key in ("root", "path") else "VALUE"
+        else:
+            try:
+                parsed = json.loads(value)
+                value = parsed if isinstance(parsed, str) else json.dumps(parsed, separators=(",", ":"))
+            except json.JSONDecodeError:
+                pass
+        return f"{flag} {key}={value}"
+
+    return re.sub(r'\{\s*"(\w+)"\s*:\s*([^{}]*?)\s*\}', one, doc)
+
+
 def _add_option(p: argparse.ArgumentParser, o) -> None:
     """Add the flag of one :class:`TrainConfig` field (an :class:`~sharpness.training.config.Option`).
 
@@ -136,8 +171,10 @@ def _add_option(p: argparse.ArgumentParser, o) -> None:
     says_more = any(k in o.allowed for k in ("ge", "gt", "le", "lt", "check"))
     doc = "; ".join(filter(None, [o.doc, o.describe() if says_more else ""]))
     if o.type is dict:  # data_args → --data-arg KEY=VALUE, given once per key
-        p.add_argument(flag.removesuffix("s"), dest=o.name, type=_kv, action="append", default=[],
-                       metavar="KEY=VALUE", help=f"{doc}; repeatable, VALUE read as JSON when it parses")
+        flag = flag.removesuffix("s")
+        p.add_argument(flag, dest=o.name, type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                       help=f"{_flag_examples(doc, flag)}; repeatable, VALUE read as JSON when it parses"
+                       .replace("%", "%%"))
         return
     help = f"{doc} (default: {_shown_default(o)})".replace("%", "%%")  # argparse formats help with %
     if o.type is bool:
@@ -160,7 +197,7 @@ def train_parser() -> argparse.ArgumentParser:
                 allow_abbrev=False)
     p.add_argument("config", nargs="?", help="a TOML training config (flags override it)")
     p.add_argument("--out", required=True, help="run folder (resumed if it holds an unfinished run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help=_PROGRESS_HELP)
     options = p.add_argument_group("training options (the fields of TrainConfig; also TOML keys)")
     for o in TrainConfig.options():
         _add_option(options, o)
@@ -213,19 +250,27 @@ def train_main(argv: list[str] | None = None) -> int:
 
 @_guard
 def info_main(argv: list[str] | None = None) -> int:
-    from pathlib import Path
-
     from .checkpoint import load_checkpoint
 
     p = _Parser(prog="python -m sharpness.info", description="Describe a checkpoint (safe load).")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a toolkit checkpoint, or a bare state_dict .pt / .safetensors file with --model")
+    p.add_argument("--model", default=None, metavar="NAME|MODULE:FACTORY",
+                   help="the model, for a bare state_dict (or to override the checkpoint's): rebuilt with the "
+                        "weights to show its class and parameters")
+    p.add_argument("--model-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the model factory, e.g. widths=[512,512]; repeatable")
     a = p.parse_args(argv)
     # load_checkpoint validated the structure: state_dict of tensors, history a list of dicts, config a dict
-    ckpt = load_checkpoint(a.checkpoint)
+    ckpt = load_checkpoint(a.checkpoint, model=a.model, model_args=dict(a.model_arg) or None)
     last = ckpt.history[-1] if ckpt.history else {}
     n = sum(t.numel() for t in ckpt.state_dict.values() if t.is_floating_point())
     model = ckpt.model_spec.to_dict() if ckpt.model_spec is not None else None
     print(f"{ckpt.path}: model {model}, epoch {ckpt.epoch}, step {ckpt.step}, {n} floats in state_dict")
+    if a.model is not None or a.model_arg:  # the user named the model: build it and load the weights
+        net = ckpt.model()
+        params = sum(t.numel() for t in net.parameters())
+        print(f"built: {type(net).__module__}.{type(net).__qualname__}, {params} parameters, weights loaded")
     data = ckpt.data_spec.to_dict() if ckpt.data_spec is not None else None
     print(f"data: {data}")
     if data is not None and data["args"].get("root") is not None:  # a path string without NUL (validated)
@@ -241,8 +286,6 @@ def info_main(argv: list[str] | None = None) -> int:
 
 @_guard
 def analyze_main(argv: list[str] | None = None) -> int:
-    from pathlib import Path
-
     from . import analysis
     from .distributed import is_main, launched
 
@@ -250,14 +293,24 @@ def analyze_main(argv: list[str] | None = None) -> int:
     names = analysis.measure_names()
     p = _Parser(prog="python -m sharpness.analyze",
                 description="Every measure of one or more checkpoints: report.json, arrays.npz and figures.")
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint files: toolkit checkpoints, or bare state_dict .pt / .safetensors files "
+                        "with --model (and --data)")
     p.add_argument("--out", default=None, help="output folder (default: analysis/ beside the first checkpoint)")
     p.add_argument("--measures", default=None, help=f"comma-separated subset of: {','.join(names)}")
     p.add_argument("--quick", action="store_true", help="cheaper settings that finish in seconds")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="evaluate data in batches (memory only)")
     p.add_argument("--max-samples", type=int, default=None, help="fixed random subset of the training data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice: subset, probe vectors, directions (default: 0)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="MEASURE.KEY=VALUE",
+                   help="a setting of one measure, e.g. --set eigenvalues.k=3 --set landscape2d.steps=21; "
+                        "VALUE read as JSON when it parses; repeatable")
+    p.add_argument("--label", dest="labels", action="append", default=[], metavar="TEXT",
+                   help="the name of a checkpoint in the report and figures; once per checkpoint, in order")
+    p.add_argument("--params", type=_list, default=None, metavar="GLOB[,GLOB...]",
+                   help="measure only the parameters whose names match, e.g. 'fc*.weight,head.*'")
     p.add_argument("--model", default=None, metavar="NAME|MODULE:FACTORY",
                    help="the model, for a bare state_dict (or to override the checkpoint's)")
     p.add_argument("--model-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
@@ -265,19 +318,30 @@ def analyze_main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, metavar="NAME|PKG.MODULE:FN",
                    help="the data set, for a bare state_dict (or to override the checkpoint's)")
     p.add_argument("--data-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="a keyword argument of the data function, e.g. root=PATH; repeatable")
+                   help="a keyword argument of the data function, e.g. --data-arg root=PATH; repeatable")
     p.add_argument("--loss", default=None, metavar="NAME|PKG.MODULE:FN",
                    help="cross_entropy, mse, nll, bce_with_logits or pkg.module:fn "
-                        "(default: the checkpoint's loss, else cross_entropy)")
+                        "(default: the checkpoint's loss, else inferred from the data: class indices → "
+                        "cross_entropy, real targets shaped like the outputs → mse, said in a warning)")
     p.add_argument("--loss-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword argument of the loss, e.g. reduction=sum; repeatable")
     p.add_argument("--force", action="store_true", help="recompute measures already in the report")
     p.add_argument("--plugin", action="append", default=[], metavar="PKG.MODULE",
                    help="import a module that registers measures (sharpness.register_measure); repeatable")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
     _add_figure_flags(p)
     a = p.parse_args(argv)
     options = _figure_options(a)
+    extra: dict = {}  # keywords given only when their flags are: analyze's defaults otherwise
+    if a.settings:
+        extra["settings"] = _measure_settings(a.settings, names)
+    if a.labels:
+        if len(a.labels) != len(a.checkpoints):
+            raise SharpnessError(f"--label given {len(a.labels)} time(s) for {len(a.checkpoints)} checkpoint(s): "
+                                 "give one per checkpoint, in order")
+        extra["labels"] = a.labels
+    if a.params is not None:
+        extra["params"] = a.params
 
     out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
     measures = [m.strip() for m in a.measures.split(",") if m.strip()] if a.measures else None
@@ -287,16 +351,40 @@ def analyze_main(argv: list[str] | None = None) -> int:
                                   model=a.model, model_args=dict(a.model_arg) or None, data=a.data,
                                   data_args=dict(a.data_arg) or None, loss=a.loss,
                                   loss_args=dict(a.loss_arg) or None, force=a.force,
-                                  progress=False if a.no_progress or not is_main() else None)
+                                  progress=False if a.no_progress or not is_main() else True, **extra)
         main = is_main()
     if not main:  # rank 0 wrote the report and says what is in it
         return 0
     print(report.table())
-    print(f"report: {Path(out) / 'report.json'}" + ("  (quick settings)" if a.quick else ""))
+    print(f"report: {Path(report.out or out) / 'report.json'}" + ("  (quick settings)" if a.quick else ""))
     if report.failed:  # the report is written; the exit code says that some measures are missing from it
         print(f"{len(report.failed)} measure(s) failed; the others are in the report", file=sys.stderr)
         return 1
     return 0
+
+
+def _measure_settings(items: list[str], names: list[str]) -> dict[str, dict]:
+    """``--set MEASURE.KEY=VALUE`` items → analyze's ``settings`` ({measure: {key: value}}), checked.
+
+    Raises:
+        SharpnessError: an item that is not MEASURE.KEY=VALUE, an unknown measure, or a key or value the
+            measure does not take (its registered settings and their types).
+    """
+    from .measures.registry import MEASURES
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        measure, dot, name = key.partition(".")
+        if not sep or not dot or not measure.strip() or not name.strip():
+            raise SharpnessError(f"--set expects MEASURE.KEY=VALUE, e.g. --set eigenvalues.k=3 (got {item!r})")
+        measure, name = measure.strip(), name.strip()
+        if measure not in names:
+            raise SharpnessError(f"--set {item}: unknown measure {measure!r}; measures: {', '.join(names)}")
+        out.setdefault(measure, {})[name] = _json_or_text(value)
+    for measure, over in out.items():
+        MEASURES[measure].check_overrides(over, f"--set {measure}")
+    return out
 
 
 def _import_plugins(argv: list[str]) -> None:
@@ -320,13 +408,16 @@ def run_main(argv: list[str] | None = None) -> int:
     from .experiments import load_experiment, run_experiment
 
     p = _Parser(prog="python -m sharpness.run", description="Run an experiment: trainings, analyses, figures.")
-    p.add_argument("experiment", help="experiments/NAME.toml")
+    p.add_argument("experiment", help="an experiment TOML file, or the name of one that ships with the package "
+                                      "(e.g. quickstart: experiments/quickstart.toml)")
     p.add_argument("--jobs", type=int, default=1, help="train independent runs in parallel processes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. --set base.dataset=digits --set grid.seed=[0,1]")
     p.add_argument("--runs", default="runs", help="where run folders go")
-    p.add_argument("--figures", default="figures", help="where results.json and figures go")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--figures", default="results", metavar="DIR",
+                   help="where NAME/results.json and the figures go (default: results, a scratch folder; "
+                        "--figures figures regenerates the committed paper figures)")
+    p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
     _add_figure_flags(p)
     a = p.parse_args(argv)
     device = "cpu"  # the process group's backend follows the experiment's device (under torchrun only)
@@ -334,25 +425,50 @@ def run_main(argv: list[str] | None = None) -> int:
         device = str(load_experiment(a.experiment, a.set).get("base", {}).get("device", "cpu"))
     with _figure_options(a), launched(device):  # under torchrun: every run trained and analysed data-parallel
         path = run_experiment(a.experiment, runs_root=a.runs, figures_root=a.figures, jobs=a.jobs,
-                              overrides=a.set, progress=False if a.no_progress or not is_main() else None)
+                              overrides=a.set, progress=False if a.no_progress or not is_main() else True)
         main = is_main()
     if main:
         print(f"results: {path}")
     return 0
 
 
+def _rename(text: str) -> tuple[str, str]:
+    """OLD=NEW, both kept as text (a label of digits stays a label)."""
+    old, sep, new = text.partition("=")
+    if not sep or not old.strip() or not new.strip():
+        raise argparse.ArgumentTypeError(f"expected OLD=NEW, got {text!r}")
+    return old.strip(), new.strip()
+
+
+def _add_output_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help=f"where {what} go: DIR/NAME/ (default: results, a scratch folder; --out figures "
+                        "or --in-place rewrites the committed ones)")
+    p.add_argument("--in-place", action="store_true", help=f"write {what} beside each results.json")
+
+
+def _output_dir(a: argparse.Namespace, results: Path) -> Path:
+    """Where a command's output of ``results`` (DIR/NAME/results.json) goes: ``--out``/NAME or beside it."""
+    return results.parent if a.in_place else Path(a.out or "results") / results.parent.name
+
+
 @_guard
 def figures_main(argv: list[str] | None = None) -> int:
-    from pathlib import Path
-
     from .plots.experiments import draw
 
     p = _Parser(prog="python -m sharpness.figures", description="Redraw figures from saved results only.")
     p.add_argument("names", nargs="*", help="experiment names (default: every folder of --figures)")
-    p.add_argument("--figures", default="figures")
+    p.add_argument("--figures", default="figures", metavar="DIR",
+                   help="where the results are read: DIR/NAME/results.json (default: figures, the committed ones)")
+    _add_output_flags(p, "the figures")
+    p.add_argument("--label", dest="labels", type=_rename, action="append", default=[], metavar="OLD=NEW",
+                   help="show run/variant label OLD as NEW in the figures, e.g. --label LB='large batch'; "
+                        "repeatable")
     _add_figure_flags(p)
     a = p.parse_args(argv)
     options = _figure_options(a)
+    if a.in_place and a.out is not None:
+        raise SharpnessError("--in-place writes beside the results; give it or --out, not both")
     root = Path(a.figures)
     names = a.names or sorted(d.name for d in root.iterdir() if (d / "results.json").exists()) if root.is_dir() else []
     if not names:
@@ -363,7 +479,7 @@ def figures_main(argv: list[str] | None = None) -> int:
         raise SharpnessError(f"{missing[0]}: no such results file")
     with options:
         for res in results:
-            for fig in draw(res):
+            for fig in draw(res, _output_dir(a, res), labels=dict(a.labels) or None):
                 print(fig)
     return 0
 
@@ -378,7 +494,6 @@ def _list(value: str) -> list[str]:
 @_guard
 def correlate_main(argv: list[str] | None = None) -> int:
     import json
-    from pathlib import Path
 
     from .correlation import correlate, left_out_note, results_rows
     from .io import atomic_write
@@ -386,13 +501,19 @@ def correlate_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m sharpness.correlate",
                 description="Rank the measures of an experiment's runs against their generalization gap "
                             "(Kendall τ and Jiang et al. 2020's granulated Ψ).")
-    p.add_argument("results", help="figures/NAME/results.json")
+    p.add_argument("results", help="an experiment's results: results/NAME/results.json or figures/NAME/results.json")
     p.add_argument("--gap", default="gap", help="gap (test − train loss, default) or gap_acc (train − test accuracy)")
     p.add_argument("--measures", type=_list, default=None, help="comma-separated measure.key columns (default: all)")
     p.add_argument("--axes", type=_list, default=None, help="hyperparameter axes for Ψ (default: the grid and variants)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for τ's interval")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
+    p.add_argument("--replicates", default="auto", metavar="COLUMN|none",
+                   help="the column whose runs are replicates of one configuration, averaged before τ and Ψ "
+                        "(default: seed, where the rows have one; none: every run a point, as pooled before)")
+    _add_output_flags(p, "correlation.md")
     a = p.parse_args(argv)
+    if a.in_place and a.out is not None:
+        raise SharpnessError("--in-place writes beside the results; give it or --out, not both")
     path = Path(a.results)
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -400,9 +521,10 @@ def correlate_main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SharpnessError(f"{path}: not a readable results file ({' '.join(str(e).split())[:200]})") from None
     res = correlate(table.rows, a.measures or table.measures, gap=a.gap,
-                    axes=a.axes if a.axes is not None else table.axes, n_boot=a.n_boot, seed=a.seed)
+                    axes=a.axes if a.axes is not None else table.axes, n_boot=a.n_boot, seed=a.seed,
+                    replicates=None if a.replicates.lower() == "none" else a.replicates)
     text = res.markdown(str(path), left_out_note(table))
-    out = atomic_write(path.with_name("correlation.md"), lambda q: q.write_text(text))
+    out = atomic_write(_output_dir(a, path) / "correlation.md", lambda q: q.write_text(text))
     print(text + f"\nwritten: {out}")
     return 0
 

@@ -24,6 +24,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from .errors import SharpnessError
+
 __all__ = ["rank_and_world", "shard", "all_sum", "all_sum_floats", "is_main", "from_main", "per_rank",
            "launched", "launched_world"]
 
@@ -83,6 +85,27 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def _check_cuda(device: str, local: int) -> None:
+    """Refuse ``--device cuda`` under torchrun where this process has no GPU ``local`` to take.
+
+    Rank 0 says why in one line (:class:`SharpnessError`); the other ranks exit with code 2 silently, so
+    the log holds one line rather than a traceback per rank.
+
+    Raises:
+        SharpnessError: on rank 0; ``SystemExit(2)`` on the others.
+    """
+    if torch.cuda.is_available() and local < torch.cuda.device_count():
+        return
+    if not torch.cuda.is_available():
+        why = ("this torch is built without CUDA" if torch.version.cuda is None
+               else f"torch {torch.__version__} sees no GPU")
+    else:
+        why = f"LOCAL_RANK {local} but {torch.cuda.device_count()} GPU(s) visible: one GPU per process"
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        raise SystemExit(2)
+    raise SharpnessError(f"--device {device} under torchrun: {why}; use --device cpu (gloo) or a CUDA build")
+
+
 @contextlib.contextmanager
 def launched(device: str) -> Iterator[str]:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): the default process group for the command, and its device.
@@ -98,6 +121,7 @@ def launched(device: str) -> Iterator[str]:
     cuda = device.startswith("cuda")
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        _check_cuda(device, local)
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     timeout = datetime.timedelta(seconds=float(os.environ.get("SHARPNESS_DIST_TIMEOUT", "300")))

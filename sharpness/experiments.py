@@ -20,7 +20,11 @@ from (Keskar's warm starts, Fig. 5).
 Runs live in ``runs/NAME/<label>-<hash of config>/`` (resumed, and skipped when their ``done`` marker
 exists); ``--jobs N`` trains independent runs in parallel processes. The results — every run's config,
 history and analysis summaries, and the arrays the figures need — are collected in
-``figures/NAME/results.json``, and the figures are drawn from that file only.
+``results/NAME/results.json`` (a scratch folder; ``figures_root="figures"``, ``--figures figures`` on the
+command line, regenerates the committed paper figures), and the figures are drawn from that file only.
+
+An experiment is named by its TOML file's path, or by its bare name (``quickstart``): the experiments
+that ship with the package (:func:`find_experiment`), so they run after a non-editable install too.
 """
 
 from __future__ import annotations
@@ -45,7 +49,41 @@ from .io import read_toml, write_json
 from .specs import _short
 from .training import TrainConfig
 
-__all__ = ["load_experiment", "expand", "run_experiment"]
+__all__ = ["load_experiment", "expand", "run_experiment", "find_experiment", "packaged_experiments"]
+
+# The committed experiments/ folder, shipped in the package as sharpness/experiments_data (a symbolic link
+# to ../experiments in the source tree: one copy of each file; pyproject's package-data takes its TOMLs).
+_PACKAGED = Path(__file__).resolve().parent / "experiments_data"
+
+
+def packaged_experiments() -> dict[str, Path]:
+    """The experiments that ship with the package: name → TOML file."""
+    root = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "experiments"
+    return {p.stem: p for p in sorted(root.glob("*.toml"))} if root.is_dir() else {}
+
+
+def find_experiment(path: str | Path) -> Path:
+    """The TOML file of an experiment: ``path`` itself when it exists, else a packaged experiment.
+
+    A bare name (``quickstart`` or ``quickstart.toml``) and a missing ``experiments/NAME.toml`` (the
+    README's command run from another folder) name the packaged ``NAME.toml``.
+
+    Raises:
+        SharpnessError: neither a file nor a packaged experiment.
+    """
+    p = Path(path)
+    if p.exists():
+        return p
+    bare = len(p.parts) == 1
+    if bare or (len(p.parts) == 2 and p.parts[0] == "experiments" and not p.is_absolute()):
+        name = p.name.removesuffix(".toml") if p.suffix in ("", ".toml") else None
+        packaged = packaged_experiments()
+        if name in packaged:
+            return packaged[name]
+        if bare or name is not None:
+            raise SharpnessError(f"{str(path)!r}: no such experiment file, and no packaged experiment of that "
+                                 f"name; packaged: {', '.join(packaged) or 'none'}")
+    return p
 
 
 def _set(d: dict, dotted: str, value: Any) -> None:
@@ -58,8 +96,11 @@ def _set(d: dict, dotted: str, value: Any) -> None:
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read an experiment TOML; ``overrides`` are ``section.key=value`` strings (value parsed as JSON)."""
-    path = Path(path)
+    """Read an experiment TOML (a path or a packaged experiment's name, see :func:`find_experiment`).
+
+    ``overrides`` are ``section.key=value`` strings (value parsed as JSON).
+    """
+    path = find_experiment(path)
     spec = read_toml(path, "experiment TOML file")
     for item in overrides or []:
         if "=" not in item:
@@ -242,12 +283,15 @@ def _warn_failed(report, where) -> None:
         warnings.warn(f"{where}: measure {name} failed: {why}", stacklevel=3)
 
 
-def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_root: str | Path = "figures",
+def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_root: str | Path = "results",
                    jobs: int = 1, overrides: list[str] | None = None, progress: bool | None = None) -> Path:
     """Train every run of the experiment (resuming/skipping finished ones), analyze, collect, draw.
 
+    ``figures_root`` is where ``NAME/results.json`` and the figures go: ``results`` (a scratch folder) by
+    default; ``"figures"`` regenerates the committed paper figures.
+
     Returns:
-        The results file (``figures/NAME/results.json``).
+        The results file (``figures_root/NAME/results.json``).
     """
     from .analysis import analyze
     from .checkpoint import load_checkpoint

@@ -1,4 +1,8 @@
-"""``python -m sharpness.figures``: see :func:`sharpness.cli.figures_main`."""
+"""``python -m sharpness.figures``: see :func:`sharpness.cli.figures_main`.
+
+Reads ``figures/NAME/results.json`` (``--figures DIR``) and writes the figures to ``results/NAME/`` (``--out
+DIR``), never over the committed figures unless asked (``--in-place`` or ``--out figures``).
+"""
 
 import sys
 

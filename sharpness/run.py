@@ -1,4 +1,8 @@
-"""``python -m sharpness.run``: see :func:`sharpness.cli.run_main`."""
+"""``python -m sharpness.run quickstart`` (or ``experiments/NAME.toml``): see :func:`sharpness.cli.run_main`.
+
+Results and figures go to ``results/NAME/`` unless ``--figures DIR`` says otherwise (``--figures figures``
+regenerates the committed paper figures).
+"""
 
 import sys
 

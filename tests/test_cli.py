@@ -174,6 +174,7 @@ def test_usage_errors_are_one_line(capsys):
 
 class _FakeReport:
     failed = {}
+    out = None  # the folder written: None, so the CLI names its --out
 
     def table(self):
         return ""
@@ -198,8 +199,10 @@ def test_analyze_main_passes_model_data_and_loss(monkeypatch, tmp_path, capsys):
     calls.clear()
     assert analyze_main([str(tmp_path / "c.pt")]) == 0
     (_, kw), = calls
-    assert kw["out"] == str(tmp_path / "analysis") and kw["progress"] is None
+    # the CLI shows progress (log lines where stderr is no terminal); the library's default stays quiet there
+    assert kw["out"] == str(tmp_path / "analysis") and kw["progress"] is True
     assert all(kw[k] is None for k in ("model", "model_args", "data", "data_args", "loss", "loss_args"))
+    assert not {"settings", "labels", "params"} & set(kw)  # analyze's own defaults when the flags are absent
 
 
 def test_analyze_help_lists_the_measures(capsys):
@@ -277,21 +280,24 @@ def test_figure_flags_reach_the_command_body(main, monkeypatch, tmp_path, capsys
     seen = []
     monkeypatch.setattr(sharpness.analysis, "analyze", lambda *a, **kw: seen.append(dict(_options)) or _FakeReport())
     monkeypatch.setattr(sharpness.experiments, "run_experiment", lambda *a, **kw: seen.append(dict(_options)) or "r")
-    monkeypatch.setattr(sharpness.plots.experiments, "draw", lambda res: seen.append(dict(_options)) or [])
+    monkeypatch.setattr(sharpness.plots.experiments, "draw",
+                        lambda res, out=None, labels=None: seen.append(dict(_options)) or [])
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "results.json").write_text("{}")
     first = {"analyze": ["a.pt", "--out", str(tmp_path)], "run": ["x.toml", "--figures", str(tmp_path)],
              "figures": ["--figures", str(tmp_path)]}[main]
     fn = getattr(cli, f"{main}_main")
-    assert fn(first + ["--format", "pdf, SVG", "--dpi", "150", "--style", "iclr"]) == 0
+    if main == "figures":
+        first += ["--in-place"]
+    assert fn(first + ["--format", "pdf, SVG", "--dpi", "150", "--style", "iclr", "--title", "Mine"]) == 0
     assert fn(first) == 0
-    assert seen == [{"formats": ("pdf", "svg"), "dpi": 150, "style": "iclr"},
-                    {"formats": ("png",), "dpi": 300, "style": "default"}]
-    assert _options == {"formats": (), "dpi": 300, "style": "default"}
+    assert seen == [{"formats": ("pdf", "svg"), "dpi": 150, "style": "iclr", "title": "Mine"},
+                    {"formats": ("png",), "dpi": 300, "style": "default", "title": None}]
+    assert _options == {"formats": (), "dpi": 300, "style": "default", "title": None}
     with pytest.raises(SystemExit):
         fn(["--help"])
     text = capsys.readouterr().out
-    assert all(f in text for f in ("--format", "--dpi", "--style", "neurips"))
+    assert all(f in text for f in ("--format", "--dpi", "--style", "neurips", "--title"))
 
 
 @pytest.mark.parametrize("argv, flag", [(["--format", "tiff"], "--format"), (["--format="], "--format"),
@@ -306,3 +312,146 @@ def test_bad_figure_flags_of_run_are_one_line_before_any_work(argv, flag, monkey
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag} must be") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def _fake_analyze(monkeypatch):
+    import sharpness.analysis
+
+    calls = []
+    monkeypatch.setattr(sharpness.analysis, "analyze", lambda *a, **kw: calls.append(kw) or _FakeReport())
+    return calls
+
+
+def test_analyze_set_label_params_title_reach_analyze(monkeypatch, tmp_path):
+    from sharpness.plots.style import _options
+
+    calls = _fake_analyze(monkeypatch)
+    titles = []
+    import sharpness.analysis
+    inner = sharpness.analysis.analyze
+    monkeypatch.setattr(sharpness.analysis, "analyze", lambda *a, **kw: titles.append(_options["title"]) or inner(*a, **kw))
+    argv = ["a.pt", "b.pt", "--out", str(tmp_path), "--set", "eigenvalues.k=3", "--set", "landscape2d.span=0.5",
+            "--set", "landscape2d.normalization=filter", "--set", "eigenvalues.tol=1e-3", "--label", "SB",
+            "--label", "LB", "--params", "fc*.weight, head.*", "--title", "My run", "--no-progress"]
+    assert analyze_main(argv) == 0
+    kw, = calls
+    assert kw["settings"] == {"eigenvalues": {"k": 3, "tol": 1e-3},
+                              "landscape2d": {"span": 0.5, "normalization": "filter"}}
+    assert kw["labels"] == ["SB", "LB"] and kw["params"] == ["fc*.weight", "head.*"] and kw["progress"] is False
+    assert titles == ["My run"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "=1"], "error: --set expects MEASURE.KEY=VALUE"),
+    (["--set", "eigenvalues=3"], "error: --set expects MEASURE.KEY=VALUE"),
+    (["--set", "eigenvalues."], "error: --set expects MEASURE.KEY=VALUE"),
+    (["--set", "nosuch.k=1"], "error: --set nosuch.k=1: unknown measure 'nosuch'; measures: loss, eigenvalues"),
+    (["--set", "eigenvalues.kk=1"], "error: --set eigenvalues: unknown key(s) kk"),
+    (["--set", "eigenvalues.k=many"], "error: --set eigenvalues.k is 'many'"),
+    (["--label", "only-one"], "error: --label given 1 time(s) for 2 checkpoint(s)"),
+    (["--params", ","], "error: argument --params: expected a comma-separated list"),
+])
+def test_bad_analyze_flags_are_one_line_exit_2_nothing_written(argv, message, monkeypatch, tmp_path, capsys):
+    calls = _fake_analyze(monkeypatch)
+    out = tmp_path / "out"
+    try:
+        code = analyze_main(["a.pt", "b.pt", "--out", str(out)] + argv)
+    except SystemExit as e:  # a usage error: argparse's exit, one line too
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert calls == [] and not out.exists()
+
+
+def test_help_of_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        analyze_main(["--help"])
+    text = capsys.readouterr().out
+    pos = text[text.index("positional arguments:"):text.index("options:")]
+    assert "CKPT" in pos and "state_dict" in pos  # the positional says what it takes
+    for flag, words in (("--seed", "random"), ("--no-progress", "log"), ("--set", "eigenvalues.k=3"),
+                        ("--label", "checkpoint"), ("--params", "parameters"), ("--title", "title")):
+        after = text[text.index(f"  {flag} "):][:300]
+        assert words in after, (flag, after)
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    text = capsys.readouterr().out
+    assert "--no-progress" in text and "log" in text
+
+
+@pytest.mark.parametrize("o", [o for o in TrainConfig.options() if o.type is dict], ids=lambda o: o.name)
+def test_the_examples_in_the_help_of_dict_flags_are_accepted(o, capsys):
+    import re
+
+    flag = "--" + o.name.replace("_", "-").removesuffix("s")
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    help = text[text.index(f"{flag} KEY=VALUE "):][:400]
+    examples = re.findall(rf"{flag} (\w+=\S+?)[;,)]? ", help)
+    assert examples and "{" not in help.split("repeatable")[0], help
+    for example in examples:
+        value = example.split("=", 1)[1]
+        if value in ("PATH", "VALUE"):
+            continue  # a placeholder for the user's own value
+        key = example.split("=", 1)[0]
+        config = config_from_args(["--out", "o", flag, example])
+        assert key in getattr(config, o.name), (example, getattr(config, o.name))
+
+
+def test_info_rebuilds_a_bare_state_dict_with_model(tmp_path, monkeypatch, capsys):
+    from helpers import user_module
+
+    user_module(tmp_path, monkeypatch, "info_nets", "import torch\n"
+                "def make(width=3):\n    return torch.nn.Sequential(torch.nn.Linear(width, 2))\n")
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)).state_dict(), tmp_path / "bare.pt")
+    assert info_main([str(tmp_path / "bare.pt"), "--model", "info_nets:make", "--model-arg", "width=4"]) == 0
+    out = capsys.readouterr().out
+    assert "built: torch.nn.modules.container.Sequential, 10 parameters, weights loaded" in out, out
+    assert info_main([str(tmp_path / "bare.pt"), "--model", "info_nets:make"]) == 2  # width 3: weights do not fit
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        info_main(["--help"])
+    text = capsys.readouterr().out
+    assert "--model NAME|MODULE:FACTORY" in text and "--model-arg KEY=VALUE" in text and "CKPT" in text
+
+
+@pytest.mark.parametrize("command", ["analyze", "train"])
+def test_torchrun_with_cuda_on_a_cpu_torch_is_one_line_on_rank_0(command, monkeypatch, tmp_path, capsys):
+    from sharpness import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    out = tmp_path / "out"
+    argv = {"analyze": ["a.pt", "--out", str(out), "--device", "cuda"],
+            "train": ["--out", str(out), "--device", "cuda", "--dataset", "gaussian"]}[command]
+    fn = getattr(cli, f"{command}_main")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        try:
+            code = fn(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        if rank == "0":
+            assert err.startswith("error: --device cuda under torchrun: ") and err.count("\n") == 1, err
+            assert "without CUDA" in err or "sees no GPU" in err
+        else:
+            assert err == ""  # one line in the job's log, not one per rank
+        assert not out.exists()
+
+
+def test_pytest_q_prints_its_summary_line(tmp_path):
+    """The README's ``python -m pytest -q`` says how many passed: pyproject's addopts has no -q of its own."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+                        str(root / "pyproject.toml"), "--rootdir", str(tmp_path), str(tmp_path / "test_one.py")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from sharpness import SharpnessError
-from sharpness.cli import figures_main, run_main
-from sharpness.experiments import expand, load_experiment, run_experiment
+from sharpness.cli import correlate_main, figures_main, run_main
+from sharpness.experiments import (
+    expand,
+    find_experiment,
+    load_experiment,
+    packaged_experiments,
+    run_experiment,
+)
 from sharpness.plots.experiments import draw
 from sharpness.reporting import fit_critical_batch, time_to_target
 
@@ -52,7 +58,7 @@ def test_figures_from_committed_results_match_golden_table(tmp_path):
     for md in ("table.md", "cost.md"):
         assert (tmp_path / "tiny" / md).read_text() == (GOLDEN / md).read_text(), md
     assert len(made) >= 6 and all(p.exists() for p in made)
-    assert figures_main(["tiny", "--figures", str(tmp_path)]) == 0
+    assert figures_main(["tiny", "--figures", str(tmp_path), "--in-place"]) == 0
 
 
 def test_fit_critical_batch_recovers_the_closed_form():
@@ -108,3 +114,104 @@ def test_every_committed_experiment_loads_and_expands(path):
     # a validation rule must never make a committed experiment unrunnable (hoffer's "LB+LR" once was)
     runs = expand(load_experiment(path))
     assert runs and len({label for label, _ in runs}) == len(runs)
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_figures_and_correlate_write_to_a_scratch_folder_unless_told(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "committed"
+    shutil.copytree(GOLDEN / "results", src / "tiny")
+    before = _tree(src)
+    monkeypatch.chdir(tmp_path)
+    assert figures_main(["--figures", str(src)]) == 0
+    assert _tree(src) == before  # the committed folder untouched
+    assert (tmp_path / "results" / "tiny" / "table.md").read_text() == (GOLDEN / "table.md").read_text()
+    assert figures_main(["tiny", "--figures", str(src), "--out", str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "mine" / "tiny" / "curves.png").exists() and _tree(src) == before
+    assert correlate_main([str(src / "tiny" / "results.json"), "--n-boot", "20"]) == 0
+    assert (tmp_path / "results" / "tiny" / "correlation.md").exists() and _tree(src) == before
+    assert correlate_main([str(src / "tiny" / "results.json"), "--n-boot", "20", "--in-place"]) == 0
+    assert (src / "tiny" / "correlation.md").exists()
+    assert figures_main(["--figures", str(src), "--in-place"]) == 0
+    assert (src / "tiny" / "table.md").exists()
+    capsys.readouterr()
+    for main, argv in ((figures_main, ["--figures", str(src)]), (correlate_main, [str(src / "tiny" / "results.json")])):
+        assert main(argv + ["--in-place", "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --in-place") and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_run_writes_results_to_a_scratch_folder_by_default(monkeypatch):
+    import sharpness.experiments
+
+    seen = []
+    monkeypatch.setattr(sharpness.experiments, "run_experiment", lambda *a, **kw: seen.append(kw) or "r")
+    assert run_main(["quickstart"]) == 0
+    assert seen[0]["figures_root"] == "results" and seen[0]["progress"] is True
+    assert run_main(["quickstart", "--figures", "figures", "--no-progress"]) == 0
+    assert seen[1]["figures_root"] == "figures" and seen[1]["progress"] is False
+    import inspect
+
+    assert inspect.signature(run_experiment).parameters["figures_root"].default == "results"
+    assert "/results/" in (Path(__file__).parent.parent / ".gitignore").read_text().split()
+
+
+def test_figure_labels_rename_runs_in_legends(tmp_path, capsys):
+    shutil.copytree(GOLDEN / "results", tmp_path / "in" / "tiny")
+    out = tmp_path / "out"
+    args = ["tiny", "--figures", str(tmp_path / "in"), "--out", str(out)]
+    assert figures_main(args + ["--label", "B16=small batch", "--label", "B96=large"]) == 0
+    table = (out / "tiny" / "table.md").read_text()
+    assert "small batch" in table and "large" in table and "B16" not in table
+    res = json.loads((tmp_path / "in" / "tiny" / "results.json").read_text())
+    assert "B16-seed0" in res["runs"]  # results.json itself is never changed
+    from sharpness.plots.experiments import rename_labels
+
+    renamed = rename_labels(res, {"B16": "SB"})
+    assert set(renamed["runs"]) == {"SB-seed0", "SB-seed1", "B96-seed0", "B96-seed1"}
+    assert list(renamed["pairs"]) == [k.replace("B16", "SB") for k in res["pairs"]]
+    capsys.readouterr()
+    for bad in ("B1=x", "seed=x"):  # not a whole part of any label
+        assert figures_main(args + ["--label", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "no run label" in err and err.count("\n") == 1, err
+    assert figures_main(args + ["--label", "B16=B96"]) == 2  # two runs, one label
+    assert "same label" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        figures_main(args + ["--label", "B16"])
+    assert capsys.readouterr().err.startswith("error: argument --label: expected OLD=NEW")
+
+
+def test_a_bare_name_runs_a_packaged_experiment_from_any_folder(tmp_path, monkeypatch):
+    committed = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
+    packaged = packaged_experiments()
+    assert set(packaged) == {p.stem for p in committed}
+    assert all(packaged[p.stem].read_bytes() == p.read_bytes() for p in committed)
+    monkeypatch.chdir(tmp_path)  # no experiments/ here
+    for name in ("quickstart", "quickstart.toml", "experiments/quickstart.toml"):
+        assert find_experiment(name) == packaged["quickstart"], name
+        assert load_experiment(name)["name"] == "quickstart"
+    (tmp_path / "quickstart.toml").write_text('name = "mine"\n')
+    assert find_experiment("quickstart.toml") == Path("quickstart.toml")  # a file that exists wins
+    assert load_experiment("quickstart.toml")["name"] == "mine"
+    for bad in ("no_such", "experiments/no_such.toml"):
+        with pytest.raises(SharpnessError, match="no packaged experiment of that name; packaged: .*quickstart"):
+            load_experiment(bad)
+    assert run_main(["no_such", "--no-progress"]) == 2
+
+
+def test_the_packaged_experiments_are_package_data():
+    """The wheel takes sharpness/experiments_data/*.toml: a link to experiments/, one copy of each file."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    root = Path(__file__).parent.parent
+    link = root / "sharpness" / "experiments_data"
+    assert link.is_symlink() and link.resolve() == (root / "experiments").resolve()
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "experiments_data/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["sharpness"]
+    assert "-q" not in pyproject["tool"]["pytest"]["ini_options"].get("addopts", "")

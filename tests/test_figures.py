@@ -318,3 +318,38 @@ def test_peak_rows_and_the_tracked_figures(tmp_path):
     with pytest.raises(sh.SharpnessError, match="cannot draw .breakeven.*no run has tracked"):
         draw(_write(tmp_path / "none", no_tracks))
 
+
+
+def test_a_title_option_titles_every_experiment_figure(tmp_path, monkeypatch):
+    from sharpness.plots import style
+
+    titles = {}
+    real = style.save
+
+    def save(fig, path, **kw):
+        if path is not None:
+            titles[Path(path).name] = [fig.get_suptitle()] + [ax.get_title() for ax in fig.axes]
+        return real(fig, path, **kw)
+
+    for module in (figs, landscape_plots):
+        monkeypatch.setattr(module, "save", save)
+    with figure_options(title="Figure 2"):
+        draw(_write(tmp_path, make_results()))
+    pngs = {n for n in EXPECTED if n.endswith(".png")}
+    assert pngs <= set(titles)
+    assert all("Figure 2" in titles[n] for n in pngs), {n: titles[n] for n in pngs if "Figure 2" not in titles[n]}
+    titles.clear()
+    draw(_write(tmp_path, make_results()))
+    assert not any("Figure 2" in t for t in titles.values())
+
+
+def test_experiment_figures_in_a_venue_style_miss_no_glyph(tmp_path):
+    import warnings
+
+    res = make_results(["parametric", "curves"])
+    res["spec"]["figures"]["curves"] = [{"file": "w.png", "panels": [{"x": "epoch", "y": "dist_from_init"}]}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph 8320 (SUBSCRIPT ZERO) missing from font(s) STIXGeneral"
+        with figure_options(style="icml", formats="png,pdf"):
+            made = draw(_write(tmp_path, res))
+    assert any("parametric" in p.name for p in made) and (tmp_path / "w.pdf").exists()

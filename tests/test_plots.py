@@ -8,7 +8,15 @@ from helpers import tiny_config
 from sharpness import SharpnessError, train_model
 from sharpness.cli import analyze_main, figures_main
 from sharpness.curvature.density import DensityResult, smooth
-from sharpness.plots import plot_line, plot_parametric, plot_spectral_density, plot_surface, plot_trajectory
+from sharpness.plots import (
+    plot_line,
+    plot_parametric,
+    plot_spectral_densities,
+    plot_spectral_density,
+    plot_surface,
+    plot_surfaces,
+    plot_trajectory,
+)
 from sharpness.plots.style import _options, figure_options, plt
 
 A = np.linspace(-1, 1, 9)
@@ -202,7 +210,7 @@ def test_analyze_main_writes_the_formats_asked_for(checkpoint, tmp_path, capsys)
     assert (out / figures[0]).read_bytes().startswith(b"%PDF")
     png = plt.imread(out / figures[1])
     assert png.shape[1] <= 3.25 * 50 + 1  # icml's column at 50 dpi
-    assert _options == {"formats": (), "dpi": 300, "style": "default"}  # only during the command
+    assert _options == {"formats": (), "dpi": 300, "style": "default", "title": None}  # only during the command
 
 
 @pytest.mark.parametrize("flag, value", [("--format", "jpg"), ("--format", "pdf,gif"), ("--format", ","),
@@ -226,13 +234,63 @@ def test_figures_main_draws_under_the_options(tmp_path, monkeypatch, capsys):
     (tmp_path / "exp" / "results.json").write_text("{}")
     seen = []
 
-    def draw(res):
+    def draw(res, out=None, labels=None):
         seen.append(dict(_options))
-        return [plot_line(LINE, path=res.parent / "line.png") and res.parent / "line.png"]
+        return [plot_line(LINE, path=out / "line.png") and out / "line.png"]
 
     monkeypatch.setattr(experiments, "draw", draw)
-    assert figures_main(["--figures", str(tmp_path), "--format", "svg,pdf", "--dpi", "72", "--style", "neurips"]) == 0
-    assert seen == [{"formats": ("svg", "pdf"), "dpi": 72, "style": "neurips"}]
+    assert figures_main(["--figures", str(tmp_path), "--format", "svg,pdf", "--dpi", "72", "--style", "neurips",
+                         "--in-place"]) == 0
+    assert seen == [{"formats": ("svg", "pdf"), "dpi": 72, "style": "neurips", "title": None}]
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["line.pdf", "line.svg", "results.json"]
-    assert figures_main(["--figures", str(tmp_path)]) == 0
-    assert seen[-1] == {"formats": ("png",), "dpi": 300, "style": "default"}  # the defaults
+    assert figures_main(["--figures", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert seen[-1] == {"formats": ("png",), "dpi": 300, "style": "default", "title": None}  # the defaults
+    assert sorted(p.name for p in (tmp_path / "o" / "exp").iterdir()) == ["line.png"]
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_a_figure_options_title_replaces_the_title_of_own_figures_only(name):
+    with figure_options(title="Run 7"):
+        assert PLOTS[name]().get_title() == "Run 7"  # instead of the default
+        assert PLOTS[name](title="computed by the caller").get_title() == "Run 7"
+        assert PLOTS[name](title="").get_title() == ""  # "" still means none
+        if name != "3d":
+            fig, ax = plt.subplots()
+            ax.set_title("mine")
+            PLOTS[name](ax=ax)
+            assert ax.get_title() == "mine"  # a panel of the caller's keeps theirs
+    assert PLOTS[name]().get_title() not in ("", "Run 7")  # the default again after the block
+    with pytest.raises(SharpnessError, match="title must be a string"):
+        with figure_options(title=3):
+            pass
+
+
+def test_several_densities_and_surfaces_take_the_title_too():
+    with figure_options(title="T"):
+        assert plot_spectral_densities({"a": ESD, "b": ESD}).get_title() == "T"
+        axes = plot_surfaces({"SB": SURF, "LB": SURF})
+        assert axes[0].figure.get_suptitle() == "T" and [a.get_title() for a in axes] == ["SB", "LB"]
+
+
+def test_plot_surfaces_draws_into_the_callers_axes(tmp_path):
+    fig, (a1, a2, a3) = plt.subplots(1, 3)
+    axes = plot_surfaces({"SB": SURF, "LB": {**SURF, "loss": LOSS2 * 3}}, ax=[a1, a2], path=tmp_path / "s.png")
+    assert axes == [a1, a2] and plt.fignum_exists(fig.number) and (tmp_path / "s.png").exists()
+    assert [a.get_title() for a in axes] == ["SB", "LB"] and not a3.collections
+    levels = [list(a.collections[0].levels) for a in axes]
+    assert levels[0] == levels[1]  # one colour scale across the caller's panels too
+    assert a1.get_ylabel() and fig.get_suptitle() == ""  # their figure: no suptitle unless asked
+    for bad in ([a1], [a1, a2, a3], a1, ["x", "y"]):
+        with pytest.raises(SharpnessError, match="ax must be a sequence of 2 axes"):
+            plot_surfaces({"SB": SURF, "LB": SURF}, ax=bad)
+
+
+@pytest.mark.parametrize("style", ["default", "icml", "neurips", "iclr"])
+def test_subscript_digits_have_glyphs_in_every_style(style, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph 8320 (SUBSCRIPT ZERO) missing from font(s) STIXGeneral"
+        with figure_options(style=style):
+            for suffix in ("png", "pdf"):
+                plot_parametric(INTERP, title="(1 − α)·θ₀ + α·θ₁, ‖w − w₀‖", path=tmp_path / f"t.{suffix}")

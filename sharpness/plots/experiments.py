@@ -52,9 +52,9 @@ from ..reporting import (
 )
 from .landscape import plot_parametric, plot_surfaces
 from .spectrum import plot_spectral_densities, plot_spectral_density, shared_sigma
-from .style import new_axes, save, styled, targets
+from .style import figure_title, new_axes, save, styled, targets
 
-__all__ = ["draw", "FIGURES"]
+__all__ = ["draw", "rename_labels", "FIGURES"]
 
 PANEL_HEIGHT = 1.45  # inches per stacked panel (shared x axis): four panels fit a column's page height
 
@@ -85,7 +85,11 @@ def _stack(n: int, *, sharex: bool = True, height: float = PANEL_HEIGHT):
 
 
 def _header(fig, ax, title: str | None, note: str | None) -> None:
-    """The figure's human title (if any) and, above the first panel, what the bands are (n stated)."""
+    """The figure's human title (if any) and, above the first panel, what the bands are (n stated).
+
+    A :func:`~sharpness.plots.style.figure_options` title (``--title``) replaces the spec's.
+    """
+    title = figure_title(title, title)
     if title:  # wrapped to the figure's width: a long title must not widen a column figure
         fig.suptitle(textwrap.fill(title, max(20, int(fig.get_figwidth() * 15))))
     if note:
@@ -297,7 +301,7 @@ def esd(res: dict, out: Path) -> Path:
         plot_spectral_density({"grid": a["grid"], "density": a["density"]}, ax=ax, label=lb)
     if stored:
         note = (note + "; " if note else "") + "each run's own smoothing (stored densities)"
-    ax.set_title(_options(res, "esd").get("title", ""))
+    ax.set_title(figure_title(_options(res, "esd").get("title"), ""))
     ax.set_xlabel("Hessian eigenvalue")
     ax.set_ylabel("density")
     if ax.get_legend() is not None:
@@ -735,8 +739,60 @@ FIGURES = {"correlation": correlation, "table": table, "curves": curves, "parame
            "gap_scatter": gap_scatter, "warm_start": warm_start, "breakeven": breakeven}
 
 
-def draw(results_path: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Draw every figure the experiment's ``[figures] kinds`` lists, from ``results.json`` alone."""
+def _renamed(label: str, labels: dict[str, str]) -> str:
+    """``label`` with each OLD of ``labels`` that is one or more whole '-'-separated parts of it replaced."""
+    for old, new in labels.items():
+        label = re.sub(rf"(?<![^-]){re.escape(old)}(?![^-])", lambda _m, new=new: new, label)
+    return label
+
+
+def rename_labels(res: dict, labels: dict[str, str]) -> dict:
+    """A copy of results with run and variant labels renamed for display (``{"LB": "large batch"}``).
+
+    An OLD renames every run label it is a whole '-'-separated part of (``LB`` in ``LB-seed0``, but not
+    ``LB2``), the variants of that name, the interpolation pairs and the ``[figures]`` groups naming them.
+
+    Raises:
+        SharpnessError: an OLD that names no run label or part of one, or two runs renamed to one label.
+    """
+    if not labels:
+        return res
+    runs = list(res["runs"])
+    for old, new in labels.items():
+        if not isinstance(old, str) or not old or not isinstance(new, str) or not new:
+            raise SharpnessError(f"label {old!r}={new!r}: both names must be non-empty text")
+        if all(_renamed(lb, {old: new}) == lb for lb in runs):
+            raise SharpnessError(f"label {old!r} is no run label or part of one; runs: {', '.join(runs)}")
+    res = json.loads(json.dumps(res))  # a deep copy: results.json is never changed
+    new_runs = {_renamed(lb, labels): r for lb, r in res["runs"].items()}
+    if len(new_runs) != len(runs):
+        raise SharpnessError(f"labels {labels}: two runs would have the same label")
+    res["runs"] = new_runs
+    for v in res["spec"].get("variants", []) or []:
+        if isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"]:
+            v["name"] = _renamed(v["name"], labels)
+    pairs = {}
+    for key, arr in (res.get("pairs") or {}).items():
+        a, b, kind = _pair(key)
+        pairs[f"{_renamed(a, labels)}→{_renamed(b, labels)}" + ("" if kind == "linear" else f" ({kind})")] = arr
+    res["pairs"] = pairs
+    for spec in res["spec"].get("figures", {}).get("curves", []) or []:
+        if isinstance(spec, dict):
+            if isinstance(spec.get("groups"), list):
+                spec["groups"] = [_renamed(g, labels) if isinstance(g, str) else g for g in spec["groups"]]
+            if isinstance(spec.get("styles"), dict):
+                spec["styles"] = {_renamed(g, labels): v for g, v in spec["styles"].items()}
+    return res
+
+
+def draw(results_path: str | Path, out: str | Path | None = None, labels: dict[str, str] | None = None) -> list[Path]:
+    """Draw every figure the experiment's ``[figures] kinds`` lists, from ``results.json`` alone.
+
+    Args:
+        results_path: the experiment's ``results.json``.
+        out: the folder the figures go to (default: the results file's own folder).
+        labels: display names of run/variant labels, ``{OLD: NEW}`` (see :func:`rename_labels`).
+    """
     results_path = Path(results_path)
     try:
         res = json.loads(results_path.read_text(encoding="utf-8"))
@@ -746,6 +802,12 @@ def draw(results_path: str | Path, out: str | Path | None = None) -> list[Path]:
             and isinstance(res.get("runs"), dict) and all(isinstance(r, dict) for r in res["runs"].values())):
         raise SharpnessError(f"{results_path}: not an experiment's results.json (needs name, spec and runs)")
     out = Path(out) if out is not None else results_path.parent
+    try:
+        res = rename_labels(res, labels or {})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, SharpnessError):
+            raise
+        raise SharpnessError(f"{results_path}: cannot rename labels ({' '.join(str(e).split())[:200]})") from None
     kinds = res["spec"].get("figures", {}).get("kinds", ["table"])
     made: list[Path] = []
     for kind in kinds:

@@ -16,7 +16,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..errors import SharpnessError
 from ..landscape.grid import Interpolation, Surface
-from .style import check_path, new_axes, save, styled
+from .style import check_path, figure_title, new_axes, save, styled
 
 __all__ = ["plot_parametric", "plot_line", "plot_surface", "plot_surfaces", "plot_trajectory"]
 
@@ -55,9 +55,12 @@ def _interp_arrays(interp: Interpolation | dict) -> tuple[np.ndarray, dict, dict
             {n: np.asarray(interp[f"{n}_acc"]) for n in names if f"{n}_acc" in interp}, interp.get("path", "linear"))
 
 
-def _set_title(ax, title: str | None, default: str | None) -> None:
-    """``title`` on ``ax``; None: ``default`` (None leaves the axes' title alone); "": no title."""
-    text = default if title is None else title
+def _set_title(ax, title: str | None, default: str | None, own: bool) -> None:
+    """``title`` on ``ax``; None: ``default`` (None leaves the axes' title alone); "": no title.
+
+    In a figure of its own, a :func:`~sharpness.plots.style.figure_options` title replaces both.
+    """
+    text = figure_title(title, default, own)
     if text is not None:
         ax.set_title(text)
 
@@ -163,7 +166,7 @@ def plot_parametric(interp: Interpolation | dict, *, ax=None, figsize=None, path
         twin.set_ylim(0, 100)
     _end_points(ax, labels)
     _legend(ax, twin, own=own)
-    _set_title(ax, title, f"Parametric plot{_bn(interp)}" if own else None)
+    _set_title(ax, title, f"Parametric plot{_bn(interp)}" if own else None, own)
     save(fig, path, close=own)
     return ax
 
@@ -204,7 +207,7 @@ def plot_line(surf: Surface | dict, *, ax=None, figsize=None, path: str | Path |
     if label:
         _legend(ax, twin, own=own)
     _set_title(ax, title, f"Loss along {f'a {name} direction' if name else 'a direction'}{', BN ' + bn if bn else ''}"
-               if own else None)
+               if own else None, own)
     save(fig, path, close=own)
     return ax
 
@@ -326,7 +329,7 @@ def plot_surface(surf: Surface | dict, *, kind: str = "contour", ax=None, figsiz
             ax.legend(loc="upper right")
     if colorbar:
         _colorbar(fig, ax, norm, cbar_label, extend=_extend(L, norm), horizontal=kind == "3d")
-    _set_title(ax, title, default)
+    _set_title(ax, title, default, own)
     save(fig, path, close=own)
     return ax
 
@@ -423,13 +426,13 @@ def plot_trajectory(surf: Surface | dict, coords, *, ax=None, figsize=None, path
     ax.set_ylabel(pcs[1])
     ax.grid(False)
     _legend(ax, own=own)
-    _set_title(ax, title, "Training path on the PCA plane" if own else None)
+    _set_title(ax, title, "Training path on the PCA plane" if own else None, own)
     save(fig, path, close=own)
     return ax
 
 
 @styled
-def plot_surfaces(surfs: dict, *, kind: str = "contour", figsize=None, path: str | Path | None = None,
+def plot_surfaces(surfs: dict, *, kind: str = "contour", ax=None, figsize=None, path: str | Path | None = None,
                   title: str | None = None, loss_label: str = "cross-entropy", levels: int = 25):
     """Several 2D landscapes ({label: surface}) side by side on one colour scale.
 
@@ -437,30 +440,53 @@ def plot_surfaces(surfs: dict, *, kind: str = "contour", figsize=None, path: str
     all panels, so a contour line means one loss value in every panel (Li et al. 2018 compare SB and LB
     surfaces this way). ``kind``: ``"contour"``, ``"filled"`` or ``"heatmap"``.
 
+    Args:
+        surfs: {panel title: a :class:`Surface` or its arrays}.
+        kind: ``"contour"``, ``"filled"`` or ``"heatmap"``.
+        ax: a sequence of axes, one per surface, to draw into (their figure stays open); default: a new
+            figure of ``len(surfs)`` panels in a row.
+        figsize: size of a new figure (default: the style's column width).
+        path: write the figure here (.pdf, .svg or .png).
+        title: the figure's title (None or "": none).
+        loss_label: the loss's name on the colour bar.
+        levels: how many log-spaced contour levels the panels share.
+
     Returns:
         The list of axes.
+
+    Raises:
+        SharpnessError: no surfaces, ``kind="3d"``, or ``ax`` not one axes per surface.
     """
     check_path(path)
     if not surfs:
         raise SharpnessError("no surfaces to draw")
     if kind == "3d":
         raise SharpnessError("plot_surfaces draws flat panels: kind must be contour, filled or heatmap")
+    n = len(surfs)
+    if ax is not None:
+        given = list(np.atleast_1d(np.asarray(ax, dtype=object)).ravel())
+        if len(given) != n or not all(hasattr(a, "figure") for a in given):
+            raise SharpnessError(f"ax must be a sequence of {n} axes, one per surface (got {len(given)})")
     losses = np.concatenate([np.asarray(_grid(s)[2], float).ravel() for s in surfs.values()])
     losses = losses[np.isfinite(losses) & (losses > 0)]
     vmin, vmax = float(losses.min()), float(losses.max())
     shared = np.geomspace(vmin, vmax, levels) if vmax > vmin else levels
-    n = len(surfs)
-    if figsize is None:
-        w = matplotlib.rcParams["figure.figsize"][0]
-        figsize = (w, w / n * 0.95 + 0.5)
-    fig, axes = new_axes(None, figsize, rows=1, cols=n, sharey=True)
-    axes = list(np.atleast_1d(axes).ravel())
-    for i, (ax, (label, surf)) in enumerate(zip(axes, surfs.items())):
-        plot_surface(surf, kind=kind, ax=ax, title=label, loss_label=loss_label, levels=shared, vmin=vmin,
+    own = ax is None
+    if own:
+        if figsize is None:
+            w = matplotlib.rcParams["figure.figsize"][0]
+            figsize = (w, w / n * 0.95 + 0.5)
+        fig, axes = new_axes(None, figsize, rows=1, cols=n, sharey=True)
+        axes = list(np.atleast_1d(axes).ravel())
+    else:
+        axes, fig = given, given[0].figure
+    for i, (a, (label, surf)) in enumerate(zip(axes, surfs.items())):
+        plot_surface(surf, kind=kind, ax=a, title=label, loss_label=loss_label, levels=shared, vmin=vmin,
                      vmax=vmax, colorbar=i == n - 1)
-        if i:
-            ax.set_ylabel("")
-    if title:
-        fig.suptitle(title)
-    save(fig, path)
+        if i and own:
+            a.set_ylabel("")
+    text = figure_title(title, None, own)
+    if text:
+        fig.suptitle(text)
+    save(fig, path, close=own)
     return axes

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..curvature.density import DensityResult, smooth
 from ..errors import SharpnessError
-from .style import check_path, new_axes, save, styled
+from .style import check_path, figure_title, new_axes, save, styled
 
 __all__ = ["plot_spectral_density", "plot_spectral_densities", "shared_sigma"]
 
@@ -78,7 +78,7 @@ def plot_spectral_density(esd: DensityResult | dict, *, ax=None, figsize=None, p
     ax.set_ylabel("density (log scale)")
     ax.set_ylim(bottom=floor if first else min(floor, ax.get_ylim()[0]))
     if title is not None or own:
-        ax.set_title("Hessian eigenvalue density" if title is None else title)
+        ax.set_title(figure_title(title, "Hessian eigenvalue density", own))
     if label:
         ax.legend(loc="best")
     save(fig, path, close=own)
@@ -126,6 +126,6 @@ def plot_spectral_densities(esds: dict, *, ax=None, figsize=None, path: str | Pa
         plot_spectral_density(esd, ax=ax, label=label, sigma=sigma, title="")
     if title is not None or own:
         text = "Hessian eigenvalue densities" + (f" (σ = {sigma:.2g})" if sigma else "")
-        ax.set_title(text if title is None else title)
+        ax.set_title(figure_title(title, text, own))
     save(fig, path, close=own)
     return ax

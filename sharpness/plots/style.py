@@ -28,7 +28,7 @@ from ..errors import SharpnessError  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 
 __all__ = ["plt", "new_axes", "save", "styled", "figure_options", "check_path", "FORMATS", "STYLES",
-           "parse_formats", "targets"]
+           "parse_formats", "targets", "figure_title"]
 
 FORMATS = ("pdf", "svg", "png")
 
@@ -46,10 +46,15 @@ def _tueplots(name: str) -> Callable[[], dict]:
         from tueplots import bundles
 
         rc = getattr(bundles, name)(**({"column": "half"} if name.startswith("icml") else {}), usetex=False)
-        # Without the venue's Times, fall back to matplotlib's own Times-like STIX, text and maths alike
+        # Without the venue's Times, fall back to matplotlib's own Times-like STIX, text and maths alike;
+        # STIX has no subscript digits (θ₀, w₀): matplotlib's DejaVu fonts, last, supply glyphs the others lack
+        # (matplotlib falls back glyph by glyph over font.family's entries, not within font.serif's list)
         rc["font.serif"] = [*rc.get("font.serif", []), "STIXGeneral"]
         if rc.get("font.family") == "serif":
             rc["mathtext.fontset"] = "stix"
+            rc["font.family"] = ["serif", "DejaVu Serif"]
+        elif rc.get("font.family") == "sans-serif":
+            rc["font.family"] = ["sans-serif", "DejaVu Sans"]
         return rc
     return rc
 
@@ -61,7 +66,7 @@ STYLES: dict[str, Callable[[], dict]] = {
     "iclr": _tueplots("iclr2024"),         # one column, 5.5 in
 }
 
-_options = {"formats": (), "dpi": 300, "style": "default"}
+_options = {"formats": (), "dpi": 300, "style": "default", "title": None}
 
 
 def parse_formats(value: str | list | tuple | None) -> tuple[str, ...]:
@@ -78,11 +83,13 @@ def parse_formats(value: str | list | tuple | None) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def figure_options(formats: str | list | tuple | None = None, dpi: int | None = None,
-                   style: str | None = None) -> Iterator[None]:
+                   style: str | None = None, title: str | None = None) -> Iterator[None]:
     """Within the block, :func:`save` writes ``formats`` (instead of the suffix's), rasters at ``dpi``, in ``style``.
 
     Figures the caller makes inside the block (``plt.subplots`` for a layout of their own) get the style's
-    fonts and sizes too.
+    fonts and sizes too. ``title`` replaces the title of every figure a plot function makes itself (its
+    default, or the title its caller computed, e.g. ``analyze``'s or an experiment's): see
+    :func:`figure_title`. Panels drawn into given axes keep theirs, and a title of ``""`` stays empty.
 
     Raises:
         SharpnessError: an unknown format or style, or a dpi outside 10–2400.
@@ -98,6 +105,10 @@ def figure_options(formats: str | list | tuple | None = None, dpi: int | None = 
         if style not in STYLES:
             raise SharpnessError(f"style must be one of {', '.join(STYLES)} (got {style!r})")
         new["style"] = style
+    if title is not None:
+        if not isinstance(title, str):
+            raise SharpnessError(f"title must be a string (got {title!r})")
+        new["title"] = title
     old = dict(_options)
     _options.update(new)
     try:
@@ -111,6 +122,18 @@ def figure_options(formats: str | list | tuple | None = None, dpi: int | None = 
 def rc() -> dict:
     """The rcParams of the active style (with the settings every style shares)."""
     return {**STYLES[_options["style"]](), **_COMMON}
+
+
+def figure_title(title: str | None, default: str | None, own: bool = True) -> str | None:
+    """The title to set: ``title`` ("" none), else ``default``; a :func:`figure_options` title in its place.
+
+    The option replaces both (unless ``title`` is ``""``) in a figure the function made itself (``own``);
+    in the caller's axes (one panel of theirs) it is not used.
+    """
+    override = _options["title"]
+    if own and override is not None and title != "":
+        return override
+    return default if title is None else title
 
 
 def current() -> dict:
