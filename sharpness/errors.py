@@ -7,3 +7,17 @@ class SharpnessError(ValueError):
     The message is a single line that names the file or value and the problem. A subclass of
     ``ValueError``, so code that catches bad arguments the usual way still does.
     """
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 32), 127, *range(0x80, 0xA0)]}
+
+
+def printable(text: object, limit: int = 500) -> str:
+    """``text`` safe to print on a terminal: control characters escaped (``\\x1b``), cut to ``limit``.
+
+    Strings read from a checkpoint, a TOML or a results file (names, labels, paths, a data root) reach
+    messages and tables; an ESC byte there could clear the screen or forge a line. Newlines and tabs are
+    escaped too, so a message stays one line.
+    """
+    s = str(text).translate(_CONTROL)
+    return s if len(s) <= limit else s[: limit - 3] + "..."

@@ -1,17 +1,30 @@
-"""Atomic file writes and small serialization helpers shared by every stage that writes results."""
+"""The one way the toolkit touches files: atomic writes, regular-file reads, locks, names confined to a folder.
+
+- Every file written (results, reports, checkpoints, markers such as ``done``) goes through
+  :func:`atomic_write`: a temporary file in the same folder renamed onto the path, so a crash never leaves
+  half a file and a symlink placed at the path is replaced, never written through.
+- Every file read that a user or a stranger may have placed (``report.json``, ``results.json``, TOML,
+  JSON) goes through :func:`read_bytes` / :func:`read_text`: only a regular file is opened, without
+  blocking (a FIFO or a device would hang a reader forever), within a size cap.
+- A lock (:func:`locked`) is opened without following a symlink and without blocking.
+- A name read from a file that becomes part of an output path (a figure file, a run folder, a label)
+  passes :func:`confined` first: one path component, inside the folder the user named.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -93,6 +106,109 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             with contextlib.suppress(OSError):
                 tmp.unlink()
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`); for markers and small files."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+MAX_READ = 1 << 30  # bytes: a results or report file larger than this is not one the toolkit wrote
+
+
+def read_bytes(path: str | Path, what: str = "file", limit: int = MAX_READ) -> bytes:
+    """The bytes of a regular file; anything else (a FIFO, a device, a folder) is refused at once.
+
+    Opened with ``O_NONBLOCK``, so a FIFO placed at ``path`` cannot hang the read; a symlink to a regular
+    file is read like the file.
+
+    Raises:
+        FileNotFoundError: there is no ``path`` (callers say what that means for them).
+        SharpnessError: not a regular file, larger than ``limit`` bytes, or unreadable (one line).
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise SharpnessError(f"{path}: is a folder, not a {what}") from None
+    except OSError as e:
+        raise SharpnessError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
+                "a device or socket"
+            raise SharpnessError(f"{path}: is {kind}, not a regular {what}")
+        if info.st_size > limit:
+            raise SharpnessError(f"{path}: {info.st_size} bytes, more than a {what} can hold ({limit})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise SharpnessError(f"{path}: more than a {what} can hold ({limit} bytes)")
+        return data
+    except OSError as e:
+        raise SharpnessError(f"{path}: cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | Path, what: str = "file", limit: int = MAX_READ) -> str:
+    """A regular UTF-8 text file (see :func:`read_bytes`); not UTF-8 is one line naming the file."""
+    try:
+        return read_bytes(path, what, limit).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SharpnessError(f"{path}: not a {what} (not UTF-8 text)") from None
+
+
+@contextlib.contextmanager
+def locked(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block; held elsewhere: ``busy``.
+
+    The lock file is opened without following a symlink (a link placed there never creates its target)
+    and without blocking (a FIFO there is refused, not waited on); anything but a regular file is refused.
+
+    Raises:
+        SharpnessError: ``busy`` when another process holds the lock; one line when ``path`` is not a
+            regular file or cannot be opened.
+    """
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666 & ~_umask())
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SharpnessError(f"{path}: is a symlink; remove it (a lock is never taken through a link)") from None
+        raise SharpnessError(f"{path}: cannot open the lock ({e.strerror or e})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SharpnessError(f"{path}: is not a regular file; remove it (it is where the lock lives)")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SharpnessError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def confined(folder: str | Path, name: Any, what: str) -> Path:
+    """``folder / name`` for a ``name`` read from a file: one plain path component, so it stays in ``folder``.
+
+    Refused in one line: a non-string, an empty name, ``.`` or ``..``, a separator (a slash or a
+    backslash), a NUL or other control character, or more than 255 bytes.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8", "replace")) > 255:
+        shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
+        raise SharpnessError(f"{what} must be a plain file or folder name, one path component without '..', "
+                             f"'/' or control characters (got {shown})")
+    folder = Path(folder)
+    return folder / name
 
 
 def to_jsonable(obj: Any) -> Any:
