@@ -13,7 +13,7 @@ _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 32), 127, *range(0x80, 0xA0)]}
 
 
 def printable(text: object, limit: int = 500) -> str:
-    """``text`` safe to print on a terminal: control characters escaped (``\\x1b``), cut to ``limit``.
+    """``text`` safe to print on a terminal: control characters escaped (ESC as the four characters backslash-x-1-b), cut to ``limit``.
 
     Strings read from a checkpoint, a TOML or a results file (names, labels, paths, a data root) reach
     messages and tables; an ESC byte there could clear the screen or forge a line. Newlines and tabs are
