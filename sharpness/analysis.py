@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -43,6 +44,7 @@ import os
 import re
 import time
 import traceback
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,14 +229,20 @@ def _memory_data(data: Any) -> tuple | None:
 
 
 def _fingerprint(d: Any) -> Any:
-    """What identifies data given in memory in the variant: a hash of their tensors, else their kind and size."""
+    """What identifies data given in memory in the variant: a hash of their tensors.
+
+    Tensors (and TensorDatasets, loaders over them) are hashed as they are; any other Dataset or DataLoader
+    is read once through the data loop — on its private generators, so the same examples (and the same
+    augmentation) every time — and the tensors of its batches are hashed. Two data sets of one kind and size
+    but other contents are then two variants, never one another's cached results.
+    """
     if d is None:
         return None
     tree = d.dataset if isinstance(d, DataLoader) else d
     tree = tree.tensors if isinstance(tree, TensorDataset) else tree
-    if isinstance(tree, (tuple, list, dict)) and leaves(tree):
-        return {"tensors": tensor_checksum({"state_dict": tree})[:16]}
-    return {"kind": type(d).__name__, "size": len(tree) if hasattr(tree, "__len__") else None}
+    if not (isinstance(tree, (tuple, list, dict)) and leaves(tree)):
+        tree = list(Batches(d))  # one pass on the host: analysis makes many more
+    return {"tensors": tensor_checksum({"state_dict": tree})[:16]}
 
 
 def _check_params(params: Any) -> list[str] | None:
@@ -247,19 +255,72 @@ def _check_params(params: Any) -> list[str] | None:
     return list(params)
 
 
-def _name(x: Any) -> Any:
-    """A caller's model, loss or data choice as plain JSON for the variant."""
-    if x is None or isinstance(x, (str, int, float, bool)):
+_PLAIN = (type(None), str, int, float, bool)
+
+
+def _name(x: Any, depth: int = 0) -> Any:
+    """A caller's model, loss or data choice as plain JSON for the variant: what it computes, not only its name.
+
+    A loss module or callable object gives its class, its public plain attributes (``label_smoothing``,
+    ``reduction``, ...) and a hash of its tensors; a function its qualified name, a hash of its code and
+    constants, and its defaults and closure values (read the same way, a few levels deep). So a loss
+    configured otherwise, or a lambda closing over another scale, is another variant: its cached results
+    are never taken for this one's.
+    """
+    if isinstance(x, _PLAIN):
         return x
+    if depth > 4:
+        return type(x).__qualname__
     if isinstance(x, Spec):
         return x.to_dict()
+    if isinstance(x, types.ModuleType):
+        return {"module": x.__name__}
+    if isinstance(x, torch.Tensor):
+        return {"tensor": tensor_checksum({"state_dict": {"t": x}})[:16]}
+    if isinstance(x, (list, tuple)):
+        return [_name(v, depth + 1) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _name(v, depth + 1) for k, v in x.items()}
     if isinstance(x, Loss):
-        return x.name
-    if isinstance(x, nn.Module):
-        return f"{type(x).__module__}.{type(x).__qualname__}"
-    if callable(x):
-        return f"{getattr(x, '__module__', '?')}:{getattr(x, '__qualname__', type(x).__name__)}"
-    return _plain(x)
+        return {"loss": x.name, "reduction": x.reduction, "fn": _name(x.fn, depth + 1)}
+    if isinstance(x, functools.partial):
+        return {"partial": _name(x.func, depth + 1), "args": _name(x.args, depth + 1),
+                "keywords": _name(x.keywords, depth + 1)}
+    if isinstance(x, (types.FunctionType, types.MethodType)):
+        fn = x.__func__ if isinstance(x, types.MethodType) else x
+        code = fn.__code__
+        digest = _code_digest(code)
+        cells = [c.cell_contents for c in (fn.__closure__ or ()) if _has_contents(c)]
+        return {"function": f"{fn.__module__}:{fn.__qualname__}", "code": digest,
+                "defaults": _name(fn.__defaults__, depth + 1), "closure": _name(cells, depth + 1),
+                **({"self": _name(x.__self__, depth + 1)} if isinstance(x, types.MethodType) else {})}
+    if isinstance(x, nn.Module) or callable(x):
+        attrs = {k: _name(v, depth + 1) for k, v in sorted(vars(x).items())
+                 if not k.startswith("_") and isinstance(v, (*_PLAIN, list, tuple, torch.Tensor))}
+        state = x.state_dict() if isinstance(x, nn.Module) else {}
+        return {"class": f"{type(x).__module__}.{type(x).__qualname__}", "attrs": attrs,
+                **({"state": tensor_checksum({"state_dict": state})[:16]} if state else {})}
+    try:
+        return _plain(x)
+    except (TypeError, ValueError):  # no JSON form: its repr (one with an address never matches: recomputed)
+        return {"object": f"{type(x).__module__}.{type(x).__qualname__}", "repr": repr(x)[:200]}
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A hash of a function's byte code and constants.
+
+    Nested code objects (a lambda inside) count by their own digest: their repr holds a memory address.
+    """
+    consts = [_code_digest(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return hashlib.sha256(code.co_code + repr(consts).encode()).hexdigest()[:16]
+
+
+def _has_contents(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:  # an empty cell (a name bound later)
+        return False
 
 
 def _variant(*, quick: bool, max_samples: int | None, seed: int, overrides: dict, loss: Any, loss_args: Any,

@@ -307,3 +307,43 @@ def test_the_cli_fills_a_factorys_input_shape_and_num_classes(tmp_path, monkeypa
     assert analyze_main([str(tmp_path / "mlp.pt"), "--model", "mlp", "--model-arg", "widths=[6]", "--data",
                          "mnist1d", "--data-arg", "num_samples=200", "--measures", "loss", "--out",
                          str(tmp_path / "an2"), "--no-progress"]) == 0, capsys.readouterr().err
+
+
+def test_other_contents_or_another_loss_configuration_are_never_served_from_the_cache(tmp_path):
+    # A custom Dataset (not tensors) of one kind and size, and loss objects or closures configured otherwise,
+    # must not reuse each other's cached results (a held-out review found both served stale numbers).
+    import torch.nn.functional as F
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.x, self.y = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
+
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return self.x[i], self.y[i]
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+    def loss_of(**kw):
+        rep = analyze(net, out=tmp_path / "an", measures=["loss"], progress=False, **kw)
+        return rep.data["checkpoints"]["model"]["measures"]["loss"]["summary"]["train_loss"]
+
+    def truth(data, loss):
+        return sharpness.Objective(net, loss, data).evaluate()[0]
+
+    for seed in (1, 2):
+        assert loss_of(data=DS(seed), loss="cross_entropy") == pytest.approx(truth(DS(seed), "cross_entropy"))
+    for ls in (0.0, 0.5):
+        fn = nn.CrossEntropyLoss(label_smoothing=ls)
+        assert loss_of(data=DS(1), loss=fn) == pytest.approx(truth(DS(1), fn))
+    for scale in (1.0, 1.5):
+        fn = (lambda s: lambda o, t: s * F.cross_entropy(o, t))(scale)
+        assert loss_of(data=DS(1), loss=fn) == pytest.approx(truth(DS(1), fn))
+    # the same settings again: found in the cache (no new folder)
+    before = sorted(p.name for p in (tmp_path / "an").iterdir())
+    loss_of(data=DS(2), loss="cross_entropy")
+    assert sorted(p.name for p in (tmp_path / "an").iterdir()) == before
