@@ -14,9 +14,9 @@ In-memory data and lists of batches are **cached** on the device when they fit `
 everything on CPU, a quarter of the free memory on CUDA); otherwise they stay on the host (pinned on
 CUDA) and each batch is copied when it is needed, the next one's copy issued before the current one is
 used, so the transfer overlaps the compute. A ``Dataset`` is read once and cached the same way when it
-fits. A ``DataLoader`` is never frozen: every pass iterates it again, so a shuffling loader gives the
-same examples in another order (the same mean, up to rounding), and random augmentation gives a
-*different* loss at every pass — pass the un-augmented data to measure one fixed loss.
+fits. A ``DataLoader`` is never frozen: every pass iterates it again, drawing the same random numbers
+(below) — a shuffling loader gives its examples in the same order each pass, and random augmentation
+gives one fixed loss, of the augmented examples (pass the un-augmented data to measure the plain loss).
 Floating-point leaves are cast to the model's dtype as they reach the device.
 
 A ``DataLoader`` draws random numbers as it is iterated — its workers' base seed and a shuffling
@@ -140,9 +140,9 @@ class _PrivateRandom:
     private states in and, on exit, saves them and puts the caller's back (also when the step raises).
     """
 
-    def __init__(self, loader: DataLoader | None, seed: int = 0):
+    def __init__(self, loader: DataLoader, seed: int = 0):
         self.seed = seed
-        own = [loader.generator, getattr(loader.sampler, "generator", None)] if loader is not None else []
+        own = [loader.generator, getattr(loader.sampler, "generator", None)]
         self.generators = [g for i, g in enumerate(own) if g is not None and all(g is not o for o in own[:i])]
         self.reset()
 

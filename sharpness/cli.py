@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
-from .errors import SharpnessError
+from .errors import SharpnessError, printable
 
 
 def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -29,6 +30,8 @@ def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None]
         from .allocator import keep_freed_memory
 
         keep_freed_memory()  # CPU forwards ~1.6× faster on glibc (see sharpness/allocator.py)
+        shown = warnings.showwarning
+        warnings.showwarning = _one_line_warning  # a warning is one line, as an error is
         try:
             return fn(argv)
         except SharpnessError as e:
@@ -38,8 +41,15 @@ def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None]
             print("interrupted: finished work is kept; run the same command again to continue",
                   file=sys.stderr)
             return 130
+        finally:
+            warnings.showwarning = shown
     run.__name__ = fn.__name__
     return run
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warning: <message>`` on one line (Python's own format adds the source file and line of the toolkit)."""
+    print("warning: " + printable(" ".join(str(message).split())), file=file or sys.stderr)
 
 
 def _json_or_text(text: str) -> object:

@@ -188,8 +188,8 @@ class Loss:
             args, reduction = self._infer_args
             choice = _infer(out, targets)
             if choice == "mse":
-                warnings.warn(f"no loss given: real-valued targets shaped like the outputs {tuple(out.shape)}, "
-                              "so the loss is mse (pass loss= / --loss to choose another)", stacklevel=3)
+                warnings.warn(f"no loss given: real-valued targets shaped like the outputs ({tuple(out.shape[1:])} "
+                              "per example), so the loss is mse (pass loss= / --loss to choose another)", stacklevel=3)
             named = _named(choice, args, reduction)
             self.__dict__.update({k: v for k, v in named.__dict__.items() if k not in ("inferred", "probed")})
             self.inferred, self.pending = True, None

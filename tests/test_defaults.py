@@ -1,6 +1,7 @@
 """Defaults that cannot be silently wrong: the loss inferred from the data, a summing loss found, the
 caller's random state untouched, any model output, one parameter space (frozen and tied weights)."""
 
+import json
 import random
 import warnings
 from collections import OrderedDict
@@ -291,3 +292,40 @@ def test_a_glob_on_a_frozen_weight_says_frozen_and_tied_weights_count_once():
     assert op.num_params == 16  # one 4 × 4 matrix, used twice
     # the Hessian of the shared weight sums both uses: the tied model's own function of its one matrix
     assert torch.allclose(op.to_dense(), dense_hessian(tied, F.cross_entropy, xt, yt), atol=1e-10)
+
+
+def test_norm_baselines_take_the_same_parameters_as_every_measure(tmp_path):
+    net = _frozen_net()  # 0.weight frozen
+    x, y = torch.randn(20, 5, dtype=torch.float64), torch.randint(0, 3, (20,))
+    W = net[2].weight.detach()
+    r = sh.analyze(net, data=(x, y), out=None, measures=["norms"], progress=False)
+    got = r.data["checkpoints"]["model"]["measures"]["norms"]["summary"]
+    assert got["n_layers"] == 1  # the frozen 6 × 5 weight is not in θ
+    assert got["sum_fro_sq"] == pytest.approx(float(W.square().sum()), rel=1e-12)
+    assert got["log_prod_spec"] == pytest.approx(float(torch.linalg.matrix_norm(W, 2).log()), rel=1e-12)
+
+
+def test_the_cli_infers_mse_for_a_regression_state_dict_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    from helpers import user_module
+    from sharpness.cli import main
+    user_module(tmp_path, monkeypatch, "regnets", """
+import torch
+def load():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=g)
+    return (x[:40], x[:40, :1] * 2), (x[40:], x[40:, :1] * 2)
+def make_net(input_shape):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(input_shape[0], 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+""")
+    import regnets
+    torch.save(regnets.make_net([3]).state_dict(), tmp_path / "reg.pt")
+    rc = main(["analyze", str(tmp_path / "reg.pt"), "--model", "regnets:make_net", "--data", "regnets:load",
+               "--measures", "loss,eigenvalues", "--out", str(tmp_path / "an"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    said = [line for line in err.splitlines() if "mse" in line]
+    assert said and all(line.startswith("warning: no loss given") for line in said)
+    assert "(1,) per example" in said[0] and "UserWarning" not in err
+    loss = json.loads((tmp_path / "an" / "report.json").read_text())["checkpoints"]["reg"]["loss"]
+    assert loss == {"name": "mse", "reduction": "mean", "inferred": True}

@@ -214,7 +214,7 @@ register_measure("pacbayes", _pacbayes, settings={"delta": 0.1, "n_draws": 16, "
 
 
 def _norms(ctx: Context, st: dict) -> Record:
-    return Record(norm_baselines(ctx.model))
+    return Record(norm_baselines(ctx.model, ctx.work.names))  # θ of this analysis, as every measure
 
 
 register_measure("norms", _norms, keys=[Key("log_prod_spec", "log Π‖W‖₂", "{:.3g}")],
@@ -234,7 +234,7 @@ def _distance(ctx: Context, st: dict) -> Record:
             return Record({}, {"skipped": "no init.pt beside the checkpoint; name the initial weights with "
                                           "settings {'dist_from_init': {'init': PATH}}"})
     init = load_checkpoint(path).state_dict  # the safe loader: a file cannot run code
-    return Record(distance_from_init(ctx.model, init, where=str(path)), {"init": str(path)})
+    return Record(distance_from_init(ctx.model, init, where=str(path), params=ctx.work.names), {"init": str(path)})
 
 
 register_measure("dist_from_init", _distance, settings={"init": ""},

@@ -8,13 +8,17 @@ spell the reshape out):
     log_prod_spec = Σ_l log ‖W_l‖₂          ("log.prod.of.spec", ‖·‖₂ the largest singular value)
     sum_fro_sq    = Σ_l ‖W_l‖_F²            (the squared ℓ2 norm of the weights, weight decay's quantity)
 
+θ is the parameters every measure of an analysis takes (those that require grad, or ``params=``; see
+:mod:`sharpness.objective`): frozen layers and unselected ones are not in these sums. Over a whole trained
+network (nothing frozen, no ``params=``) this is Jiang et al.'s definition.
+
 Logarithms, because the products overflow for deep networks. Jiang et al. found several of these
 correlate *negatively* with the generalization gap.
 
 Distance from the initialization w₀ (Nagarajan & Kolter 2019; Jiang et al.'s "frob.distance" and
 "dist.spec.init"):
 
-    distance      = ‖w − w₀‖₂ over every parameter (biases and norm layers too: the trainer's ‖w − w₀‖)
+    distance      = ‖w − w₀‖₂ over every parameter of θ (biases and norm layers too: the trainer's ‖w − w₀‖)
     relative      = ‖w − w₀‖₂ / ‖w₀‖₂
     spec_dist_sq  = Σ_l ‖W_l − W_l⁰‖₂²      (weight tensors only, reshaped as above)
 """
@@ -22,12 +26,13 @@ Distance from the initialization w₀ (Nagarajan & Kolter 2019; Jiang et al.'s "
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..errors import SharpnessError
+from ..objective import select_params
 
 __all__ = ["norm_baselines", "distance_from_init"]
 
@@ -39,12 +44,15 @@ def _matrices(named: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, 
             yield name, p.detach().double().reshape(p.shape[0], -1)
 
 
-def norm_baselines(model: nn.Module) -> dict[str, float]:
-    """{log_prod_fro, log_prod_spec, sum_fro_sq, n_layers} of ``model``'s weight tensors (read only)."""
+def norm_baselines(model: nn.Module, params: str | Iterable[str] | None = None) -> dict[str, float]:
+    """{log_prod_fro, log_prod_spec, sum_fro_sq, n_layers} of the weight tensors of θ (read only).
+
+    ``params``: glob patterns choosing θ among the parameters that require grad (None: all of them).
+    """
     logs_fro, logs_spec, sq = 0.0, 0.0, 0.0
     n = 0
     with torch.no_grad():
-        for _, W in _matrices(model.named_parameters()):
+        for _, W in _matrices(iter(select_params(model, params))):
             fro = float(torch.linalg.matrix_norm(W, "fro"))
             spec = float(torch.linalg.matrix_norm(W, 2))
             logs_fro += math.log(fro) if fro > 0 else -math.inf
@@ -54,13 +62,16 @@ def norm_baselines(model: nn.Module) -> dict[str, float]:
     return {"log_prod_fro": logs_fro, "log_prod_spec": logs_spec, "sum_fro_sq": sq, "n_layers": n}
 
 
-def distance_from_init(model: nn.Module, init: dict[str, torch.Tensor], *, where: str = "init") -> dict[str, float]:
-    """{distance, relative, spec_dist_sq} of ``model``'s parameters from ``init`` (a state dict; read only).
+def distance_from_init(model: nn.Module, init: dict[str, torch.Tensor], *, where: str = "init",
+                       params: str | Iterable[str] | None = None) -> dict[str, float]:
+    """{distance, relative, spec_dist_sq} of θ from ``init`` (a state dict; read only).
+
+    ``params``: glob patterns choosing θ among the parameters that require grad (None: all of them).
 
     Raises:
-        SharpnessError: ``init`` lacks one of the model's parameters or holds it with another shape.
+        SharpnessError: ``init`` lacks one of θ's parameters or holds it with another shape.
     """
-    params = dict(model.named_parameters())
+    params = dict(select_params(model, params))
     for name, p in params.items():
         if name not in init or tuple(init[name].shape) != tuple(p.shape):
             got = "missing" if name not in init else f"shape {tuple(init[name].shape)}"
