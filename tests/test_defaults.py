@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import sharpness as sh
-from cases import dense_hessian
+from cases import dense_hessian, make_cases
 from sharpness.errors import SharpnessError
 
 
@@ -329,3 +329,24 @@ def make_net(input_shape):
     assert "(1,) per example" in said[0] and "UserWarning" not in err
     loss = json.loads((tmp_path / "an" / "report.json").read_text())["checkpoints"]["reg"]["loss"]
     assert loss == {"name": "mse", "reduction": "mean", "inferred": True}
+
+
+@pytest.mark.parametrize("case", make_cases(), ids=lambda c: c.name)
+def test_a_summing_user_loss_is_the_mean_hessian_on_every_case_uneven_and_as_dicts(case):
+    # conv1d/conv2d + LayerNorm, eval-mode BatchNorm, MSE and CE; 23 examples in batches of 5 (last 3), and
+    # the same examples as dict batches through a DataLoader: the summing loss is found on the first batch
+    def summing(out, y):
+        return case.loss_fn(out, y) * len(y)  # the batch mean × n: a sum over the batch
+
+    truth = float(torch.linalg.eigvalsh(case.dense_hessian())[-1])
+    dicts = [{"x": xi, "labels": yi} for xi, yi in zip(case.x, case.y)]
+    loader = DataLoader(dicts, batch_size=5)
+
+    def forward(model, inputs):
+        return model(inputs["x"])
+
+    for data, kw in (((case.x, case.y), {"batch_size": 5}), (loader, {"forward_fn": forward})):
+        with pytest.warns(UserWarning, match="returns a sum"):
+            op = sh.HessianOperator(case.model, summing, data, **kw)
+            top = sh.hessian_eigenvalues(op, k=1, tol=1e-10).values[0]
+        assert top == pytest.approx(truth, rel=1e-7)
