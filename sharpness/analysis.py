@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import functools
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -57,10 +57,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .batches import Batches, leaves
 from .checkpoint import Checkpoint, load_checkpoint, tensor_checksum
-from .checks import require
+from .checks import check_device, check_settings, require
 from .distributed import from_main, per_rank, rank_and_world
-from .errors import SharpnessError
-from .io import to_jsonable, write_json, write_npz
+from .errors import SharpnessError, printable
+from .io import confined, locked, make_folder, read_bytes, read_text, to_jsonable, write_json, write_npz
 from .losses import Loss, make_loss
 from .measures import builtin  # noqa: F401 - registers the toolkit's measures
 from .measures.registry import MEASURES, Context, Measure, Record, headline_keys, measure_names
@@ -89,29 +89,31 @@ class Report:
         """``"label/measure"`` → the reason, for every measure that failed."""
         entries = [(lb, e["measures"]) for lb, e in self.data["checkpoints"].items()]
         entries += [(key, ms) for key, ms in self.data.get("pairs", {}).items()]
-        return {f"{lb}/{m}": r["error"] for lb, ms in entries for m, r in ms.items() if r.get("status") == "failed"}
+        return {f"{lb}/{m}": r.get("error") for lb, ms in entries for m, r in ms.items() if r.get("status") == "failed"}
 
     def table(self) -> str:
         """The headline numbers the measures declare, one column per checkpoint, under the run's settings."""
         labels = list(self.data["checkpoints"])
-        width = max(12, *(len(lb) for lb in labels))
+        shown = [printable(lb, 64) for lb in labels]
+        width = max(12, *(len(lb) for lb in shown))
         variant = self.data.get("settings", {}).get("variant")
-        lines = [f"settings: {_describe(variant)}"] if variant else []
-        lines.append(f"{'':<16}" + "".join(f"{lb:>{width + 2}}" for lb in labels))
+        lines = [f"settings: {printable(_describe(variant), 2000)}"] if isinstance(variant, dict) else []
+        lines.append(f"{'':<16}" + "".join(f"{lb:>{width + 2}}" for lb in shown))
         for measure, key in headline_keys():
             results = [self.data["checkpoints"][lb]["measures"].get(measure) for lb in labels]
             if all(r is None for r in results):
                 continue
-            cells = [r["status"] if r and "status" in r else key.show((r or {}).get("summary", {}).get(key.name))
-                     for r in results]
+            cells = [printable(r["status"], 12) if r and "status" in r else
+                     key.show((r or {}).get("summary", {}).get(key.name)) for r in results]
             if any(c != "—" for c in cells):  # e.g. no accuracy rows for a regression loss
                 lines.append(f"{key.column():<16}" + "".join(f"{c:>{width + 2}}" for c in cells))
         for pair, res in self.data.get("pairs", {}).items():
             s = res.get("interpolation", {}).get("summary", {})
             if s:
-                lines.append(f"{pair}: max train loss on the segment {_num(s.get('train_max_loss_between'))} "
+                lines.append(f"{printable(pair, 140)}: max train loss on the segment {_num(s.get('train_max_loss_between'))} "
                              f"(ends {_num(s.get('train_loss_at_0'))} / {_num(s.get('train_loss_at_1'))})")
-        lines += [f"{lb}/{m}: {r['status']}: {r['error']}" for lb, e in self.data["checkpoints"].items()
+        lines += [f"{printable(lb, 64)}/{printable(m, 64)}: {printable(r['status'], 20)}: "
+                  f"{printable(r.get('error'), 400)}" for lb, e in self.data["checkpoints"].items()
                   for m, r in e["measures"].items() if "status" in r]
         return "\n".join(lines)
 
@@ -359,17 +361,94 @@ def _describe(variant: dict) -> str:
 
 
 def _folder_variant(folder: Path) -> dict | None:
-    """The variant of the results in ``folder`` (None: none there, or unreadable: _previous sets it aside)."""
+    """The variant of the results in ``folder`` (None: none there, or unusable: _previous sets it aside).
+
+    A report.json that is not a regular file (a FIFO, a device, a folder) is refused in one line, at once.
+    """
     try:
-        report = json.loads((folder / "report.json").read_text())
+        report = _report_json(folder / "report.json")
+        _check_report(report)
         settings = report["settings"]
         if "variant" in settings:
             return settings["variant"]
         # written before variants were recorded: what its settings say, the rest as by default
         return {**_plain_variant(bool(settings["quick"])), "seed": settings["seed"],
                 "max_samples": settings["max_samples"]}
+    except SharpnessError:
+        raise
     except Exception:  # no report, or one _previous will set aside
         return None
+
+
+def _report_json(path: Path) -> Any:
+    """report.json parsed (a regular file only, read without blocking; see :func:`sharpness.io.read_text`).
+
+    Raises:
+        FileNotFoundError: none there. SharpnessError: not a regular file, or too large. ValueError: not JSON.
+    """
+    return json.loads(read_text(path, "report file"))
+
+
+def _check_result(where: str, r: Any) -> None:
+    """One measure's entry of an earlier report, as this module wrote it (ValueError: what is wrong)."""
+    if not isinstance(r, dict):
+        raise ValueError(f"{where} is not a table")
+    if "status" in r and (not isinstance(r["status"], str) or not isinstance(r.get("error", ""), str)):
+        raise ValueError(f"{where}: status/error are not text")
+    for name, kind in (("summary", dict), ("details", dict), ("arrays", list), ("figures", list)):
+        if name in r and not isinstance(r[name], kind):
+            raise ValueError(f"{where}.{name} is not a {kind.__name__}")
+    if not all(isinstance(k, str) and "/" in k for k in r.get("arrays", [])):
+        raise ValueError(f"{where}.arrays: not a list of array keys")
+    for f in r.get("figures", []):
+        try:
+            confined(".", f, f"{where}.figures")
+        except SharpnessError as e:
+            raise ValueError(str(e)) from None
+
+
+def _check_report(report: Any) -> None:
+    """An earlier report.json as this module writes it, down to the entries read back (ValueError: what not)."""
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA or report.get("version") != SCHEMA_VERSION \
+            or not isinstance(report.get("checkpoints"), dict):
+        raise ValueError("not a sharpness report")
+    settings = report.get("settings")
+    if not isinstance(settings, dict):
+        raise ValueError("settings is not a table")
+    if "variant" in settings:
+        if not isinstance(settings["variant"], dict):
+            raise ValueError("settings.variant is not a table")
+    elif not (isinstance(settings.get("quick"), bool) and "seed" in settings and "max_samples" in settings):
+        raise ValueError("settings has neither a variant nor quick/seed/max_samples")
+    for label, entry in report["checkpoints"].items():
+        if not _LABEL.fullmatch(label):
+            raise ValueError(f"checkpoint label {printable(label, 80)!r} is not a label")
+        if not isinstance(entry, dict) or not isinstance(entry.get("measures"), dict):
+            raise ValueError(f"checkpoints.{label} is not a table with a table of measures")
+        if not isinstance(entry.get("path"), (str, type(None))) or not isinstance(entry.get("sha256"), str):
+            raise ValueError(f"checkpoints.{label}: path/sha256 are not text")
+        for m, r in entry["measures"].items():
+            _check_result(f"checkpoints.{label}.measures.{m}", r)
+    pairs = report.get("pairs", {})
+    if not isinstance(pairs, dict):
+        raise ValueError("pairs is not a table")
+    for key, ms in pairs.items():
+        a, _, b = key.partition("→")
+        if not (_LABEL.fullmatch(a) and _LABEL.fullmatch(b)):
+            raise ValueError(f"pair {printable(key, 140)!r} is not 'A→B'")
+        if not isinstance(ms, dict):
+            raise ValueError(f"pairs.{key} is not a table")
+        for m, r in ms.items():
+            _check_result(f"pairs.{key}.{m}", r)
+    together = report.get("together", {})
+    if not isinstance(together, dict) or not all(isinstance(v, list) for v in together.values()):
+        raise ValueError("together is not a table of lists")
+    for m, files in together.items():
+        for f in files:
+            try:
+                confined(".", f, f"together.{m}")
+            except SharpnessError as e:
+                raise ValueError(str(e)) from None
 
 
 def _target(out: Path, variant: dict) -> Path:
@@ -378,6 +457,9 @@ def _target(out: Path, variant: dict) -> Path:
     if held is None or held == variant:
         return out
     target = out / _tag(variant)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise SharpnessError(f"{target}: is a symlink or a file, not a folder; remove it (results are never written "
+                             "through a link)")
     there = _folder_variant(target)
     if there is not None and there != variant:
         raise SharpnessError(f"{target}: holds results of other settings than this run's; choose another folder "
@@ -406,17 +488,18 @@ def _plain(d: Any) -> Any:
 
 
 def _check(measures: list[str] | None, device: str, batch_size: Any, max_samples: Any, seed: Any) -> list[str]:
-    names = measure_names() if measures is None else list(measures)
-    unknown = [m for m in names if m not in MEASURES]
+    if isinstance(measures, str):  # one name, not its letters
+        measures = [measures]
+    if measures is not None and (not isinstance(measures, (list, tuple))
+                                 or not all(isinstance(m, str) for m in measures)):
+        raise SharpnessError(f"measures must be a measure name or a list of them (got {printable(repr(measures), 120)}); "
+                             f"known: {', '.join(measure_names())}")
+    names = measure_names() if measures is None else list(dict.fromkeys(measures))
+    unknown = [printable(m, 64) for m in names if m not in MEASURES]
     if unknown or not names:
         raise SharpnessError(f"unknown measure(s): {', '.join(unknown) or '(none given)'}; "
                              f"known: {', '.join(measure_names())}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise SharpnessError(f"device must be cpu, cuda or cuda:N (got {device!r})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SharpnessError(f"device '{device}' requested but CUDA is not available on this machine")
+    check_device(device)
     for name, v in (("batch_size", batch_size), ("max_samples", max_samples)):
         require(name, v, int, optional=True, ge=1)
     require("seed", seed, int, ge=0, le=2**32 - 1)
@@ -424,18 +507,74 @@ def _check(measures: list[str] | None, device: str, batch_size: Any, max_samples
 
 
 def _check_settings(settings: Any, names: list[str]) -> dict[str, dict]:
-    """Per-measure setting overrides: measures that run, keys they have, values of their defaults' types."""
+    """Per-measure setting overrides: measures that run, keys they have, values of their types and ranges."""
     require("settings", settings, dict, optional=True)
     for name, over in (settings or {}).items():
         if name not in names:
             raise SharpnessError(f"settings names measure {name!r}, which does not run; measures: {', '.join(names)}")
-        MEASURES[name].check_overrides(over, f"settings.{name}")
+        check_settings(MEASURES[name], over, f"settings.{name}")
     return dict(settings or {})
 
 
 def _reason(e: Exception) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}".rstrip(": ")
+
+
+_CHUNK = 1 << 22  # elements per finiteness check: a bounded temporary, whatever the data's size
+
+
+def _nonfinite(tree: Any, path: tuple = ()) -> tuple | None:
+    """The position (indices/keys from the top) of the first float tensor leaf holding NaN or ±Inf, else None.
+
+    Walks tensors, tuples, lists, dicts, TensorDatasets and DataLoaders over them (data in memory only;
+    other Datasets are left to the two-example probe).
+    """
+    if isinstance(tree, DataLoader):
+        return _nonfinite(tree.dataset, path)
+    if isinstance(tree, TensorDataset):
+        return _nonfinite(tuple(tree.tensors), path)
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() or tree.is_complex():
+            flat = tree.detach().reshape(-1)
+            for i in range(0, flat.numel(), _CHUNK):
+                if not bool(torch.isfinite(flat[i:i + _CHUNK]).all()):
+                    return path
+        return None
+    if isinstance(tree, (tuple, list)):
+        items = enumerate(tree)
+    elif isinstance(tree, dict):
+        items = tree.items()
+    else:
+        return None
+    for k, v in items:
+        found = _nonfinite(v, (*path, k))
+        if found is not None:
+            return found
+    return None
+
+
+def _field(path: tuple, batches: bool) -> str:
+    """A leaf's position in words: ``inputs`` / ``targets`` of an ``(X, y)`` pair, ``batch 3``, ``['image']``."""
+    parts = []
+    if batches and path:
+        parts.append(f"batch {path[0]}")
+        path = path[1:]
+    for i, k in enumerate(path):
+        if i == 0 and isinstance(k, int) and k < 2:
+            parts.append(("inputs (X)", "targets (y)")[k])
+        else:
+            parts.append(f"[{printable(repr(k), 40)}]")
+    return ", ".join(parts) or "the tensor"
+
+
+def _check_finite(where: str, name: str, data: Any) -> None:
+    """Bad data said as such, before any measure: a NaN or Inf in a float leaf of ``data`` (kept in memory)."""
+    is_batches = isinstance(data, list) and bool(data) and all(isinstance(b, (tuple, list, dict)) for b in data)
+    found = _nonfinite(data)
+    if found is not None:
+        raise SharpnessError(f"{where}: the {name} data hold NaN or Inf values ({_field(found, is_batches)}); "
+                             "bad data, not a training problem: clean or drop those examples")
 
 
 def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, loss: Any, loss_args: dict | None,
@@ -448,8 +587,10 @@ def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, l
     """
     # first: a data set that cannot be had is the first thing to say
     train, test = data if data is not None else ckpt.datasets()
-    model = ckpt.model(device, data=(train, test))  # a factory gets input_shape / num_classes from the data
     where = ckpt.where
+    for name, d in (("training", train), ("test", test)):
+        _check_finite(where, name, d)  # data in memory: every example, cheaply, before the model is built
+    model = ckpt.model(device, data=(train, test))  # a factory gets input_shape / num_classes from the data
     try:
         first = select_params(model, params, trainable_only=True)[0][1]
     except SharpnessError as e:
@@ -457,6 +598,7 @@ def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, l
     batches = Batches(train, batch_size=batch_size, device=first.device, dtype=first.dtype)
     # the same two examples on every rank, no collective: a failure cannot leave other ranks waiting
     probe = batches.examples(torch.arange(min(2, batches.num_samples or 2)))
+    _check_finite(where, "training", probe)  # a Dataset read example by example: its first two, at least
     try:
         with torch.no_grad(), preserved(model):
             raw = next(iter(Batches(probe, device=first.device, dtype=first.dtype)))
@@ -495,45 +637,45 @@ def _locked(out: Path | None) -> Iterator[None]:
     if out is None:
         yield
         return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SharpnessError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    make_folder(out)
     if not os.access(out, os.W_OK):
         raise SharpnessError(f"--out {out}: the folder is not writable")
-    with open(out / ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SharpnessError(f"{out}: another analysis is writing this folder; wait for it or choose another "
-                                 "(--out; out= in analyze)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with locked(out / ".lock", f"{out}: another analysis is writing this folder; wait for it or choose another "
+                               "(--out; out= in analyze)"):
+        yield
 
 
 def _previous(out: Path | None) -> tuple[dict, dict]:
-    """The report and arrays of an earlier run, if usable; a corrupt file is set aside with a warning."""
-    if out is None or not (out / "report.json").exists():
+    """The report and arrays of an earlier run, if usable; a corrupt file is set aside with a warning.
+
+    Wrong inner types (entries that are not tables, figure names that are paths, ...) make a report
+    unusable like a truncated one. Not a regular file (a FIFO, a device, a folder) at ``report.json`` or
+    ``arrays.npz``: refused in one line, at once (never waited on, never set aside).
+    """
+    if out is None or not ((out / "report.json").exists() or (out / "report.json").is_symlink()):
         return {}, {}
     try:
-        report = json.loads((out / "report.json").read_text())
-        if not isinstance(report, dict) or report.get("schema") != SCHEMA or report.get("version") != SCHEMA_VERSION \
-                or not isinstance(report.get("checkpoints"), dict):
-            raise ValueError("not a sharpness report")
+        raw = read_bytes(out / "report.json", "report file")
+        npz = read_bytes(out / "arrays.npz", "arrays file") if (out / "arrays.npz").exists() else None
+    except FileNotFoundError:  # a dangling link, or removed meanwhile: nothing to reuse
+        raw, npz = None, None
+    try:
+        if raw is None:
+            raise ValueError("no readable report")
+        report = json.loads(raw.decode("utf-8"))
+        _check_report(report)
         arrays = {}
-        if (out / "arrays.npz").exists():
-            with np.load(out / "arrays.npz", allow_pickle=False) as z:
+        if npz is not None:
+            with np.load(io.BytesIO(npz), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         return report, arrays
     except Exception as e:  # unreadable in any way (truncated zip, wrong shape): set aside, never fatal
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         for name in ("report.json", "arrays.npz"):
-            if (out / name).exists():
+            if (out / name).exists() or (out / name).is_symlink():
                 (out / name).rename(out / f"{name}.corrupt-{stamp}")
-        warnings.warn(f"{out}: previous results unreadable ({e}); set aside as *.corrupt-{stamp}, recomputing",
-                      stacklevel=3)
+        warnings.warn(f"{out}: previous results unreadable ({printable(e, 300)}); set aside as *.corrupt-{stamp}, "
+                      "recomputing", stacklevel=3)
         return {}, {}
 
 
@@ -556,13 +698,14 @@ class _Run:
         """Draw a cached result's figures again when a file is missing (deleted, or another --format asked)."""
         if not (self.figures and self.out is not None and old.get("figures")):
             return
-        stems = {Path(f).with_suffix(".png").name for f in old["figures"]}
+        files = [confined(self.out, f, "report.json figures") for f in old["figures"]]  # checked on reading too
+        stems = {f.with_suffix(".png").name for f in files}
         if not self.restyle and all(t.exists() for s in stems for t in targets(self.out / s)):
             return
-        arrays = {k.rsplit("/", 1)[1]: self.arrays[k] for k in old.get("arrays", [])}
+        arrays = {k.rsplit("/", 1)[-1]: self.arrays[k] for k in old.get("arrays", [])}
         rec = Record(old["summary"], old.get("details", {}), arrays)
         made = measure.draw(rec, self.out, tuple(c.label for c in ctxs), ctxs[0].train.loss.label)
-        kept = [f for f in old["figures"] if (self.out / f).exists() and not self.restyle]
+        kept = [f.name for f in files if f.exists() and not self.restyle]
         old["figures"] = sorted({*kept, *(p.name for p in made)})
 
     def measure(self, measure: Measure, ctxs: tuple, key: str, entry: dict, old: dict | None, tags: dict) -> None:
@@ -747,7 +890,7 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
     with _locked(root):
         out = None if root is None else _target(root, variant)
         if out is not None and out != root:
-            out.mkdir(exist_ok=True)
+            make_folder(out)
         previous, arrays = _previous(out)
         for ctx, label in zip(ctxs, _labels(ckpts, given, previous.get("checkpoints", {}))):
             ctx.label = label
@@ -782,7 +925,8 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
             ctx.shared.clear()  # the shared Krylov run holds ~steps × P floats: not past its checkpoint
         if figures and out is not None:  # each measure of every checkpoint here, on one scale
             made = run.together(names, [c.label for c in ctxs], ctxs[0].train.loss.label)
-            before = {m: [f for f in fs if (out / f).exists()] for m, fs in previous.get("together", {}).items()}
+            before = {m: [f for f in fs if confined(out, f, "report.json together").exists()]
+                      for m, fs in previous.get("together", {}).items()}
             report["together"] = {m: sorted({*before.get(m, []), *made.get(m, [])})
                                   for m in {*before, *made} if before.get(m) or made.get(m)}
         for (i, a), (j, b) in itertools.combinations(enumerate(ctxs), 2):

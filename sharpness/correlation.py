@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .checks import require
-from .errors import SharpnessError
-from .reporting import finite, kendall, reached_target, run_gaps, variant_names, variant_of
+from .errors import SharpnessError, printable
+from .reporting import check_results, finite, kendall, reached_target, run_gaps, variant_names, variant_of
 
 __all__ = ["CorrelationResult", "RunTable", "correlate", "results_rows", "left_out_note"]
 
@@ -65,11 +65,12 @@ class CorrelationResult:
         ``note`` is a sentence added to the paragraph (e.g. :func:`left_out_note`).
         """
         over = ("the runs" if self.replicates is None else
-                f"the configurations (each one's runs averaged over `{self.replicates}`)")
-        return (f"Kendall τ of each measure with `{self.gap}` over {over} of {source} (τ > 0: a larger "
-                f"measure goes with a larger gap); 95 % bootstrap interval ({self.n_boot} resamples, seed "
-                f"{self.seed}); Ψ and ψ per axis as in Jiang et al. 2020 (axes: {', '.join(self.axes) or 'none'})."
-                f"{note}\n\n" + self.table())
+                f"the configurations (each one's runs averaged over `{printable(self.replicates, 80)}`)")
+        axes = ", ".join(printable(a, 80) for a in self.axes) or "none"
+        return (f"Kendall τ of each measure with `{printable(self.gap, 80)}` over {over} of {printable(source, 300)} "
+                f"(τ > 0: a larger measure goes with a larger gap); 95 % bootstrap interval ({self.n_boot} resamples, "
+                f"seed {self.seed}); Ψ and ψ per axis as in Jiang et al. 2020 (axes: {axes})."
+                f"{printable(note, 2000)}\n\n" + self.table())
 
     def table(self) -> str:
         """Markdown: one row per measure, best τ first, with the interval, Ψ and each axis' ψ.
@@ -77,12 +78,12 @@ class CorrelationResult:
         With replicates averaged, a ``configs`` column after ``n`` (runs) gives the points τ and Ψ are over.
         """
         sizes = ["n"] if self.replicates is None else ["n", "configs"]
-        head = ["measure", *sizes, "τ", "95 % CI (bootstrap)", "Ψ", *(f"ψ {a}" for a in self.axes)]
+        head = ["measure", *sizes, "τ", "95 % CI (bootstrap)", "Ψ", *(f"ψ {printable(a, 80)}" for a in self.axes)]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in sorted(self.tau, key=lambda k: -np.nan_to_num(self.tau[k], nan=-2)):
             lo, hi = self.tau_ci[m]
             counts = [str(self.n[m])] + ([] if self.replicates is None else [str(self.configs[m])])
-            cells = [m, *counts, _f(self.tau[m]), f"[{_f(lo)}, {_f(hi)}]", _f(self.psi[m]),
+            cells = [printable(m, 120), *counts, _f(self.tau[m]), f"[{_f(lo)}, {_f(hi)}]", _f(self.psi[m]),
                      *(_f(self.per_axis[m][a]) for a in self.axes)]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
@@ -271,6 +272,7 @@ def results_rows(results: dict) -> RunTable:
     ``target_train_loss`` is left out, as Jiang et al. 2020 leave out networks that miss the criterion
     (:func:`sharpness.reporting.reached_target`); its label is in ``left_out``.
     """
+    check_results(results, whole=False)
     spec = results.get("spec", {})
     variants = variant_names(results)
     rows, names, left_out = [], [], []

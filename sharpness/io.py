@@ -19,6 +19,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -108,9 +109,53 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def make_folder(path: str | Path) -> Path:
+    """Create the folder ``path`` (and its parents) if missing; one line naming it when it cannot be.
+
+    Raises:
+        SharpnessError: ``"<path>: cannot write: <reason>"`` (as :func:`atomic_write`: a file on the way, a
+            read-only parent, a name too long).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SharpnessError(f"{path}: cannot write: {_why(path, e)}") from None
+    if not path.is_dir():
+        raise SharpnessError(f"{path}: cannot write: not a folder")
+    return path
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`); for markers and small files."""
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+# The temporary files atomic_write makes: ".<name>.<8 random characters>.tmp" (tempfile.mkstemp's names).
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files an interrupted :func:`atomic_write` left in ``folder`` (a SIGKILL mid-write).
+
+    Only regular files named as the writer names its temporaries (``.<name>.<random>.tmp``) directly in
+    ``folder`` are removed; a symlink (never made by the writer) is left alone, and nothing is followed.
+    Call it only while no other writer works in ``folder`` (under its lock). Returns the removed paths; a
+    missing folder or a file that cannot be removed is passed over.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if _TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
 
 
 MAX_READ = 1 << 30  # bytes: a results or report file larger than this is not one the toolkit wrote

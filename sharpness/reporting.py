@@ -29,20 +29,104 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from scipy import stats
 
+from .errors import SharpnessError, printable
+from .io import read_text
 from .measures.registry import headline_keys
 
 __all__ = ["long_table", "report_rows", "groups", "final", "time_to_target", "fit_critical_batch",
            "best_lr_per_batch", "headline_columns", "CI_NOTE", "CI_LEVEL", "mean_ci", "format_ci", "seeds_note", "ci_by",
            "arm", "batch_size", "warm_start_epoch", "gap_rows", "scatter_rows", "SCATTER_MEASURES", "kendall",
-           "binned_ci", "warm_start_rows", "finite", "run_gaps", "reached_target", "variant_names", "variant_of"]
+           "binned_ci", "warm_start_rows", "finite", "run_gaps", "reached_target", "variant_names", "variant_of",
+           "read_results", "check_results", "shown"]
 
 CI_LEVEL = 0.95
 CI_NOTE = "mean ± 95 % CI (Student t)"  # how every table and figure names its intervals
+
+
+def shown(tree: Any) -> Any:
+    """A copy of ``tree`` (results read from a file) with every string, dict keys too, made printable.
+
+    Control characters (ESC, newlines, ...) are escaped (:func:`sharpness.errors.printable`), so no
+    string from the file reaches a figure's text, a table or the terminal raw.
+    """
+    if isinstance(tree, str):
+        return printable(tree, 10 * len(tree) + 10)  # escaped, not cut: labels must stay distinct
+    if isinstance(tree, dict):
+        return {shown(k): shown(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [shown(v) for v in tree]
+    return tree
+
+
+def _table_of(where: str, value: Any, item: type | None = None, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, dict):
+        raise SharpnessError(f"{where} must be a table (got {type(value).__name__})")
+    if item is not None and not all(isinstance(v, item) for v in value.values()):
+        bad = next(k for k, v in value.items() if not isinstance(v, item))
+        raise SharpnessError(f"{where}.{printable(bad, 80)} must be a {'table' if item is dict else item.__name__} "
+                             f"(got {type(value[bad]).__name__})")
+
+
+def _list_of(where: str, value: Any, item: type) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+        raise SharpnessError(f"{where} must be a list of {'tables' if item is dict else item.__name__} "
+                             f"(got {printable(repr(value), 80)})")
+
+
+def check_results(res: Any, where: str = "results", whole: bool = True) -> dict:
+    """An experiment's results (``results.json``) checked down to the parts tables and figures read.
+
+    ``whole``: a name and a spec are needed too (else only the runs, and a spec if there is one).
+
+    Raises:
+        SharpnessError: one line naming the first part of the wrong type.
+    """
+    if not (isinstance(res, dict) and isinstance(res.get("runs"), dict) and isinstance(res.get("spec", {}), dict)
+            and (not whole or (isinstance(res.get("name"), str) and isinstance(res.get("spec"), dict)))):
+        raise SharpnessError(f"{where}: not an experiment's results.json (needs name, spec and runs)")
+    _table_of(f"{where}: runs", res["runs"], dict, optional=False)
+    for label, run in res["runs"].items():
+        w = f"{where}: runs.{printable(label, 80)}"
+        _table_of(f"{w}.config", run.get("config"))
+        _table_of(f"{w}.final", run.get("final"), dict)
+        _table_of(f"{w}.arrays", run.get("arrays"))
+        for name in ("history", "along", "tracked", "trace"):
+            _list_of(f"{w}.{name}", run.get(name), dict)
+    spec = res.get("spec", {})
+    _list_of(f"{where}: spec.variants", spec.get("variants"), dict)
+    _table_of(f"{where}: spec.grid", spec.get("grid"))
+    _table_of(f"{where}: spec.figures", spec.get("figures"))
+    _table_of(f"{where}: pairs", res.get("pairs"), dict)
+    return res
+
+
+def read_results(path: str | Path) -> dict:
+    """An experiment's ``results.json``: a regular file only (a FIFO is refused at once), checked.
+
+    Raises:
+        SharpnessError: missing, not a regular file, not UTF-8 JSON, or parts of the wrong type (one line).
+    """
+    path = Path(path)
+    try:
+        res = json.loads(read_text(path, "results file"))
+    except FileNotFoundError:
+        raise SharpnessError(f"{path}: no such results file") from None
+    except (RecursionError, ValueError) as e:
+        if isinstance(e, SharpnessError):
+            raise
+        raise SharpnessError(f"{path}: not a readable results file "
+                             f"({printable(' '.join(str(e).split()), 200)})") from None
+    return check_results(res, str(path))
 
 
 def groups(runs: dict) -> dict[str, list[str]]:
@@ -107,6 +191,8 @@ def mean_ci(values, level: float = CI_LEVEL) -> tuple[float, float, int]:
     The half-width is ``t_{(1+level)/2, n−1} · s / √n`` with s the sample standard deviation (ddof 1).
     None and NaN values are dropped; one value has no interval (half-width NaN); none gives (NaN, NaN, 0).
     """
+    if not (isinstance(level, float) and 0 < level < 1):
+        raise SharpnessError(f"level must be a confidence level between 0 and 1 (got {level!r})")
     v = np.array([x for x in values if x is not None], dtype=float)
     v = v[~np.isnan(v)]
     n = len(v)
@@ -153,7 +239,8 @@ def arm(label: str, run: dict) -> str:
 
 def variant_names(results: dict) -> list[str]:
     """The experiment's named variants, longest first (so a name that prefixes another is tried last)."""
-    names = (v.get("name", "") for v in results.get("spec", {}).get("variants", []) if v.get("name"))
+    names = (v["name"] for v in results.get("spec", {}).get("variants", None) or []
+             if isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"])
     return sorted(names, key=len, reverse=True)
 
 
@@ -303,6 +390,8 @@ def binned_ci(series: list[tuple[list[float], list[float]]], bins: int = 8) -> d
     Returns:
         {center (geometric bin centre), mean, ci, n}, bins without any value dropped.
     """
+    if not isinstance(bins, int) or isinstance(bins, bool) or not 1 <= bins <= 10_000:
+        raise SharpnessError(f"bins must be a whole number from 1 to 10000 (got {bins!r})")
     xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in series]) if series else np.array([])
     xs = xs[np.isfinite(xs) & (xs > 0)]
     if len(xs) == 0:
@@ -347,6 +436,8 @@ def warm_start_rows(results: dict, columns: dict[str, Callable[[dict], Any]]) ->
 
 def time_to_target(history: list[dict], target: float) -> dict | None:
     """Updates, examples and training wall-clock at the end of the first epoch with training loss ≤ target."""
+    if finite(target) is None:
+        raise SharpnessError(f"target must be a finite training loss (got {target!r})")
     for e in history:
         if e["train_loss"] is not None and e["train_loss"] <= target:
             return {"step": e["step"], "examples": e["examples"], "wall_time": e["wall_time"], "epoch": e["epoch"]}
@@ -376,6 +467,8 @@ def best_lr_per_batch(results: dict, target: float) -> tuple[dict[int, dict], li
         b_simple: [...]}} sorted by batch,
         the batch sizes that never reached the target).
     """
+    if finite(target) is None or target <= 0:
+        raise SharpnessError(f"target must be a training loss above 0 (got {target!r})")
     cells: dict[str, list[str]] = {}
     for label, r in results["runs"].items():
         c = {k: v for k, v in r["config"].items() if k != "seed"}

@@ -22,8 +22,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from ..errors import SharpnessError
-from ..io import atomic_write
+from ..checks import require
+from ..errors import SharpnessError, printable
+from ..io import atomic_write, confined
 from ..losses import loss_label
 from ..measures.builtin import eps_key
 from ..reporting import (
@@ -44,17 +45,19 @@ from ..reporting import (
     long_table,
     mean_ci,
     peak_rows,
+    read_results,
     scatter_rows,
     seeds_note,
+    shown,
     variant_names,
     variant_of,
     warm_start_rows,
 )
 from .landscape import plot_parametric, plot_surfaces
 from .spectrum import plot_spectral_densities, plot_spectral_density, shared_sigma
-from .style import figure_title, new_axes, save, styled, targets
+from .style import check_path, figure_title, new_axes, save, styled, targets
 
-__all__ = ["draw", "rename_labels", "FIGURES"]
+__all__ = ["draw", "rename_labels", "check_figures", "FIGURES"]
 
 PANEL_HEIGHT = 1.45  # inches per stacked panel (shared x axis): four panels fit a column's page height
 
@@ -90,10 +93,11 @@ def _header(fig, ax, title: str | None, note: str | None) -> None:
     A :func:`~sharpness.plots.style.figure_options` title (``--title``) replaces the spec's.
     """
     title = figure_title(title, title)
+    title = printable(title, 300) if title else title  # from a file: escaped and capped
     if title:  # wrapped to the figure's width: a long title must not widen a column figure
         fig.suptitle(textwrap.fill(title, max(20, int(fig.get_figwidth() * 15))))
     if note:
-        ax.set_title(note, loc="left", fontsize="small", color="0.3")
+        ax.set_title(printable(note, 300), loc="left", fontsize="small", color="0.3")
 
 
 def _fig_legend(fig, handles, labels, title: str | None = None, ncol: int | None = None) -> None:
@@ -101,6 +105,7 @@ def _fig_legend(fig, handles, labels, title: str | None = None, ncol: int | None
     if handles:
         where = "lower" if fig.get_suptitle() else "upper"
         title = textwrap.fill(title, max(20, int(fig.get_figwidth() * 16))) if title else None
+        labels = [printable(lb, 120) for lb in labels]
         fig.legend(handles, labels, loc=f"outside {where} center", ncol=ncol or min(len(labels), 3), title=title,
                    title_fontsize="small")
 
@@ -223,7 +228,7 @@ def _curve_figure(res: dict, out: Path, fig_spec: dict) -> Path:
     _header(fig, axes[0], fig_spec.get("title"), None)
     handles, labels = axes[0].get_legend_handles_labels()
     _fig_legend(fig, handles, labels, title=seeds_note(seeds) + (" (band)" if max(seeds, default=0) > 1 else ""))
-    return save(fig, out / fig_spec["file"])
+    return save(fig, confined(out, fig_spec["file"], "figures.curves file"))
 
 
 @styled
@@ -269,9 +274,11 @@ def parametric(res: dict, out: Path) -> list[Path]:
     for key, arr in res.get("pairs", {}).items():
         a, b, kind = _pair(key)
         name = "_".join(_safe(s) for s in (a, b) + (() if kind == "linear" else (kind,)))
-        title = f"{a} (α = 0) → {b} (α = 1)\n{_PATHS.get(kind, kind + ' path')}"
+        path = confined(out, f"parametric_{name}.png", "a pair's figure file")
+        a, b = printable(a, 100), printable(b, 100)
+        title = f"{a} (α = 0) → {b} (α = 1)\n{_PATHS.get(kind, printable(kind, 40) + ' path')}"
         ax = plot_parametric({**arr, "path": kind}, labels=(a, b), title=title, loss_label=_loss_label(res))
-        paths.append(save(ax.figure, out / f"parametric_{name}.png"))
+        paths.append(save(ax.figure, path))
     return paths
 
 
@@ -301,7 +308,7 @@ def esd(res: dict, out: Path) -> Path:
         plot_spectral_density({"grid": a["grid"], "density": a["density"]}, ax=ax, label=lb)
     if stored:
         note = (note + "; " if note else "") + "each run's own smoothing (stored densities)"
-    ax.set_title(figure_title(_options(res, "esd").get("title"), ""))
+    ax.set_title(printable(figure_title(_options(res, "esd").get("title"), "") or "", 300))
     ax.set_xlabel("Hessian eigenvalue")
     ax.set_ylabel("density")
     if ax.get_legend() is not None:
@@ -643,6 +650,9 @@ def cost(res: dict, out: Path) -> list[Path]:
     """
     opts = _options(res, "cost")
     target = opts.get("target") or next(r["config"].get("target_train_loss") for r in res["runs"].values())
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
+        raise SharpnessError(f"figures.cost.target (or the runs' target_train_loss) must be a training loss "
+                             f"above 0 (got {printable(repr(target), 60)})")
     best, missing = best_lr_per_batch(res, target)
     bs = np.array(list(best), dtype=float)
     fit = fit_critical_batch(bs, np.array([r["step"] for r in best.values()])) if len(bs) >= 3 else None
@@ -785,6 +795,108 @@ def rename_labels(res: dict, labels: dict[str, str]) -> dict:
     return res
 
 
+_TITLE = {"title": (str, {})}
+_SHARPNESS = {"sharpness": (str, {"check": (lambda k: "_" in k, "a key like 'eps0.001_full'")}), **_TITLE}
+# the options each kind reads from [figures] KIND = {...}: (type, require's rules)
+_KIND_OPTIONS: dict[str, dict] = {
+    "esd": _TITLE, "surface": _TITLE, "gap": _TITLE, "breakeven": _TITLE,
+    "sharpness_vs_loss": _SHARPNESS, "batch_sweep": _SHARPNESS, "warm_start": _SHARPNESS,
+    "gap_scatter": {"best": (int, {"ge": 1, "le": 1000}), **_TITLE},
+    "cost": {"target": (float, {"gt": 0}), **_TITLE},
+    "correlation": {"gap": (str, {}), "n_boot": (int, {"ge": 10, "le": 10**6}), **_TITLE},
+}
+_CURVE_KEYS = {"file", "title", "groups", "styles", "panels"}
+_PANEL_KEYS = {"x", "y", "xscale", "yscale", "ylim", "source", "stability"}
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_figures(figures, where: str = "figures") -> dict:
+    """An experiment's ``[figures]`` table checked for types, values and ranges before anything is drawn.
+
+    ``kinds`` names known figures; each kind's options are the ones it reads, of their types and ranges
+    (``gap_scatter.best`` ≥ 1, ``cost.target`` > 0, ...); every ``[[figures.curves]]`` entry has a ``file``
+    that is one plain file name (no ``..``, ``/`` or absolute path: figures stay in the output folder) with
+    a .png/.pdf/.svg suffix, and ``panels`` of ``x``/``y`` keys. Also for :mod:`sharpness.experiments`,
+    so a TOML is refused before any training.
+
+    Raises:
+        SharpnessError: one line naming the option.
+    """
+    if figures is None:
+        return {}
+    if not isinstance(figures, dict):
+        raise SharpnessError(f"{where} must be a table (got {type(figures).__name__})")
+    extra = sorted(printable(k, 40) for k in set(figures) - {"kinds", "curves", *_KIND_OPTIONS})
+    if extra:
+        raise SharpnessError(f"{where}: unknown key(s) {', '.join(extra)}; known: kinds, curves, "
+                             f"{', '.join(_KIND_OPTIONS)}")
+    kinds = figures.get("kinds", ["table"])
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        raise SharpnessError(f"{where}.kinds must be a list of figure names (got {printable(repr(kinds), 80)}); "
+                             f"known: {', '.join(FIGURES)}")
+    unknown = [printable(k, 40) for k in kinds if k not in FIGURES]
+    if unknown:
+        raise SharpnessError(f"{where}.kinds: unknown figure kind(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}")
+    for kind, options in _KIND_OPTIONS.items():
+        opts = figures.get(kind)
+        if opts is None:
+            continue
+        if not isinstance(opts, dict):
+            raise SharpnessError(f"{where}.{kind} must be a table of options (got {type(opts).__name__})")
+        extra = sorted(printable(k, 40) for k in set(opts) - set(options))
+        if extra:
+            raise SharpnessError(f"{where}.{kind}: unknown option(s) {', '.join(extra)}; known: {', '.join(options)}")
+        for key, (typ, rules) in options.items():
+            if opts.get(key) is not None:
+                require(f"{where}.{kind}.{key}", opts[key], typ, **rules)
+    curves = figures.get("curves")
+    if curves is not None:
+        if not isinstance(curves, list) or not all(isinstance(c, dict) for c in curves):
+            raise SharpnessError(f"{where}.curves must be a list of tables (got {printable(repr(curves), 80)})")
+        files = []
+        for i, c in enumerate(curves):
+            w = f"{where}.curves[{i}]"
+            extra = sorted(printable(k, 40) for k in set(c) - _CURVE_KEYS)
+            if extra:
+                raise SharpnessError(f"{w}: unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(_CURVE_KEYS))}")
+            if "file" not in c or "panels" not in c:
+                raise SharpnessError(f"{w}: needs a file and panels")
+            check_path(confined(".", c["file"], f"{w}.file"))
+            files.append(c["file"])
+            if c.get("title") is not None:
+                require(f"{w}.title", c["title"], str)
+            if c.get("groups") is not None:
+                require(f"{w}.groups", c["groups"], list, item=str)
+            styles = c.get("styles")
+            if styles is not None and (not isinstance(styles, dict) or not all(isinstance(v, str) for v in styles.values())):
+                raise SharpnessError(f"{w}.styles must be a table of group → line style (got {printable(repr(styles), 80)})")
+            panels = c["panels"]
+            if not isinstance(panels, list) or not panels or not all(isinstance(p, dict) for p in panels) \
+                    or len(panels) > 16:
+                raise SharpnessError(f"{w}.panels must be a list of 1 to 16 tables (got {printable(repr(panels), 80)})")
+            for j, panel in enumerate(panels):
+                pw = f"{w}.panels[{j}]"
+                extra = sorted(printable(k, 40) for k in set(panel) - _PANEL_KEYS)
+                if extra:
+                    raise SharpnessError(f"{pw}: unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(_PANEL_KEYS))}")
+                for key in ("x", "y"):
+                    require(f"{pw}.{key}", panel.get(key), str)
+                for key in ("xscale", "yscale"):
+                    require(f"{pw}.{key}", panel.get(key), str, optional=True, choices=("linear", "log"))
+                require(f"{pw}.source", panel.get("source"), str, optional=True, choices=("history", "trace", "tracked"))
+                require(f"{pw}.stability", panel.get("stability"), bool, optional=True)
+                ylim = panel.get("ylim")
+                if ylim is not None and not (isinstance(ylim, list) and len(ylim) == 2 and all(map(_finite_number, ylim))):
+                    raise SharpnessError(f"{pw}.ylim must be [low, high], two finite numbers (got {printable(repr(ylim), 80)})")
+        dup = sorted({f for f in files if files.count(f) > 1})
+        if dup:
+            raise SharpnessError(f"{where}.curves: two figures write the same file ({', '.join(dup)})")
+    return figures
+
+
 def draw(results_path: str | Path, out: str | Path | None = None, labels: dict[str, str] | None = None) -> list[Path]:
     """Draw every figure the experiment's ``[figures] kinds`` lists, from ``results.json`` alone.
 
@@ -794,30 +906,33 @@ def draw(results_path: str | Path, out: str | Path | None = None, labels: dict[s
         labels: display names of run/variant labels, ``{OLD: NEW}`` (see :func:`rename_labels`).
     """
     results_path = Path(results_path)
+    res = read_results(results_path)  # a regular file only; parts of the wrong type refused
     try:
-        res = json.loads(results_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SharpnessError(f"{results_path}: not a readable results file ({' '.join(str(e).split())})") from None
-    if not (isinstance(res, dict) and isinstance(res.get("name"), str) and isinstance(res.get("spec"), dict)
-            and isinstance(res.get("runs"), dict) and all(isinstance(r, dict) for r in res["runs"].values())):
-        raise SharpnessError(f"{results_path}: not an experiment's results.json (needs name, spec and runs)")
+        check_figures(res["spec"].get("figures"), "figures")
+    except SharpnessError as e:
+        raise SharpnessError(f"{results_path}: {e}") from None
+    res["spec"].setdefault("figures", {})
+    if res["spec"]["figures"] is None:
+        res["spec"]["figures"] = {}
     out = Path(out) if out is not None else results_path.parent
     try:
         res = rename_labels(res, labels or {})
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         if isinstance(e, SharpnessError):
             raise
-        raise SharpnessError(f"{results_path}: cannot rename labels ({' '.join(str(e).split())[:200]})") from None
-    kinds = res["spec"].get("figures", {}).get("kinds", ["table"])
+        raise SharpnessError(f"{results_path}: cannot rename labels ({printable(' '.join(str(e).split()), 200)})") from None
+    res = shown(res)  # every string from the file escaped before it reaches a figure or a table
+    kinds = res["spec"]["figures"].get("kinds", ["table"])
     made: list[Path] = []
     for kind in kinds:
-        if kind not in FIGURES:
-            raise SharpnessError(f"{results_path}: unknown figure kind {kind!r}; known: {', '.join(FIGURES)}")
         try:
             r = FIGURES[kind](res, out)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        except SharpnessError as e:
+            raise SharpnessError(f"{results_path}: cannot draw '{kind}' ({printable(e, 300)})") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
+                RecursionError) as e:
             # a results file of the wrong shape: say which figure and what was missing, in one line
             raise SharpnessError(f"{results_path}: cannot draw '{kind}' ({type(e).__name__}: "
-                                 f"{' '.join(str(e).split())[:200]})") from None
+                                 f"{printable(' '.join(str(e).split()), 200)})") from None
         made.extend(r if isinstance(r, list) else [r])
     return made
