@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import functools
 import hashlib
 import math
 import os
@@ -48,8 +49,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .checks import check_device
 from .data import DataSpec, load_data, model_args_from_data, valid_root
-from .errors import SharpnessError
+from .errors import SharpnessError, printable
+from .errors import short as _short
 from .io import atomic_write
 from .models import MODELS, ModelSpec, _takes, build_model
 from .specs import Spec, as_spec
@@ -64,6 +67,28 @@ _COVERED = ("state_dict", "optimizer")  # the parts of the payload whose tensors
 # Model arguments that come from the data, not from the model's choice: they carry over to another
 # factory the caller names for a toolkit checkpoint.
 _DATA_ARGS = ("input_shape", "num_classes")
+
+
+_MESSAGE = 1000  # characters of an error message built from a file's contents (names, specs, paths)
+
+
+def _one_line(fn: Callable) -> Callable:
+    """A SharpnessError of ``fn`` with every control character escaped and its length capped.
+
+    Names, specs, a loss, a data root and paths read from a checkpoint (or a stranger's folder) reach these
+    messages; an ESC byte there must never reach the terminal raw (see :func:`sharpness.errors.printable`).
+    """
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SharpnessError as e:
+            text = str(e)
+            safe = printable(text, _MESSAGE)
+            if safe == text:
+                raise
+            raise SharpnessError(safe) from e.__cause__  # a user function's own error stays chained
+    return wrapped
 
 
 def _tensors(obj: Any, path: tuple) -> Any:
@@ -224,13 +249,20 @@ class Checkpoint:
             self._sha256 = tensor_checksum({"state_dict": self.state_dict})
         if self._sha256 is None:
             h = hashlib.sha256()
-            with open(self.path, "rb") as f:
+            try:  # the file it was loaded from; replaced since by a FIFO, it must not hang the reader
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise SharpnessError(f"{printable(self.path)}: {_os_reason(self.path, e)}") from None
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise SharpnessError(f"{printable(self.path)}: not a regular file (a pipe, socket or device)")
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
             self._sha256 = h.hexdigest()
         return self._sha256
 
     @property
+    @_one_line
     def loss_spec(self) -> Spec | None:
         """The loss the run trained with (``config["loss"]``, ``config["loss_args"]``), or None if unnamed.
 
@@ -247,6 +279,7 @@ class Checkpoint:
         except SharpnessError as e:
             raise SharpnessError(f"{self.where}: malformed loss in the checkpoint's config: {e}") from None
 
+    @_one_line
     def model(self, device: str | torch.device | None = None, *, data: tuple | None = None) -> nn.Module:
         """The model with the saved weights, in eval mode, on ``device`` (default CPU).
 
@@ -257,9 +290,11 @@ class Checkpoint:
                 trainer fills them (:func:`sharpness.data.input_shape`, :func:`sharpness.data.num_classes`).
 
         Raises:
-            SharpnessError: the model cannot be built (unknown or refused name, bad arguments), or the
-                weights do not fit it.
+            SharpnessError: the model cannot be built (unknown or refused name, bad arguments), the
+                weights do not fit it, or ``device`` is not the CPU or an available CUDA device (``meta``,
+                ``mps``, a missing ``cuda:N``: one line, before anything is built).
         """
+        device = check_device(device, f"{self.where}: device")
         try:
             if isinstance(self._model_factory, _Factory):
                 model = self._model_factory(data)
@@ -273,7 +308,7 @@ class Checkpoint:
                     fn = MODELS.resolve(spec.name, trusted=self._model_trusted)
                     spec = Spec(spec.name, {**_data_model_args(spec.args, data, fn), **spec.args})
                 model = build_model(spec, trusted=self._model_trusted)
-                what = f"model '{self.model_spec.name}'"
+                what = f"model '{printable(self.model_spec.name, 200)}'"
             else:
                 raise SharpnessError("a bare state_dict; pass the model it belongs to "
                                      "(--model pkg.module:factory; model= in load_checkpoint and analyze)")
@@ -291,8 +326,13 @@ class Checkpoint:
         except RuntimeError as e:
             detail = " ".join(str(e).split())
             raise SharpnessError(f"{self.where}: weights do not fit {what}: {detail[:300]}") from None
-        return model.to(device or "cpu").eval()
+        try:
+            return model.to(device).eval()
+        except RuntimeError as e:  # a CUDA device out of memory, or one that failed
+            raise SharpnessError(f"{self.where}: cannot move the model to {device}: "
+                                 f"{' '.join(str(e).split())[:300]}") from None
 
+    @_one_line
     def datasets(self) -> tuple:
         """The (train, test) data the run used, rebuilt from the data spec (see :func:`load_data`).
 
@@ -309,7 +349,7 @@ class Checkpoint:
             raise SharpnessError(f"{self.where}: {e}") from e.__cause__  # a user function's own error stays chained
 
     def __repr__(self) -> str:
-        name = self.model_spec.name if self.model_spec else "user model"
+        name = printable(self.model_spec.name, 200) if self.model_spec else "user model"
         where = repr(str(self.path)) if self.path is not None else "<memory>"
         return f"Checkpoint({where}, model={name}, epoch={self.epoch}, step={self.step})"
 
@@ -450,7 +490,10 @@ def _shown(name: str, limit: int = 120) -> str:
 
 
 def _check_tensor(path: Path, what: str, t: torch.Tensor) -> None:
-    """Refuse a tensor that cannot be read densely: a sparse layout, or a view expanded beyond its data."""
+    """Refuse a tensor that cannot be read densely: a meta one (no data), a sparse layout, an expanded view."""
+    if t.device.type not in ("cpu", "cuda"):  # a file is loaded to the CPU: a meta (data-less) tensor stays meta
+        raise SharpnessError(f"{path}: {what} is a {t.device.type} tensor, which holds no values to read "
+                             "(weights are real data, on the CPU or a CUDA GPU)")
     if t.layout != torch.strided:
         raise SharpnessError(f"{path}: {what} has the {str(t.layout).removeprefix('torch.')} layout: only dense "
                              "tensors are read")
@@ -613,11 +656,6 @@ def _verify_checksum(path: Path, obj: dict) -> None:
                              f"to sha256 {actual[:16]}..., the file records {recorded}...)")
 
 
-def _short(value: Any, limit: int = 40) -> str:
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 _MAX_COUNT = 10**9  # epochs and update counts a checkpoint may record
 # Per-epoch history records: the keys the trainer writes and reads back, with their kinds.
 _HISTORY_INTS = ("epoch", "step", "examples", "batch_size")
@@ -648,6 +686,11 @@ def _check_structure(path: Path, obj: dict) -> None:
     def bad(key: str, value: Any, expected: str) -> SharpnessError:
         return SharpnessError(f"{path}: malformed sharpness checkpoint ('{key}' is {_short(value)}, "
                               f"expected {expected})")
+
+    missing = [k for k in ("state_dict", "model", "data") if k not in obj]
+    if missing:  # said as such: not a checksum mismatch over the weights that are not there
+        raise SharpnessError(f"{path}: malformed sharpness checkpoint (missing {', '.join(map(repr, missing))}: "
+                             f"{'no weights' if 'state_dict' in missing else 'the model or data spec is not there'})")
 
     for key in ("config", "extra"):
         if obj.get(key) is not None and not _str_keys(obj[key]):
@@ -683,12 +726,15 @@ def _check_structure(path: Path, obj: dict) -> None:
     if extra.get("trace") is not None and not (isinstance(extra["trace"], list)
                                                and all(_str_keys(e) for e in extra["trace"])):
         raise bad("extra.trace", extra["trace"], "a list of dicts")
-    if "state_dict" in obj:
-        _check_weights(path, obj["state_dict"])
+    _check_weights(path, obj["state_dict"])
     for where, t in _tensors(obj.get("optimizer"), ("optimizer",)):
-        _check_tensor(path, f"optimizer tensor '{'/'.join(map(str, where))}'", t)
+        _check_tensor(path, f"optimizer tensor '{_shown('/'.join(map(str, where)))}'", t)
+    for key in sorted((k for k in obj if k not in ("state_dict", "optimizer")), key=repr):  # extra, history, ...
+        for where, t in _tensors(obj[key], (key,)):
+            _check_tensor(path, f"tensor '{_shown('/'.join(map(str, where)))}'", t)
 
 
+@_one_line
 def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Module] | str | None = None,
                     model_args: dict | None = None, data: DataSpec | str | dict | None = None,
                     data_args: dict | None = None) -> Checkpoint:
@@ -720,7 +766,15 @@ def load_checkpoint(path: str | Path, *, model: nn.Module | Callable[..., nn.Mod
             without ``model``. Integer weights load (buffers); :meth:`Checkpoint.model` refuses them where
             the model holds a floating-point tensor.
     """
-    path = Path(path)
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise SharpnessError(f"load_checkpoint: path must be a file path, a str or pathlib.Path (got {_short(path)}, "
+                             f"of type {type(path).__name__})")
+    try:
+        path = Path(path)
+    except TypeError:  # an os.PathLike whose __fspath__ gives bytes or nothing
+        raise SharpnessError(f"load_checkpoint: path must be a file path (got {_short(path)})") from None
+    if not str(path) or str(path) == "." or "\0" in str(path):
+        raise SharpnessError(f"load_checkpoint: path must name a checkpoint file (got {_short(str(path))})")
     obj = _read(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         _check_version(path, obj)

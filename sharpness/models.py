@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import SharpnessError
-from .specs import Registry, Spec, _short, as_spec, check_args, check_int, check_number
+from .errors import SharpnessError, printable
+from .errors import short as _short
+from .specs import Registry, Spec, as_spec, check_args, check_int, check_number
 
 __all__ = ["ModelSpec", "build_model", "model_names", "register_model", "MODELS", "GhostBatchNorm"]
 
@@ -36,6 +37,12 @@ class GhostBatchNorm(_BatchNorm):
     """
 
     def __init__(self, num_features: int, ghost_batch_size: int | None = None, **kwargs: Any):
+        check_int("GhostBatchNorm", "num_features", num_features, 1)
+        if ghost_batch_size is not None:
+            check_int("GhostBatchNorm", "ghost_batch_size", ghost_batch_size, 1, why=" or None")
+        for key in ("eps", "momentum"):  # BN's own numbers: NaN or a negative value would poison every output
+            if kwargs.get(key) is not None:
+                check_number("GhostBatchNorm", key, kwargs[key], 0, open_low=key == "eps", high=None)
         super().__init__(num_features, **kwargs)
         self.ghost_batch_size = ghost_batch_size
 
@@ -357,7 +364,11 @@ def build_model(spec: ModelSpec | dict | str | Callable[..., nn.Module], *, trus
     except SharpnessError:
         raise
     except Exception as e:  # the factory's own failure, e.g. a bad value: one line, the cause kept
-        raise SharpnessError(f"model factory '{name}' failed: {type(e).__name__}: {_first_line(e)}") from e
+        raise SharpnessError(f"model factory '{printable(name, 200)}' failed: {type(e).__name__}: "
+                             f"{printable(_first_line(e), 300)}") from e
+    except SystemExit as e:  # sys.exit() in a factory must not end the caller's program as a success
+        raise SharpnessError(f"model factory '{printable(name, 200)}' called sys.exit({printable(e.code, 60)}) "
+                             "instead of returning a model") from None
     if not isinstance(model, nn.Module):
         raise SharpnessError(f"model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -1,4 +1,5 @@
 import errno
+import importlib
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ from helpers import same_state, tiny_config, user_module
 from sharpness import SharpnessError, load_checkpoint, train_model
 from sharpness.checkpoint import save_checkpoint, tensor_checksum
 from sharpness.cli import info_main
-from sharpness.specs import Spec
+from sharpness.specs import Spec, trust_code
 
 
 @pytest.fixture(scope="module")
@@ -303,13 +304,23 @@ def test_checkpoint_naming_the_users_own_factory_reloads_alone(tmp_path, nets, m
     args = {"width": 6, "input_shape": [3], "num_classes": 2}  # make_net takes no input_shape: dropped
     path = _save(tmp_path / "user.pt", net, Spec(f"{nets}:make_net", args), Spec(f"{nets}:data", {"n": 8}))
     ckpt = load_checkpoint(path)
-    assert _same_weights(ckpt.model(), net) and not ckpt.model().training
+    sys.modules.pop(nets, None)
+    # Not imported by the user's code: a file's name alone imports nothing, and the message says how to allow it.
+    with pytest.raises(SharpnessError, match=f"user.pt: refused: model '{nets}:make_net'.*--model {nets}:make_net"
+                                             ".*--trust-code"):
+        ckpt.model()
+    assert nets not in sys.modules
+    with trust_code():  # --trust-code
+        assert _same_weights(ckpt.model(), net) and not ckpt.model().training
+    importlib.import_module(nets)  # or the user's own script imported it
+    assert _same_weights(ckpt.model(), net)
     train, test = ckpt.datasets()
     assert len(train) == 8 and len(test) == 2
     # Moved away from the folder that holds the module: a clear message, not a traceback.
     monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.endswith("code")])
     sys.modules.pop(nets)
-    with pytest.raises(SharpnessError, match=f"user.pt: cannot import module '{nets}' for model .*run from the folder"):
+    with trust_code(), pytest.raises(SharpnessError, match=f"user.pt: cannot import module '{nets}' for model "
+                                                           ".*run from the folder"):
         load_checkpoint(path).model()
 
 

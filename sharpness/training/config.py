@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from ..checks import Option
 from ..errors import SharpnessError
+from ..errors import short as _short
 from ..io import read_toml
-from ..specs import _short
 from ..tracker import TRACKED
 
 __all__ = ["TrainConfig", "Option"]
@@ -160,7 +160,13 @@ class TrainConfig:
             SharpnessError: the first bad field, named with its value and what it allows.
         """
         for o in self.options():
-            o.check(getattr(self, o.name))
+            value = getattr(self, o.name)
+            try:
+                o.check(value)
+            except (OverflowError, ValueError) as e:  # an integer too large for a float field (10**400)
+                if isinstance(e, SharpnessError):
+                    raise
+                raise SharpnessError(f"{o.name} must be {o.describe()} (got {_short(value)})") from None
         return self
 
 

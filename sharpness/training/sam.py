@@ -18,7 +18,9 @@ from typing import Callable
 
 import torch
 
+from ..checks import require
 from ..errors import SharpnessError
+from ..errors import short as _short
 
 __all__ = ["SAM"]
 
@@ -34,8 +36,12 @@ class SAM(torch.optim.Optimizer):
     """
 
     def __init__(self, base: torch.optim.Optimizer, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01):
-        if not rho > 0:
-            raise SharpnessError(f"SAM rho must be > 0 (got {rho})")
+        if not isinstance(base, torch.optim.Optimizer) or isinstance(base, SAM):
+            raise SharpnessError(f"SAM: base must be a torch optimizer such as torch.optim.SGD(model.parameters()) "
+                                 f"(got {_short(base)}, of type {type(base).__name__})")
+        require("SAM rho", rho, float, gt=0)
+        require("SAM adaptive", adaptive, bool)
+        require("SAM eta", eta, float, ge=0)
         self.base, self.rho, self.adaptive, self.eta = base, float(rho), bool(adaptive), float(eta)
         self.param_groups, self.state, self.defaults = base.param_groups, base.state, base.defaults
 
