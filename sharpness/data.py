@@ -38,8 +38,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .errors import SharpnessError
+from .errors import short as _short
 from .io import write_npz
-from .specs import Registry, Spec, _short, as_spec, check_args, check_int, check_number
+from .specs import Registry, Spec, as_spec, check_args, check_int, check_number
 
 __all__ = ["DataSpec", "load_data", "dataset_names", "register_data", "DATASETS", "input_shape",
            "num_classes", "model_args_from_data", "as_tensors", "data_root"]
@@ -389,9 +390,46 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+# Examples in one data set: a larger __len__ is refused (nothing the toolkit runs could pass over it,
+# and a length read as the size of an index or a permutation would allocate by it).
+MAX_DATASET_LENGTH = 10**9
+
+
+def dataset_length(data: Any, what: str = "data set") -> int:
+    """``len(data)`` of a map-style Dataset (a DataLoader's dataset), checked: an integer in [0, 10⁹].
+
+    Raises:
+        SharpnessError: an IterableDataset (no length, no indexing), a ``__len__`` that fails or returns
+            something else than such an integer.
+    """
+    ds = _dataset(data)
+    if isinstance(ds, IterableDataset):
+        raise SharpnessError(f"{what} {type(ds).__name__} is an IterableDataset: it has no length and no "
+                             "indexing; give a map-style Dataset (__getitem__ and __len__), or a DataLoader "
+                             "over it where only analysis reads it")
+    try:
+        n = len(ds)
+    except Exception as e:  # noqa: BLE001 - the user's __len__: one line, whatever it raised
+        raise SharpnessError(f"{what} {type(ds).__name__}: len() failed: {type(e).__name__}: "
+                             f"{_short(str(e), 200)}") from None
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_DATASET_LENGTH:
+        raise SharpnessError(f"{what} {type(ds).__name__}: len() is {_short(n)}, not a number of examples "
+                             f"in [0, {MAX_DATASET_LENGTH}]")
+    return n
+
+
 def _one_set(name: str, part: Any, result: Any) -> Any:
-    """One of the (train, test) a data function returned: tensors become a TensorDataset."""
-    if isinstance(part, (Dataset, DataLoader)):
+    """One of the (train, test) a data function returned: tensors become a TensorDataset.
+
+    A Dataset's length is checked (:func:`dataset_length`); a bare IterableDataset is refused (nothing
+    can index it); a DataLoader over one is kept (analysis iterates it; the trainer refuses it).
+    """
+    if isinstance(part, DataLoader):
+        if not isinstance(part.dataset, IterableDataset):
+            dataset_length(part, f"data function '{name}' returned a DataLoader whose dataset")
+        return part
+    if isinstance(part, Dataset):
+        dataset_length(part, f"data function '{name}' returned data set")
         return part
     if isinstance(part, (tuple, list)) and len(part) == 2 and all(isinstance(t, torch.Tensor) for t in part):
         x, y = part
@@ -497,7 +535,7 @@ def input_shape(ds: Dataset | DataLoader) -> tuple[int, ...]:
         if isinstance(ds, IterableDataset):
             item = next(iter(ds))
         else:  # ds[0] of an empty data set need not raise: ask its length first
-            item = ds[0] if not hasattr(ds, "__len__") or len(ds) else None
+            item = ds[0] if not hasattr(ds, "__len__") or dataset_length(ds) else None
     except (IndexError, KeyError, StopIteration):
         item = None
     if item is None:
@@ -521,7 +559,7 @@ def _targets(data: Any) -> torch.Tensor | None:
         except (TypeError, ValueError, RuntimeError):
             pass
     has_len = hasattr(ds, "__len__") and not isinstance(ds, IterableDataset)
-    items = (ds[i] for i in range(len(ds))) if has_len else iter(ds)
+    items = (ds[i] for i in range(dataset_length(ds))) if has_len else iter(ds)
     ys = []
     for item in items:
         if not isinstance(item, (tuple, list)) or len(item) < 2:

@@ -4,20 +4,35 @@ A :class:`Spec` is a name and keyword arguments. The name is either registered i
 (the toolkit's own models, data sets and losses, and any added with ``register_*``) or
 ``"pkg.module:attr"``: a function or class importable from ``sys.path`` (never a file path).
 
-Import policy: nothing a checkpoint contains or points at may run code the user did not write.
+Import policy: nothing a checkpoint, a results file or any other file contains may make the toolkit
+import code on its own say-so.
 
-- A name the user typed (a CLI flag, a library argument) is *trusted*: it is imported as given.
-- A name read from a checkpoint file is *untrusted*. Its ``"pkg.module:attr"`` is resolved only when
-  the module's file, found with :func:`importlib.util.find_spec` before anything is imported, lies
-  outside the standard library, every site-packages folder and this toolkit (so it is the user's own
-  code: next to their script, on ``PYTHONPATH``, an editable install), and the attribute is a function
-  or class defined in that module, not one it imported. So ``os:system``, ``subprocess:run`` or
-  ``torch.hub:load`` named by a checkpoint are refused, with a message saying how to pass the name
-  explicitly.
+- A name the user typed (a CLI flag such as ``--model``/``--data``/``--loss`` or ``--set``, a library
+  argument such as ``model=``/``data=``/``loss=``, a :class:`TrainConfig` built in their code) is
+  *trusted*: imported as given.
+- A name read from a file (a checkpoint's specs, a results file, a training or experiment TOML) is
+  *untrusted*. Its ``"pkg.module:attr"``
+  is resolved only when
+
+  (a) the user opted in: ``--trust-code`` on the command line, ``SHARPNESS_TRUST_CODE=1`` in the
+      environment (or a comma-separated list of the modules to trust, ``SHARPNESS_TRUST_CODE=mynets,mypkg``),
+      or :func:`trust_code` around the library call (``trusted=True`` arguments enter it); the name is then
+      handled as if typed; or
+  (b) the module is already imported in this process by the user's own code (their script imported it,
+      ``--plugin`` did, or the same command imported it for a name the user typed), its file lies outside
+      the standard library, every site-packages folder and this toolkit, and the attribute is a function
+      or class defined in that module, not one it imported.
+
+  Nothing else is imported: not a module beside the checkpoint or in the current folder (a
+  ``cleanup.py`` in a downloaded folder never runs because a checkpoint names ``cleanup:x``), not an
+  installed package (``torch.hub:load``), not the standard library (``os:system``). The refusal is one
+  line saying how to allow it (``--model NAME`` or ``--trust-code``). Judging a name imports nothing
+  (:meth:`Registry.describe` is what ``info`` shows).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -25,23 +40,68 @@ import inspect
 import os
 import re
 import site
+import sys
 import sysconfig
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
-from .errors import SharpnessError
+from .errors import SharpnessError, printable
+from .errors import short as _short
 
-__all__ = ["Spec", "Registry", "as_spec", "check_args", "check_int", "check_number"]
+__all__ = ["Spec", "Registry", "as_spec", "check_args", "check_int", "check_number", "trust_code", "code_trusted"]
 
 # Dotted Python identifiers only: a name that looks like a file path is never imported.
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _TOOLKIT_DIR = os.path.dirname(os.path.realpath(__file__))
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` on one line, cut to ``limit`` characters (for error messages)."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# The opt-in of rule (a): every ``trust_code`` block in force (True: all; a set: those modules).
+_TRUST: list = []
+_TRUST_LOCK = threading.Lock()
+TRUST_ENV = "SHARPNESS_TRUST_CODE"
+
+
+@contextlib.contextmanager
+def trust_code(which: bool | str | Iterable[str] = True) -> Iterator[None]:
+    """Within the block, names read from files are imported as if the user had typed them.
+
+    ``which``: True (every name), False (nothing more: a no-op, so ``with trust_code(flag):`` reads well),
+    a module name or a list of them (those modules and their submodules). ``--trust-code`` enters it
+    for the whole command.
+    """
+    if which is False or which is None:
+        yield
+        return
+    entry = True if which is True else frozenset([which] if isinstance(which, str) else which)
+    with _TRUST_LOCK:
+        _TRUST.append(entry)
+    try:
+        yield
+    finally:
+        with _TRUST_LOCK:
+            _TRUST.remove(entry)
+
+
+def _env_trust() -> bool | frozenset:
+    value = os.environ.get(TRUST_ENV, "").strip()
+    if value.lower() in ("", "0", "no", "false", "off"):
+        return False
+    if value.lower() in ("1", "yes", "true", "on", "all"):
+        return True
+    return frozenset(v.strip() for v in value.split(",") if v.strip())
+
+
+def code_trusted(module: str | None = None) -> bool:
+    """Whether the user opted in to importing ``module`` (any module: None) named by a file (rule (a))."""
+    with _TRUST_LOCK:
+        entries = [*_TRUST, _env_trust()]
+    for e in entries:
+        if e is True:
+            return True
+        if e and module is not None and any(module == m or module.startswith(m + ".") for m in e):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -113,6 +173,19 @@ def _inside(path: str, folder: str) -> bool:
         return os.path.commonpath([path, folder]) == folder
     except ValueError:  # different drives (Windows)
         return False
+
+
+def _foreign_module(mod: Any) -> str | None:
+    """:func:`_foreign` of a loaded module, from its ``__spec__`` (or its ``__file__``): imports nothing."""
+    spec = getattr(mod, "__spec__", None)
+    if spec is None:  # a script run as __main__, a module made by hand
+        file = getattr(mod, "__file__", None)
+        if not isinstance(file, str):
+            return "a module without a file"
+        spec = importlib.util.spec_from_file_location(getattr(mod, "__name__", "module"), file)
+        if spec is None:
+            return "a module without a file"
+    return _foreign(spec)
 
 
 def _foreign(spec: importlib.machinery.ModuleSpec) -> str | None:
@@ -192,32 +265,74 @@ class Registry:
         if not _DOTTED.fullmatch(module) or not _DOTTED.fullmatch(attr):
             raise SharpnessError(f"{self.kind} '{name}' is not 'pkg.module:attr' (an importable module, "
                                  "never a file path)")
-        if not trusted:
-            self._check_origin(name, module)
+        if not trusted and code_trusted(module):  # the user opted in (--trust-code): as if typed
+            trusted = True
+        if not trusted:  # judged from what is loaded already: nothing is imported for a file's name
+            why = self._untrusted_why(module)
+            if why:
+                raise self._refused(name, module, why)
+            mod = sys.modules[module]
+        else:
+            mod = self._import(name, module)
         try:
-            obj = functools.reduce(getattr, attr.split("."), self._import(name, module))
+            obj = functools.reduce(getattr, attr.split("."), mod)
         except AttributeError:
             raise SharpnessError(f"module '{module}' has no '{attr}' (for {self.kind} '{name}')") from None
         if not trusted and not ((inspect.isfunction(obj) or inspect.isclass(obj))
                                 and getattr(obj, "__module__", None) == module):
-            raise self._refused(name, f"'{attr}' is not a function or class defined in '{module}'")
+            raise self._refused(name, module, f"'{attr}' is not a function or class defined in '{module}'")
         if not callable(obj):
             raise SharpnessError(f"{self.kind} '{name}' is a {type(obj).__name__}, not a function or class")
         return obj
 
-    def _check_origin(self, name: str, module: str) -> None:
-        # Each package on the way is judged before find_spec of the next part imports it.
-        parts = module.split(".")
-        for i in range(1, len(parts) + 1):
+    def screen(self, name: Any, where: str) -> None:
+        """Refuse a ``"pkg.module:attr"`` read from the file ``where`` (a TOML) that the policy does not allow.
+
+        For files whose names are used later, in another process (a training run): judged now, as
+        :meth:`resolve` with ``trusted=False`` would, so the refusal comes before any work.
+
+        Raises:
+            SharpnessError: ``"<where>: refused: ..."`` (one line).
+        """
+        if isinstance(name, str) and ":" in name and name not in self._fns:
             try:
-                spec = importlib.util.find_spec(".".join(parts[:i]))
-            except (ImportError, ValueError) as e:
-                raise self._unimportable(name, module, e) from None
-            if spec is None:
-                raise self._unimportable(name, module, f"no module named '{'.'.join(parts[:i])}'")
-            reason = _foreign(spec)
+                self.resolve(name, trusted=False)
+            except SharpnessError as e:
+                raise SharpnessError(f"{printable(where, 200)}: {e}") from None
+
+    def describe(self, name: Any) -> str:
+        """What :meth:`resolve` would do with ``name`` read from a file, in words; imports nothing.
+
+        For ``info``: ``"registered"``, ``"allowed: ..."`` or ``"not imported: ..."`` (escaped, one line).
+        """
+        if not isinstance(name, str):
+            return f"not a name ({type(name).__name__})"
+        if name in self._fns:
+            return "registered"
+        module, _, attr = name.partition(":")
+        if not _DOTTED.fullmatch(module) or not _DOTTED.fullmatch(attr):
+            return "not imported: not a registered name nor 'pkg.module:attr'"
+        if code_trusted(module):
+            return f"allowed: --trust-code / ${TRUST_ENV} (module '{module}' would be imported)"
+        why = self._untrusted_why(module)
+        if why:
+            return f"not imported: {why}; to allow it: --{self.option} {printable(name, 200)} or --trust-code"
+        return f"allowed: module '{module}' is already imported by your code"
+
+    @staticmethod
+    def _untrusted_why(module: str) -> str | None:
+        """Why a module named by a file may not be used (None: it may): not loaded, or not the user's code."""
+        if module not in sys.modules:
+            return f"module '{module}' is not imported by your code"
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):  # each package on the way: all loaded, as the module is
+            mod = sys.modules.get(".".join(parts[:i]))
+            if mod is None:
+                return f"package '{'.'.join(parts[:i])}' is not imported"
+            reason = _foreign_module(mod)
             if reason:
-                raise self._refused(name, f"'{spec.name}' is {reason}")
+                return f"'{'.'.join(parts[:i])}' is {reason}"
+        return None
 
     def _import(self, name: str, module: str) -> Any:
         try:
@@ -234,10 +349,11 @@ class Registry:
         return SharpnessError(f"cannot import module '{module}' for {self.kind} '{name}' ({why}); run from the "
                               "folder that holds it or add that folder to PYTHONPATH")
 
-    def _refused(self, name: str, why: str) -> SharpnessError:
-        return SharpnessError(f"refused: {self.kind} '{name}' named by a checkpoint may only be your own code, "
-                              f"and {why}; if you trust it, pass it explicitly "
-                              f"(--{self.option} {name} / {self.option}='{name}')")
+    def _refused(self, name: str, module: str, why: str) -> SharpnessError:
+        return SharpnessError(f"refused: {self.kind} '{name}' named by a file is not imported on the file's say-so "
+                              f"({why}); if it is your code, pass it explicitly (--{self.option} {name} / "
+                              f"{self.option}='{name}') or allow it with --trust-code (${TRUST_ENV}=1; library: "
+                              "trusted=True)")
 
 
 def check_args(fn: Callable, args: dict, what: str) -> None:

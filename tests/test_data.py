@@ -1,3 +1,4 @@
+import importlib
 import os
 import pickle
 
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from helpers import user_module
 from sharpness import DataSpec, SharpnessError, load_data
 from sharpness.data import DATASETS, dataset_names, input_shape, num_classes, register_data
+from sharpness.specs import trust_code
 
 
 def test_mnist1d_default_split_and_determinism():
@@ -218,6 +220,12 @@ def test_data_names_from_a_checkpoint_follow_the_import_policy(user_data):
     for name in ("os:getcwd", "torch.hub:load", "subprocess:run"):
         with pytest.raises(SharpnessError, match=f"refused: data set '{name}'.*--data {name} / data="):
             load_data(name, trusted=False)
+    # the user's own module: not imported on a file's say-so; allowed once opted in or imported by their code
+    with pytest.raises(SharpnessError, match="not imported on the file's say-so.*--trust-code"):
+        load_data(f"{user_data}:tensors", trusted=False)
+    with trust_code():
+        assert len(load_data(f"{user_data}:tensors", trusted=False)[0]) == 20
+    importlib.import_module(user_data)
     assert len(load_data(f"{user_data}:tensors", trusted=False)[0]) == 20
 
 

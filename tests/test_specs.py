@@ -119,6 +119,15 @@ def test_trusted_names_are_imported_as_given(user_module):
 
 def test_untrusted_names_only_reach_the_users_own_code(user_module):
     reg = Registry("model")
+    # Not imported yet: a name read from a file never imports it (see test_fuzz_config for the planted script).
+    with pytest.raises(SharpnessError, match=f"module '{user_module}' is not imported by your code"):
+        reg.resolve(f"{user_module}:make", trusted=False)
+    assert user_module not in sys.modules
+    # Imported by the user's own code (their script, --plugin): its functions and classes may be named.
+    import importlib
+    importlib.import_module(user_module)
+    importlib.import_module("spec_userpkg.nets")
+    import subprocess as _sub  # noqa: F401 - loaded, and still refused: not the user's code
     assert reg.resolve(f"{user_module}:make", trusted=False)(2) == ("made", 2)
     assert reg.resolve(f"{user_module}:Thing", trusted=False)(n=4).n == 4
     assert reg.resolve("spec_userpkg.nets:make", trusted=False)() == "pkg"
@@ -133,7 +142,7 @@ def test_untrusted_names_only_reach_the_users_own_code(user_module):
         with pytest.raises(SharpnessError, match=why) as info:
             reg.resolve(name, trusted=False)
         assert str(info.value).startswith("refused: model '") and f"--model {name} / model='{name}'" in \
-            str(info.value), name
+            str(info.value) and "--trust-code" in str(info.value), name
 
 
 def test_untrusted_names_are_judged_before_import(capsys):
@@ -153,11 +162,15 @@ def test_untrusted_names_are_judged_before_import(capsys):
 ])
 def test_bad_import_names(name, message):
     for trusted in (True, False):
-        with pytest.raises(SharpnessError, match=message):
+        # named by a file, a module nobody imported is refused before any import is tried
+        expected = message if trusted or "pkg.module" in message else "not imported on the file's say-so"
+        with pytest.raises(SharpnessError, match=expected):
             Registry("model").resolve(name, trusted=trusted)
 
 
 def test_missing_attribute(user_module):
+    import importlib
+    importlib.import_module(user_module)
     for name, trusted in [("json:nothing_here", True), (f"{user_module}:nothing_here", False)]:
         with pytest.raises(SharpnessError, match=f"module '{name.split(':')[0]}' has no 'nothing_here'"):
             Registry("model").resolve(name, trusted=trusted)
@@ -174,16 +187,53 @@ def test_module_whose_import_fails_is_one_line_error(tmp_path, monkeypatch):
 
 
 def test_user_code_in_the_current_folder_from_a_real_process(tmp_path):
-    # What a user does: mynets.py next to where they run python; a checkpoint names it.
-    (tmp_path / "mynets.py").write_text("def make_net():\n    return 'ok'\n")
+    # What a user does: mynets.py next to where they run python; a checkpoint names it. Not imported on the
+    # file's say-so; imported once the user's code imported it, or under the opt-in.
+    (tmp_path / "mynets.py").write_text("open('imported', 'a').write('x')\ndef make_net():\n    return 'ok'\n")
     script = textwrap.dedent("""
-        from sharpness.specs import Registry
+        import os, sys
+        from sharpness.specs import Registry, trust_code
         r = Registry("model")
-        print(r.resolve("mynets:make_net", trusted=False)())
+        for step in ("file", "opt-in", "loaded"):
+            try:
+                if step == "opt-in":
+                    with trust_code():
+                        print(r.resolve("mynets:make_net", trusted=False)())
+                else:
+                    print(r.resolve("mynets:make_net", trusted=False)())
+            except Exception as e:
+                print(type(e).__name__)
+            if step == "file":
+                print(os.path.exists("imported"))
         try:
             r.resolve("os:system", trusted=False)
         except Exception as e:
             print(type(e).__name__)
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
-    assert out.stdout.split() == ["ok", "SharpnessError"], out.stderr
+    assert out.stdout.split() == ["SharpnessError", "False", "ok", "ok", "SharpnessError"], out.stderr
+    env = {**__import__("os").environ, "SHARPNESS_TRUST_CODE": "1"}
+    out = subprocess.run([sys.executable, "-c", "from sharpness.specs import Registry\n"
+                          "print(Registry('model').resolve('mynets:make_net', trusted=False)())"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["ok"], out.stderr
+
+
+def test_trust_code_scopes_and_describe(user_module, monkeypatch):
+    from sharpness.specs import code_trusted, trust_code
+
+    monkeypatch.delenv("SHARPNESS_TRUST_CODE", raising=False)
+    reg = Registry("model")
+    assert not code_trusted("x") and reg.describe("mlp") == "not imported: not a registered name nor 'pkg.module:attr'"
+    assert reg.describe(f"{user_module}:make").startswith("not imported: module 'spec_usermod' is not imported")
+    assert user_module not in sys.modules  # describe imports nothing
+    with trust_code([user_module]):
+        assert code_trusted(user_module) and code_trusted(f"{user_module}.sub") and not code_trusted("other")
+        assert reg.describe(f"{user_module}:make").startswith("allowed: --trust-code")
+    assert not code_trusted(user_module)
+    with trust_code(False):
+        assert not code_trusted(user_module)
+    monkeypatch.setenv("SHARPNESS_TRUST_CODE", "spec_userpkg, other")
+    assert code_trusted("spec_userpkg.nets") and not code_trusted(user_module)
+    monkeypatch.setenv("SHARPNESS_TRUST_CODE", "0")
+    assert not code_trusted("spec_userpkg")
