@@ -42,7 +42,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from .checks import require
-from .errors import SharpnessError
+from .data import dataset_length
+from .errors import SharpnessError, printable
+from .errors import short as _short
 
 __all__ = ["Batches", "tree_map", "leaves", "length", "cat", "index", "split"]
 
@@ -176,6 +178,17 @@ class _PrivateRandom:
             random.setstate(mine_py)
 
 
+DATASET_BATCH = 4096  # a Dataset without batch_size is read in batches of this many examples (one if smaller)
+
+
+def _dataset_length(data: Dataset) -> int:
+    """``len(data)`` of a map-style Dataset, checked by :func:`sharpness.data.dataset_length`; empty: refused."""
+    n = dataset_length(data, "data: the")
+    if n == 0:
+        raise SharpnessError("data is empty")
+    return n
+
+
 def _default_budget(device: torch.device) -> float:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -197,13 +210,22 @@ class Batches:
     def __init__(self, data: Any, *, batch_size: int | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None, cache_bytes: float | None = None):
         require("batch_size", batch_size, int, optional=True, ge=1)
-        self.device, self.dtype = torch.device(device), dtype
+        require("cache_bytes", cache_bytes, float, optional=True, ge=0)
+        try:
+            device = torch.device(device)
+        except (TypeError, RuntimeError, ValueError):
+            raise SharpnessError(f"device must be a torch device or its name, e.g. 'cpu' or 'cuda:0' "
+                                 f"(got {_short(device)})") from None
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise SharpnessError(f"dtype must be None or a floating-point torch dtype (got {_short(dtype)})")
+        self.device, self.dtype = device, dtype
         self.budget = _default_budget(self.device) if cache_bytes is None else float(cache_bytes)
         self.loader: DataLoader | None = None
         self.stored: list | None = None      # the batches, on the device (cached) or on the host
         self.cached = False
         self._cache_after_pass = False
         self.num_samples: int | None = None  # known after the first pass for loaders
+        self._batches_seen = 0  # batches of the last pass (a loader over an IterableDataset has no len)
         self.source = data
         self.random: _PrivateRandom | None = None  # a loader's private generators (set below)
         tree = _in_memory(data)
@@ -212,14 +234,20 @@ class Batches:
         elif isinstance(data, list) and data:
             self._store(list(data))
         elif isinstance(data, DataLoader):
+            if not isinstance(data.dataset, IterableDataset):
+                _dataset_length(data.dataset)  # a declared length past any real data set: refused before a pass
             self.loader = data
             if data.drop_last:
                 warnings.warn("the DataLoader drops its last incomplete batch (drop_last=True): the loss is "
                               "the mean over the examples it yields, not over the whole data set", stacklevel=3)
-        elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-            if len(data) == 0:
-                raise SharpnessError("data is empty")
-            self.loader = DataLoader(data, batch_size=batch_size or len(data), shuffle=False)
+        elif isinstance(data, IterableDataset):
+            raise SharpnessError(f"data is an IterableDataset ({type(data).__name__}): it has no length and no "
+                                 "indexing, so a pass and a subset are not defined; wrap it in a DataLoader, e.g. "
+                                 "DataLoader(data, batch_size=256), or give a map-style Dataset")
+        elif isinstance(data, Dataset):
+            n = _dataset_length(data)
+            # one batch when it is small; never a batch (nor a buffer) sized by a declared length alone
+            self.loader = DataLoader(data, batch_size=batch_size or min(n, DATASET_BATCH), shuffle=False)
             self._cache_after_pass = True
         else:
             raise SharpnessError("data must be (X, y) tensors, a TensorDataset, a list of batches, a Dataset or "
@@ -243,7 +271,13 @@ class Batches:
         return self.cached and len(self.stored) == 1
 
     def __len__(self) -> int:
-        return len(self.stored) if self.stored is not None else len(self.loader)
+        """Number of batches of a pass (a loader over an IterableDataset without a length: of the last pass)."""
+        if self.stored is not None:
+            return len(self.stored)
+        try:
+            return len(self.loader)
+        except TypeError:  # an IterableDataset with no __len__: known once a pass has run
+            return self._batches_seen
 
     def __iter__(self) -> Iterator[Any]:
         if self.cached:
@@ -256,7 +290,7 @@ class Batches:
                 source = iter(self.loader)
         else:
             source = iter(self.stored)
-        kept, n, nbytes = [], 0, 0
+        kept, n, nbytes, count = [], 0, 0, 0
         nxt = self._next(source)
         nxt = None if nxt is None else _move(nxt, self.device, self.dtype, async_copy)
         while nxt is not None:
@@ -264,6 +298,7 @@ class Batches:
             raw = self._next(source)  # issue the next copy before the current batch is used
             nxt = None if raw is None else _move(raw, self.device, self.dtype, async_copy)
             n += length(cur)
+            count += 1
             if self._cache_after_pass:
                 nbytes += _nbytes(cur)
                 kept.append(cur)
@@ -272,7 +307,7 @@ class Batches:
             yield cur
         if n == 0:
             raise SharpnessError("data is empty")
-        self.num_samples = n
+        self.num_samples, self._batches_seen = n, count
         if self._cache_after_pass:  # a Dataset that fits: read once, like in-memory data
             self.stored, self.cached, self._cache_after_pass = kept, True, False
 
@@ -281,7 +316,14 @@ class Batches:
         if self.stored is not None:
             return next(source, None)
         with self.random.step():
-            return next(source, None)
+            try:
+                return next(source, None)
+            except (SharpnessError, MemoryError, torch.OutOfMemoryError):
+                raise
+            except Exception as e:  # the user's Dataset / collate_fn / transform raising: one line
+                what = type(self.loader.dataset).__name__
+                raise SharpnessError(f"data: reading a batch from the {what} failed ("
+                                     f"{printable(f'{type(e).__name__}: {e}', 300)})") from e
 
     def examples(self, idx: torch.Tensor) -> Any:
         """The examples ``idx`` (positions in pass order) as one batch on the host or device."""
@@ -293,6 +335,12 @@ class Batches:
             # By data-set index, so a shuffling loader gives the same subset every time.
             self.random.reset()
             with self.random.step():
-                return loader.collate_fn([loader.dataset[int(i)] for i in idx])
+                try:
+                    return loader.collate_fn([loader.dataset[int(i)] for i in idx])
+                except (SharpnessError, MemoryError, torch.OutOfMemoryError):
+                    raise
+                except Exception as e:  # the user's Dataset / collate_fn raising: one line
+                    raise SharpnessError(f"data: reading examples from the {type(loader.dataset).__name__} failed ("
+                                         f"{printable(f'{type(e).__name__}: {e}', 300)})") from e
         return index(cat(list(self)), idx)
 

@@ -42,7 +42,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import SharpnessError
-from .specs import Registry, _short, check_int, check_number
+from .errors import short as _short
+from .specs import Registry, check_int, check_number
 
 __all__ = ["Loss", "make_loss", "register_loss", "loss_names", "loss_label", "LOSSES"]
 
@@ -206,17 +207,18 @@ class Loss:
         """Σ over the batch's examples of ℓ_i (a 0-dim tensor, differentiable)."""
         if self.pending:
             self.resolve(out, targets, extra)
+        if not isinstance(out, torch.Tensor) or out.dim() == 0:
+            raise SharpnessError(f"loss '{self.name}': the model's output must be a tensor with a batch dimension "
+                                 f"(got {_describe(out)})")
         n = out.shape[0]
         if self.per_example:
-            v = self.fn(out, targets, reduction="none")
+            v = _real(self.name, self.fn(out, targets, reduction="none"))
             scale = v[0].numel() if self.reduction == "sum" else 1  # ℓ_i sums, not averages, its outputs
             v = v.reshape(n, -1).mean(1) * scale
             if extra:
                 v = v * extra[0].reshape(n).to(v.dtype)
             return v.sum()
-        v = self.fn(out, targets, *extra)
-        if not isinstance(v, torch.Tensor):
-            raise SharpnessError(f"loss '{self.name}' returned {type(v).__name__}, not a tensor")
+        v = _real(self.name, self.fn(out, targets, *extra))
         if v.dim() > 0:
             if v.shape[0] != n:
                 raise SharpnessError(f"loss '{self.name}' returned shape {tuple(v.shape)} for a batch of {n}: "
@@ -260,6 +262,19 @@ class Loss:
         return f"Loss({self.name!r}, reduction={self.reduction!r})"
 
 
+def _real(name: str, v: Any) -> torch.Tensor:
+    """A loss value as returned: a real floating-point tensor, else one line saying what it is."""
+    if not isinstance(v, torch.Tensor):
+        raise SharpnessError(f"loss '{name}' returned {type(v).__name__}, not a tensor")
+    if v.is_complex():
+        raise SharpnessError(f"loss '{name}' returned a complex tensor ({v.dtype}): a loss must be real-valued "
+                             "(take .real, .abs() or .abs().square() of it)")
+    if not v.is_floating_point():
+        raise SharpnessError(f"loss '{name}' returned a {str(v.dtype).removeprefix('torch.')} tensor: a loss must be "
+                             "a floating-point tensor computed from the output (it has no gradient otherwise)")
+    return v
+
+
 def make_loss(spec: Any = None, args: dict | None = None, *, reduction: str | None = None,
               trusted: bool = True) -> Loss:
     """A :class:`Loss` from a name, ``"pkg.module:fn"``, a loss module, a function, or a Loss.
@@ -277,6 +292,10 @@ def make_loss(spec: Any = None, args: dict | None = None, *, reduction: str | No
     """
     if isinstance(spec, Loss):
         return spec
+    if args is not None and not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
+        raise SharpnessError(f"loss_args must be a dict with string keys (got {_short(args)})")
+    if reduction is not None and reduction not in REDUCTIONS:
+        raise SharpnessError(f"reduction must be one of {', '.join(REDUCTIONS)} (got {_short(reduction)})")
     args = dict(args or {})
     if spec is None:
         inferred = Loss(None, name="auto")
@@ -337,6 +356,10 @@ def _class_weights(name: str, key: str, value: Any) -> torch.Tensor:
     if t.dim() != 1 or t.numel() == 0 or not (t.is_floating_point() or t.dtype in _INTEGER_DTYPES) \
             or not torch.isfinite(t.double()).all():
         raise bad
+    if key == "weight" and (bool((t < 0).any()) or not bool((t != 0).any())):
+        # PyTorch's weighted mean divides by Σ w_(y_i): all zero is 0/0, negative weights can cancel to it
+        raise SharpnessError(f"loss '{name}': loss_args.weight must be ≥ 0 with at least one class weight > 0 "
+                             f"(got {_short(value)}): the weighted mean divides by the sum of the weights")
     return t
 
 

@@ -49,11 +49,55 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .batches import Batches, cat, length
 from .checks import require
 from .distributed import all_sum, all_sum_floats, rank_and_world, shard
-from .errors import SharpnessError
+from .errors import SharpnessError, printable
 from .losses import make_loss
 from .model_state import preserved, set_mode
 
-__all__ = ["Objective", "as_objective", "flat_params", "default_batch_fn", "default_forward", "model_output"]
+__all__ = ["Objective", "as_objective", "flat_params", "default_batch_fn", "default_forward", "model_output",
+           "check_module", "SEED_MAX"]
+
+SEED_MAX = 2**32 - 1  # every public seed: an integer in [0, SEED_MAX] (NumPy's and torch's seeds both take it)
+
+
+def check_module(name: str, value: Any) -> nn.Module:
+    """``value`` if it is an ``nn.Module``, else a one-line SharpnessError naming the argument."""
+    if not isinstance(value, nn.Module):
+        raise SharpnessError(f"{name} must be an nn.Module (got {printable(type(value).__name__, 80)})")
+    return value
+
+
+def check_theta(name: str, theta: Any, n: int) -> None:
+    """A flat parameter vector of length ``n`` (a 1-D tensor), else a one-line SharpnessError."""
+    if not isinstance(theta, torch.Tensor) or theta.dim() != 1 or theta.numel() != n:
+        got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+        raise SharpnessError(f"{name} must be a flat tensor of {n} parameters (got {printable(got, 80)})")
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as one short line: its type and message, control characters escaped, capped."""
+    return printable(f"{type(e).__name__}: {e}", 300)
+
+
+_PASS_THROUGH = (SharpnessError, MemoryError, torch.OutOfMemoryError, KeyboardInterrupt, SystemExit)
+
+
+def differentiable(total: torch.Tensor, loss_name: str) -> torch.Tensor:
+    """``total`` if it carries a gradient graph to θ, else one line: the loss is detached from the parameters."""
+    if not total.requires_grad:
+        raise SharpnessError(f"loss '{printable(loss_name, 80)}' does not depend on the parameters: its value is "
+                             "detached from the model's output (.detach(), .item(), NumPy or a no_grad block in the "
+                             "loss or forward_fn); return a tensor computed from the output")
+    return total
+
+
+def denominator(norm: Any, loss_name: str, where: str) -> Any:
+    """The data-set mean's denominator (N or Σ class weights), refused in one line when it is 0 or not finite."""
+    value = float(norm)
+    if not value > 0 or value == float("inf"):
+        raise SharpnessError(f"{where}: the loss '{printable(loss_name, 80)}' has no examples to average over "
+                             f"(its denominator Σ w_(y_i) is {value:g}: every class weight of the data's targets is "
+                             "0, or every target is ignore_index); give nonzero class weights")
+    return norm
 
 _TARGET_KEYS = ("labels", "label", "targets", "target", "y")
 
@@ -185,30 +229,34 @@ class Objective:
         reduction: for a plain-function loss: what its scalar is over a batch, ``"mean"`` or ``"sum"``.
         distributed: split the data over the ranks of the default process group and all-reduce every sum
             (see :mod:`sharpness.distributed`); None: when a group of more than one rank is initialized.
+        name: what the data are called in messages (``"test data"``): a model that fails on them says so in
+            one line naming them.
     """
 
     def __init__(self, model: nn.Module, loss: Any = None, data: Any = None, *, loss_args: dict | None = None,
                  batch_fn: Callable | None = None, forward_fn: Callable | None = None,
                  batch_size: int | None = None, mode: str = "eval", seed: int = 0,
                  params: str | Iterable[str] | None = None, trainable_only: bool = True,
-                 cache_bytes: float | None = None, reduction: str | None = None, distributed: bool | None = None):
-        if not isinstance(model, nn.Module):
-            raise SharpnessError(f"model must be an nn.Module (got {type(model).__name__})")
-        if mode not in ("eval", "train"):
-            raise SharpnessError(f"mode must be 'eval' or 'train' (got {mode!r})")
+                 cache_bytes: float | None = None, reduction: str | None = None, distributed: bool | None = None,
+                 name: str = "data"):
+        check_module("model", model)
+        require("mode", mode, str, choices=("eval", "train"))
         if data is None:
             raise SharpnessError("no data given")
+        require("name", name, str)
         require("loss_args", loss_args, dict, optional=True)
-        require("seed", seed, int, ge=0, le=2**32 - 1)
+        require("batch_size", batch_size, int, optional=True, ge=1)
+        require("seed", seed, int, ge=0, le=SEED_MAX)
+        require("trainable_only", trainable_only, bool)
         require("cache_bytes", cache_bytes, float, optional=True, ge=0)
         require("distributed", distributed, bool, optional=True)
         if params is not None and not (isinstance(params, str) or (
                 isinstance(params, (list, tuple)) and all(isinstance(p, str) for p in params))):
             raise SharpnessError(f"params must be a name pattern or a list of them (got {params!r})")
-        for name, fn in (("batch_fn", batch_fn), ("forward_fn", forward_fn)):
+        for arg, fn in (("batch_fn", batch_fn), ("forward_fn", forward_fn)):
             if fn is not None and not callable(fn):
-                raise SharpnessError(f"{name} must be callable (got {type(fn).__name__})")
-        self.model, self.mode, self.seed = model, mode, int(seed)
+                raise SharpnessError(f"{arg} must be callable (got {type(fn).__name__})")
+        self.model, self.mode, self.seed, self.name = model, mode, int(seed), name
         self.named_params = select_params(model, params, trainable_only)
         self.names = [n for n, _ in self.named_params]
         self.shapes = [p.shape for _, p in self.named_params]
@@ -296,14 +344,16 @@ class Objective:
                     self.loss.resolve(self.output(i, inputs), targets, extra)
             yield i, inputs, targets, extra, length(targets if targets is not None else inputs)
 
-    def with_data(self, data: Any, *, batch_size: int | None = None) -> "Objective":
-        """The same model, loss, functions and mode over other data."""
-        return Objective(self.model, data=data, batch_size=batch_size, **self._settings)
+    def with_data(self, data: Any, *, batch_size: int | None = None, name: str | None = None) -> "Objective":
+        """The same model, loss, functions and mode over other data (called ``name``; None: as these)."""
+        return Objective(self.model, data=data, batch_size=batch_size, name=self.name if name is None else name,
+                         **self._settings)
 
     def subset(self, n: int | None, seed: int, *, batch_size: int | None = None) -> "Objective":
         """The objective over a fixed, seeded random subset of ``n`` examples (None or ≥ N: all)."""
         require("max_samples", n, int, optional=True, ge=1)
         require("seed", seed, int, ge=0, le=2**63 - 1)
+        require("batch_size", batch_size, int, optional=True, ge=1)
         total = self.num_samples
         if n is None or n >= total:
             return self
@@ -337,13 +387,23 @@ class Objective:
             # plain path computes, and has no vmap rule: without it, a loss, a gradient and a Hessian product
             # at θ see one and the same function.
             stack.enter_context(_no_mha_fastpath())
-            return functional_call(self._module, {f"m.{k}": v for k, v in state.items()}, (inputs,))
+            try:
+                return functional_call(self._module, {f"m.{k}": v for k, v in state.items()}, (inputs,))
+            except _PASS_THROUGH:
+                raise
+            except Exception as e:  # the user's model (or forward_fn) raising on these data: one line naming them
+                raise SharpnessError(f"{printable(self.name, 80)}: the model ({printable(type(self.model).__name__, 80)}) "
+                                     f"fails on batch {i} ({_describe_inputs(inputs)}): {_reason(e)}") from e
 
     def evaluate(self, theta: torch.Tensor | None = None, buffers: dict | None = None) -> tuple[float, float | None]:
         """(L(θ), accuracy) over all the data; accuracy None where it is undefined. One forward pass.
 
         ``theta`` None: the model's weights. ``buffers``: BN statistics to use instead of the model's.
         """
+        if theta is not None:
+            check_theta("theta", theta, self.num_params)
+        if buffers is not None and not isinstance(buffers, dict):
+            raise SharpnessError(f"buffers must be a dict of name → tensor (got {type(buffers).__name__})")
         state = {} if theta is None else self.state(theta)
         state.update(buffers or {})
         total = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -353,7 +413,7 @@ class Objective:
             set_mode(self.model, self.mode)
             for i, inputs, targets, extra, n in self.batches():
                 out = self.output(i, inputs, state)
-                total += self.loss.total(out, targets, extra).double()
+                total += self._total(out, targets, extra).double()
                 c = self.loss.correct(out, targets)
                 defined = defined and c is not None
                 if defined:
@@ -362,7 +422,17 @@ class Objective:
                 norm += self.loss.count(targets, n)
         self.n_evals += 1
         total, correct, n_all, norm = all_sum_floats([total, correct, n_all, norm], self.world, self.device)
-        return total / norm, (correct / n_all if defined else None)
+        return total / denominator(norm, self.loss.name, self.name), (correct / n_all if defined else None)
+
+    def _total(self, out: Any, targets: Any, extra: tuple) -> torch.Tensor:
+        """The loss's batch total in an evaluation; a loss that raises on these data says so in one line."""
+        try:
+            return self.loss.total(out, targets, extra)
+        except _PASS_THROUGH:
+            raise
+        except Exception as e:  # e.g. test targets of another shape or range than the training data's
+            raise SharpnessError(f"{printable(self.name, 80)}: the loss '{printable(self.loss.name, 80)}' fails on the "
+                                 f"model's output {_describe_inputs(out).removeprefix('inputs ')}: {_reason(e)}") from e
 
     def points_per_forward(self) -> int:
         """How many parameter points :meth:`evaluate_many` puts in one vmapped forward by default.
@@ -402,7 +472,7 @@ class Objective:
             out = self.output(i, inputs, {**self.state(theta), **buffers})
             c = self.loss.correct(out, targets)
             defined[0] = defined[0] and c is not None  # runs once per vmap call: a plain flag is enough
-            return self.loss.total(out, targets, extra), (c if c is not None else out.new_zeros(()))
+            return self._total(out, targets, extra), (c if c is not None else out.new_zeros(()))
 
         with preserved(self.model):
             set_mode(self.model, self.mode)
@@ -419,10 +489,12 @@ class Objective:
         loss, correct = all_sum(loss, self.world), all_sum(correct, self.world)  # data-parallel: all ranks' sums
         n_all, norm = all_sum_floats([n_all, norm], self.world, self.device)
         acc = (correct / n_all).tolist() if defined[0] else [None] * len(thetas)
-        return list(zip((loss / norm).tolist(), acc))
+        return list(zip((loss / denominator(norm, self.loss.name, self.name)).tolist(), acc))
 
     def loss_at(self, theta: torch.Tensor | None = None, *, grad: bool = False) -> tuple[float, torch.Tensor | None]:
         """L(θ) and, if ``grad``, ∇L(θ) as a flat tensor. One pass over the data."""
+        if theta is not None:
+            check_theta("theta", theta, self.num_params)
         if not grad:
             return self.evaluate(theta)[0], None
         t = (self.flat() if theta is None else theta).detach().requires_grad_(True)
@@ -431,18 +503,28 @@ class Objective:
             set_mode(self.model, self.mode)
             for i, inputs, targets, extra, n in self.batches():
                 with torch.enable_grad():
-                    val = self.loss.total(self.output(i, inputs, self.state(t)), targets, extra)
+                    val = differentiable(self.loss.total(self.output(i, inputs, self.state(t)), targets, extra),
+                                         self.loss.name)
                     (gt,) = torch.autograd.grad(val, t)
                 g += gt
                 total += float(val.detach())
                 norm += self.loss.count(targets, n)
         self.n_evals += 1
         total, norm = all_sum_floats([total, norm], self.world, self.device)
+        norm = denominator(norm, self.loss.name, self.name)
         return total / norm, all_sum(g, self.world) / norm
 
     def gradient(self) -> torch.Tensor:
         """∇L at the model's weights, flat."""
         return self.loss_at(None, grad=True)[1]
+
+
+def _describe_inputs(inputs: Any) -> str:
+    """The shapes of a batch's input tensors, for a message: ``inputs (8, 5) float32``."""
+    from .batches import leaves
+
+    shapes = [f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in leaves(inputs)[:3]]
+    return "inputs " + (", ".join(shapes) if shapes else type(inputs).__name__)
 
 
 def as_objective(model: Any, loss: Any = None, data: Any = None, **kwargs: Any) -> Objective:

@@ -31,10 +31,10 @@ from torch import nn
 from .batches import Batches
 from .checks import require
 from .curvature import HessianOperator, hessian_eigenvalues, hessian_trace
-from .curvature.lanczos import Krylov, start_vector
+from .curvature.lanczos import MAX_HVPS, Krylov, start_vector
 from .errors import SharpnessError
 from .losses import make_loss
-from .objective import Objective
+from .objective import SEED_MAX, Objective, check_module
 
 __all__ = ["SharpnessTracker", "TRACKED"]
 
@@ -69,14 +69,14 @@ class SharpnessTracker:
                  max_hvps: int = 100, warm_start: bool = True, user: dict[str, Callable] | None = None,
                  seed: int = 0, batch_size: int | None = None, loss_args: dict | None = None,
                  reduction: str | None = None, **objective_args: Any):
-        require("every", every, int, ge=1)
-        require("k", k, int, ge=1)
+        require("every", every, int, ge=1, le=2**63 - 1)
+        require("k", k, int, ge=1, le=1024)
         require("subset", subset, int, optional=True, ge=1)
         require("mode", mode, str, choices=("train", "eval"))
         require("tol", tol, float, gt=0)
-        require("max_hvps", max_hvps, int, ge=2)
+        require("max_hvps", max_hvps, int, ge=2, le=MAX_HVPS)
         require("warm_start", warm_start, bool)
-        require("seed", seed, int, ge=0, le=2**32 - 1)
+        require("seed", seed, int, ge=0, le=SEED_MAX)
         require("batch_size", batch_size, int, optional=True, ge=1)
         require("user", user, dict, optional=True)
         if not isinstance(measures, (list, tuple)) or not all(m in TRACKED for m in measures):
@@ -111,9 +111,10 @@ class SharpnessTracker:
 
     def __call__(self, model: nn.Module, step: int) -> dict | None:
         """Measure at ``step`` if it is a multiple of ``every``; returns the record (None otherwise)."""
-        require("step", step, int, ge=0)
+        require("step", step, int, ge=0, le=2**63 - 1)
         if step % self.every:
             return None
+        check_module("model", model)
         t0 = time.perf_counter()
         obj = self._objective(model)
         op = HessianOperator(obj)
@@ -144,6 +145,16 @@ class SharpnessTracker:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict`'s output."""
-        self.history = list(state.get("history", []))
-        v = state.get("vectors")
-        self._vectors = None if v is None else torch.as_tensor(v)
+        if not isinstance(state, dict):
+            raise SharpnessError(f"tracker state must be a dict from state_dict() (got {type(state).__name__})")
+        history, v = state.get("history", []), state.get("vectors")
+        if not isinstance(history, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("step"), int) and not isinstance(r.get("step"), bool)
+                for r in history):
+            raise SharpnessError("tracker state: history must be a list of records, each with an integer step")
+        if v is not None and not (isinstance(v, torch.Tensor) and v.dim() == 2 and v.is_floating_point()
+                                  and v.numel() > 0 and bool(torch.isfinite(v).all())):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise SharpnessError(f"tracker state: vectors must be None or a finite (k × P) tensor (got {got})")
+        self.history = list(history)
+        self._vectors = v

@@ -18,12 +18,15 @@ import torch
 from scipy.integrate import trapezoid
 
 from ..checks import require
+from ..errors import SharpnessError
+from ..objective import SEED_MAX
 from ..progress import progress_bar
 from .lanczos import Krylov, check_krylov, start_vector
 from .operator import as_operator
 
 __all__ = ["DensityResult", "spectral_density", "quadrature", "smooth"]
 
+MAX_GRID = 10**6  # grid points of a density: more is no figure, and (nodes × grid) is held at once
 _BLOCK = 8  # SLQ runs advanced together (one matmat per step); memory holds this many Krylov bases
 
 
@@ -66,8 +69,22 @@ def smooth(nodes: np.ndarray, weights: np.ndarray, sigma: float,
     range widens the density of the model with the larger spectrum and draws tails that are not there.
     Without ``grid``: the nodes' range ± 5σ. The density integrates to 1 over the grid.
     """
-    nodes, weights = np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float)
+    require("sigma", sigma, float, gt=0)
+    require("grid_size", grid_size, int, ge=2, le=MAX_GRID)
+    try:
+        nodes, weights = np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float)
+    except (TypeError, ValueError):
+        raise SharpnessError("nodes and weights must be arrays of numbers (runs × steps)") from None
+    if nodes.shape != weights.shape or nodes.ndim == 0:
+        raise SharpnessError(f"nodes and weights must be two arrays of one shape, runs × steps (got "
+                             f"{nodes.shape} and {weights.shape})")
+    if grid is not None:
+        grid = np.asarray(grid, dtype=float)
+        if grid.ndim != 1 or not 2 <= len(grid) <= MAX_GRID or not np.isfinite(grid).all():
+            raise SharpnessError(f"grid must be 2 to {MAX_GRID} finite values (got shape {grid.shape})")
     ok = ~np.isnan(nodes) & (weights > 0)
+    if not ok.any():
+        raise SharpnessError("no quadrature node with a positive weight to smooth")
     if grid is None:
         grid = np.linspace(nodes[ok].min() - 5 * sigma, nodes[ok].max() + 5 * sigma, grid_size)
     th, wt = nodes[ok], weights[ok] / len(nodes)
@@ -102,10 +119,11 @@ def spectral_density(op, *, n_runs: int = 2, steps: int = 80, sigma: float | Non
     """
     op = as_operator(op)
     require("n_runs", n_runs, int, ge=1, le=100_000)
-    require("steps", steps, int, ge=2)
+    require("steps", steps, int, ge=2, le=100_000)  # the r × steps node arrays and r Krylov bases are held
     require("sigma", sigma, float, optional=True, gt=0)
-    require("grid_size", grid_size, int, ge=2)
-    require("seed", seed, int)
+    require("grid_size", grid_size, int, ge=2, le=MAX_GRID)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
+    require("progress", progress, bool, optional=True)
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     check_krylov(krylov, op)
     steps = min(steps, op.num_params)

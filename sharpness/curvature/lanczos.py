@@ -59,8 +59,11 @@ import torch
 
 from ..checks import require
 from ..errors import SharpnessError
+from ..objective import SEED_MAX
 from ..progress import progress_bar
 from .operator import as_operator
+
+MAX_HVPS = 10**9  # a product budget beyond this is a typo (10⁹ products of the smallest model: days)
 
 __all__ = ["EigenResult", "Krylov", "hessian_eigenvalues", "lanczos_tridiagonal", "krylov_basis",
            "start_vector"]
@@ -102,9 +105,32 @@ def start_vector(op, seed: int) -> torch.Tensor:
     Uniform on the sphere, so E[vvᵀ] = I/P: a valid probe for stochastic Lanczos quadrature too. Drawn on
     the operator's device: a CPU draw of a ResNet-sized vector costs more than the products.
     """
+    op = as_operator(op)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
     g = torch.Generator(device=op.device).manual_seed(seed)
     v = torch.randn(op.num_params, generator=g, device=op.device, dtype=op.dtype)
     return v / v.norm()
+
+
+def _check_starts(starts, n: int) -> torch.Tensor:
+    """Start vectors as a real (r, n) tensor of finite values, no row zero; else one line naming ``starts``."""
+    if isinstance(starts, np.ndarray) and starts.dtype.kind in "fiu":
+        starts = torch.as_tensor(starts)
+    if not isinstance(starts, torch.Tensor):
+        raise SharpnessError(f"starts must be a tensor of shape ({n},) or (r, {n}) (got {type(starts).__name__})")
+    if not starts.is_floating_point():
+        raise SharpnessError(f"starts must be a real floating-point tensor (got {starts.dtype})")
+    if starts.dim() not in (1, 2) or starts.shape[-1] != n or starts.numel() == 0:
+        raise SharpnessError(f"starts must have shape ({n},) or (r, {n}): one value per parameter "
+                             f"(got {tuple(starts.shape)})")
+    S = starts.reshape(-1, n)
+    if len(S) > 4096:
+        raise SharpnessError(f"starts: at most 4096 runs advanced together (got {len(S)})")
+    if not bool(torch.isfinite(S).all()):
+        raise SharpnessError("starts hold NaN or Inf values")
+    if not bool((S.double().norm(dim=1) > 0).all()):
+        raise SharpnessError("starts: a start vector is zero (it has no direction to normalize)")
+    return S
 
 
 class Krylov:
@@ -123,7 +149,9 @@ class Krylov:
 
     def __init__(self, op, starts: torch.Tensor):
         self.op = op = as_operator(op)
-        S = starts.to(device=op.device, dtype=op.dtype).reshape(-1, op.num_params)
+        S = _check_starts(starts, op.num_params).to(device=op.device, dtype=op.dtype)
+        if not bool((S.norm(dim=1) > 0).all()) or not bool(torch.isfinite(S.norm(dim=1)).all()):
+            raise SharpnessError(f"starts: a start vector is zero or overflows in the operator's dtype {op.dtype}")
         self.runs = S.shape[0]
         self._V = torch.empty(8, self.runs, op.num_params, device=op.device, dtype=op.dtype)
         self._V[0] = S / S.norm(dim=1, keepdim=True)
@@ -138,6 +166,7 @@ class Krylov:
 
     def extend(self, steps: int) -> "Krylov":
         """Take steps until every run has ``steps`` (or has stopped); returns self."""
+        require("steps", steps, int, ge=0)
         n = self.op.num_params
         while len(self) < min(steps, n) and not self.stopped.all():
             j, live = len(self), np.flatnonzero(~self.stopped)
@@ -167,16 +196,23 @@ class Krylov:
             self._V[j + 1, live] = W / torch.as_tensor(np.where(ends, 1.0, beta), device=W.device, dtype=W.dtype)[:, None]
         return self
 
+    def _run(self, run: int) -> int:
+        return require("run", run, int, ge=0, le=self.runs - 1)
+
     def alphas(self, run: int = 0) -> np.ndarray:
         """Diagonal of run ``run``'s tridiagonal."""
+        self._run(run)
         return np.array([self.coeffs[j][j, run] for j in range(self.lengths[run])])
 
     def betas(self, run: int = 0) -> np.ndarray:
         """Off-diagonal of run ``run``'s tridiagonal (one shorter than :meth:`alphas`)."""
+        self._run(run)
         return np.array([self.norms[j][run] for j in range(self.lengths[run] - 1)])
 
     def basis(self, run: int = 0, steps: int | None = None) -> torch.Tensor:
-        """The first ``steps`` (default: all taken) orthonormal basis vectors of run ``run``, as rows."""
+        """The first ``steps`` (default: all taken; at most those taken) orthonormal basis vectors of run ``run``, as rows."""
+        self._run(run)
+        require("steps", steps, int, optional=True, ge=0)
         m = self.lengths[run] if steps is None else steps
         return self._V[:m, run]
 
@@ -261,11 +297,13 @@ def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 
         raise SharpnessError(f"krylov: a shared single-vector run is read by method='lanczos' only (method is {method!r})")
     require("k", k, int, ge=1, le=n // (2 if which == "both" else 1))
     require("tol", tol, float, gt=0)
-    require("max_hvps", max_hvps, int, optional=True, ge=1)
-    require("seed", seed, int)
+    require("max_hvps", max_hvps, int, optional=True, ge=1, le=MAX_HVPS)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
+    require("copies", copies, bool)
+    require("progress", progress, bool, optional=True)
     check_krylov(krylov, op)
     kk = k * (2 if which == "both" else 1)
-    require("max_basis", max_basis, int, optional=True, ge=kk + 2)  # a restart keeps kk and adds a step
+    require("max_basis", max_basis, int, optional=True, ge=kk + 2, le=MAX_HVPS)  # a restart keeps kk and adds a step
     max_hvps = max_hvps or 40 * kk + 200
     start, hvps0 = time.perf_counter(), getattr(op, "n_hvps", 0)
     extra = {}

@@ -35,7 +35,7 @@ from ..checks import require
 from ..distributed import all_sum, all_sum_floats
 from ..errors import SharpnessError
 from ..model_state import preserved, set_mode
-from ..objective import Objective, as_objective, with_dtype
+from ..objective import Objective, as_objective, denominator, differentiable, with_dtype
 
 __all__ = ["HessianOperator", "DenseOperator", "as_operator"]
 
@@ -68,8 +68,15 @@ class HessianOperator:
                  params: str | Iterable[str] | None = None, batch_size: int | None = None,
                  mode: str = "eval", dtype: torch.dtype | None = None, graph_bytes: float | None = None,
                  block: str = "auto", **objective_args: Any):
+        if not isinstance(model, (nn.Module, Objective)):
+            raise SharpnessError(f"HessianOperator needs an nn.Module (with loss_fn and data) or an Objective "
+                                 f"(got {type(model).__name__})")
         require("graph_bytes", graph_bytes, float, optional=True, ge=0)
         require("block", block, str, choices=("auto", "loop", "vmap"))
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point
+                                      and not dtype.is_complex):
+            raise SharpnessError(f"dtype must be None or a real floating-point torch dtype such as torch.float64 "
+                                 f"(got {dtype!r})"[:300])
         if isinstance(model, Objective):
             obj = as_objective(model, loss_fn, data)
             if dtype is not None and dtype != obj.dtype:
@@ -146,7 +153,8 @@ class HessianOperator:
         with preserved(self.model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             set_mode(self.model, self.mode)
             with torch.enable_grad():
-                total = obj.loss.total(obj.output(i, inputs, double_backward=True), targets, extra)
+                total = differentiable(obj.loss.total(obj.output(i, inputs, double_backward=True), targets, extra),
+                                       obj.loss.name)
                 grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
         return [g if (g is not None and g.requires_grad) else None for g in grads], sum(saved.values())
 
@@ -187,6 +195,9 @@ class HessianOperator:
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (num_params, k): k products, one pass over the data (none if all graphs are kept)."""
+        if not isinstance(V, torch.Tensor) or V.is_complex() or V.dtype == torch.bool:
+            raise SharpnessError(f"V must be a real ({self.num_params}, k) tensor (got {type(V).__name__}"
+                                 f"{' ' + str(V.dtype) if isinstance(V, torch.Tensor) else ''})")
         V = V.to(device=self.device, dtype=self.dtype)
         if V.dim() != 2 or V.shape[0] != self.num_params:
             raise SharpnessError(f"expected shape ({self.num_params}, k), got {tuple(V.shape)}")
@@ -217,7 +228,8 @@ class HessianOperator:
             elif not ordered:  # a loader's next pass may batch other examples: keep all or none
                 kept["graphs"], kept["bytes"], kept["over"] = {}, 0, True
         world = self.objective.world  # data-parallel: each rank's sum, all-reduced (sharpness.distributed)
-        norm = all_sum_floats([norm], world, self.device)[0]
+        norm = denominator(all_sum_floats([norm], world, self.device)[0], self.objective.loss.name,
+                           self.objective.name)
         return all_sum(out.detach(), world) / norm
 
     def release(self) -> None:
@@ -226,6 +238,9 @@ class HessianOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector v of length num_params."""
+        if not isinstance(v, torch.Tensor) or v.numel() != self.num_params:
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise SharpnessError(f"v must be a flat tensor of {self.num_params} values (got {got})")
         return self.matmat(v.reshape(-1, 1)).reshape(-1)
 
     __matmul__ = matvec
@@ -236,6 +251,7 @@ class HessianOperator:
 
     def to_dense(self, max_params: int = 20_000) -> torch.Tensor:
         """The full P × P Hessian (P products); for small models only."""
+        require("max_params", max_params, int, ge=1)
         if self.num_params > max_params:
             raise SharpnessError(f"{self.num_params} parameters: too many for a dense Hessian "
                              f"(max_params={max_params})")

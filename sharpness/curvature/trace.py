@@ -27,8 +27,9 @@ import torch
 
 from ..checks import require
 from ..errors import SharpnessError
+from ..objective import SEED_MAX
 from ..progress import progress_bar
-from .lanczos import Krylov, check_krylov, start_vector
+from .lanczos import MAX_HVPS, Krylov, check_krylov, start_vector
 from .operator import as_operator
 
 __all__ = ["TraceResult", "hessian_trace"]
@@ -85,11 +86,12 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
     op = as_operator(op)
     require("method", method, str, choices=("krylov-hutch++", "hutch++", "hutchinson"))
     require("rtol", rtol, float, ge=0)
-    require("max_hvps", max_hvps, int, optional=True, ge=2)
-    require("sketch_size", sketch_size, int, optional=True, ge=1)
-    for name, v in (("block", block), ("min_samples", min_samples)):
-        require(name, v, int, ge=1)
-    require("seed", seed, int)
+    require("max_hvps", max_hvps, int, optional=True, ge=2, le=MAX_HVPS)
+    require("sketch_size", sketch_size, int, optional=True, ge=1, le=MAX_HVPS)
+    require("block", block, int, ge=1, le=4096)  # columns per pass: a P × block matrix is held
+    require("min_samples", min_samples, int, ge=1, le=MAX_HVPS)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
+    require("progress", progress, bool, optional=True)
     check_krylov(krylov, op)
     n, start, hvps0 = op.num_params, time.perf_counter(), getattr(op, "n_hvps", 0)
     limit = max_hvps or 1000

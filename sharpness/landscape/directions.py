@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from ..checks import require
 from ..errors import SharpnessError
-from ..objective import flat_params, select_params
+from ..objective import SEED_MAX, check_module, flat_params, select_params
+
+MAX_DIRECTIONS = 64  # directions drawn at once (1: a line, 2: a plane; more for a user's own projections)
 
 __all__ = ["Directions", "random_directions", "between", "eigenvector_directions", "pca_directions",
            "flat_params", "cosine"]
@@ -79,10 +82,11 @@ def random_directions(model: nn.Module, n: int = 2, *, normalization: str = "fil
         seed: the Gaussian draws (CPU generator, so the same on every device).
         params: glob patterns of the parameters θ spans (None: every parameter that requires grad).
     """
-    if normalization not in ("filter", "layer", "none"):
-        raise SharpnessError(f"normalization must be 'filter', 'layer' or 'none' (got {normalization!r})")
-    if ignore not in ("biasbn", None):
-        raise SharpnessError(f"ignore must be 'biasbn' or None (got {ignore!r})")
+    check_module("model", model)
+    require("n", n, int, ge=1, le=MAX_DIRECTIONS)
+    require("normalization", normalization, str, choices=("filter", "layer", "none"))
+    require("ignore", ignore, str, optional=True, choices=("biasbn",))
+    require("seed", seed, int, ge=0, le=SEED_MAX)
     gen = torch.Generator().manual_seed(seed)
     params = [p for _, p in select_params(model, params)]
     skip = _ignored(model, params)
@@ -109,6 +113,8 @@ def random_directions(model: nn.Module, n: int = 2, *, normalization: str = "fil
 
 def between(model_a: nn.Module, model_b: nn.Module) -> Directions:
     """The direction θ_b − θ_a (for the line from a to b, or one axis of a plane)."""
+    check_module("model_a", model_a)
+    check_module("model_b", model_b)
     a, b = flat_params(model_a), flat_params(model_b)
     if a.shape != b.shape:
         raise SharpnessError(f"models differ in size ({a.numel()} vs {b.numel()} parameters)")
@@ -120,6 +126,9 @@ def eigenvector_directions(model: nn.Module, loss_fn: Callable | None, data: Any
     """The top-n Hessian eigenvectors (unit norm) from the curvature engine, eigenvalues in ``info``."""
     from ..curvature import HessianOperator, hessian_eigenvalues
 
+    check_module("model", model)
+    require("n", n, int, ge=1, le=MAX_DIRECTIONS)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
     r = hessian_eigenvalues(HessianOperator(model, loss_fn, data), k=n, seed=seed, **eig_kwargs)
     return Directions(r.vectors, "eigenvectors", seed=seed,
                       info={"eigenvalues": r.values.tolist(), "converged": r.converged})
@@ -132,8 +141,19 @@ def pca_directions(trajectory: Sequence[nn.Module | torch.Tensor], n: int = 2,
     ``info`` holds the explained-variance ratios and the coordinates of every trajectory point projected
     onto the (orthonormal) directions, for the trajectory-over-contours plot.
     """
+    if not isinstance(trajectory, (list, tuple)) or len(trajectory) < 2 or not all(
+            isinstance(t, (nn.Module, torch.Tensor)) for t in trajectory):
+        raise SharpnessError("trajectory must be a list of at least two models or flat parameter tensors "
+                             f"(got {type(trajectory).__name__})")
+    require("n", n, int, ge=1, le=len(trajectory))
+    if center is not None and not isinstance(center, (nn.Module, torch.Tensor)):
+        raise SharpnessError(f"center must be None, a model or a flat tensor (got {type(center).__name__})")
     flats = [t.detach().reshape(-1) if isinstance(t, torch.Tensor) else flat_params(t) for t in trajectory]
-    c = flats[-1] if center is None else (center if isinstance(center, torch.Tensor) else flat_params(center))
+    c = flats[-1] if center is None else (center.detach().reshape(-1) if isinstance(center, torch.Tensor)
+                                          else flat_params(center))
+    if any(f.shape != c.shape for f in flats) or not all(f.is_floating_point() for f in flats):
+        raise SharpnessError(f"trajectory: every point must have the centre's {c.numel()} real parameters "
+                             f"(got {sorted({f.numel() for f in flats})})")
     M = torch.stack([f - c for f in flats]).double()
     _, S, Vh = torch.linalg.svd(M, full_matrices=False)
     var = (S ** 2).cpu().numpy()
@@ -151,9 +171,18 @@ def as_directions(directions: Any, model: nn.Module, n: int, seed: int,
         return directions
     if isinstance(directions, str):
         return random_directions(model, n, normalization=directions, seed=seed, params=params)
-    if isinstance(directions, (list, tuple)):
-        directions = torch.stack([torch.as_tensor(d).reshape(-1) for d in directions])
-    if isinstance(directions, (torch.Tensor, np.ndarray)):
-        t = torch.as_tensor(directions)
-        return Directions(t.reshape(1, -1) if t.dim() == 1 else t, "given")
-    raise TypeError(f"cannot make directions from {type(directions).__name__}")
+    try:
+        if isinstance(directions, (list, tuple)):
+            directions = torch.stack([torch.as_tensor(d).reshape(-1) for d in directions])
+        if isinstance(directions, (torch.Tensor, np.ndarray)):
+            t = torch.as_tensor(directions)
+        else:
+            t = None
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or not t.is_floating_point() or t.dim() not in (1, 2) or t.numel() == 0:
+        raise SharpnessError("directions must be 'filter', 'layer', 'none', a Directions or a (k × P) tensor of "
+                             f"real numbers (got {type(directions).__name__})")
+    if not bool(torch.isfinite(t).all()):
+        raise SharpnessError("directions hold NaN or Inf values")
+    return Directions(t.reshape(1, -1) if t.dim() == 1 else t, "given")

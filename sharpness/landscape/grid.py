@@ -33,15 +33,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..checks import require
 from ..distributed import all_sum, from_main
 from ..errors import SharpnessError
+from ..errors import short as _short
 from ..io import write_npz
 from ..model_state import preserved
-from ..objective import Objective, as_objective
+from ..objective import SEED_MAX, Objective, as_objective, check_module
 from ..progress import progress_bar
 from .directions import Directions, as_directions
 
 __all__ = ["Surface", "Interpolation", "surface", "interpolate", "recompute_bn_buffers"]
 
 BN_MODES = ("frozen", "interpolate", "recompute")
+MAX_POINTS = 10**6  # grid points (steps^dims) or α values of one call: more is no figure, and an hour per 10⁵
 
 
 def _has_bn(model: nn.Module) -> bool:
@@ -134,6 +136,9 @@ def _axis(span: float | tuple[float, float], steps: int) -> np.ndarray:
 def _check_grid(dims: Any, steps: Any, span: Any) -> None:
     require("dims", dims, int, choices=(1, 2))
     require("steps", steps, int, ge=2, le=100_001)
+    if steps ** dims > MAX_POINTS:
+        raise SharpnessError(f"steps={steps} with dims={dims} is a grid of {steps ** dims} points, more than "
+                             f"{MAX_POINTS}; lower steps (Li et al. use 51 × 51)")
     pair = isinstance(span, (tuple, list)) and len(span) == 2
     lo, hi = (span if pair else (None, None)) if not isinstance(span, numbers.Real) else (-span, span)
     if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and abs(v) <= 1e6 for v in (lo, hi)) \
@@ -175,10 +180,17 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
     require("split", split, str, choices=("data", "points"))
-    if bn not in ("frozen", "recompute"):
-        raise SharpnessError(f"surface supports bn='frozen' or 'recompute' (got {bn!r}); "
-                         "'interpolate' belongs to interpolate()")
+    if not isinstance(bn, str) or bn not in ("frozen", "recompute"):
+        raise SharpnessError(f"surface supports bn='frozen' or 'recompute' (got {_short(bn)}); "
+                             "'interpolate' belongs to interpolate()")
     _check_grid(dims, steps, span)
+    require("batch_size", batch_size, int, optional=True, ge=1)
+    require("points_per_forward", points_per_forward, int, optional=True, ge=1, le=MAX_POINTS)
+    require("save_every", save_every, float, ge=0)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
+    require("progress", progress, bool, optional=True)
+    if out is not None and not (isinstance(out, (str, Path)) and str(out)):
+        raise SharpnessError(f"out must be None or a file path (got {_short(out)})")
     start = time.perf_counter()
     obj = as_objective(model, loss_fn, data, batch_size=batch_size, **objective_args)
     model = obj.model
@@ -187,6 +199,9 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
     V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
     if V.shape[1] != theta0.numel() or len(V) not in (1, 2):
         raise SharpnessError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
+    if steps ** len(V) > MAX_POINTS:
+        raise SharpnessError(f"steps={steps} with {len(V)} directions is a grid of {steps ** len(V)} points, more "
+                             f"than {MAX_POINTS}; lower steps")
     rank, world = obj.rank, obj.world
     by_points = split == "points" and world > 1
     if by_points:  # this rank: all the examples, a share of the points
@@ -284,6 +299,23 @@ class Interpolation:
                 "n_evals": self.n_evals, "seconds": self.seconds}
 
 
+def _check_alphas(alphas: Any) -> np.ndarray:
+    """The α values as a 1-D float array: 1 to 10⁶ finite real numbers, else one line naming ``alphas``."""
+    values = alphas.detach().cpu().numpy() if isinstance(alphas, torch.Tensor) else alphas
+    if isinstance(values, (str, bytes, dict)) or values is None:
+        raise SharpnessError(f"alphas must be a 1-D list of finite numbers (got {_short(alphas)})")
+    try:
+        a = np.asarray(values)
+        ok = a.ndim == 1 and a.dtype.kind in "fiu"
+        a = a.astype(float) if ok else a
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or not 1 <= len(a) <= MAX_POINTS or not np.isfinite(a).all() or np.abs(a).max() > 1e6:
+        raise SharpnessError(f"alphas must be a 1-D list of 1 to {MAX_POINTS} finite numbers within ±1e6 "
+                             f"(got {_short(alphas)})")
+    return a
+
+
 def _path_coefficients(alphas: np.ndarray, path: str) -> np.ndarray:
     """(c_a, c_b) per α with θ(α) = c_a·θ_a + c_b·θ_b; exact 0/1 at the endpoints."""
     if path == "linear":
@@ -343,15 +375,24 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable | str 
         progress: show a progress bar (None: only on a terminal).
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
-    if bn not in BN_MODES:
-        raise SharpnessError(f"bn must be one of {BN_MODES} (got {bn!r})")
+    check_module("model_a", model_a)
+    check_module("model_b", model_b)
+    require("bn", bn, str, choices=BN_MODES)
+    require("path", path, str, choices=("linear", "sin"))
+    require("batch_size", batch_size, int, optional=True, ge=1)
+    require("points_per_forward", points_per_forward, int, optional=True, ge=1, le=MAX_POINTS)
+    require("progress", progress, bool, optional=True)
     start = time.perf_counter()
-    alphas = np.linspace(-1, 2, 25) if alphas is None else np.asarray(alphas, dtype=float)
+    alphas = np.linspace(-1, 2, 25) if alphas is None else _check_alphas(alphas)
     alphas = np.union1d(alphas, [0.0, 1.0])
-    if not isinstance(datasets, dict) or not datasets:
+    if not isinstance(datasets, dict) or not datasets or not all(isinstance(n, str) for n in datasets):
         raise SharpnessError("datasets must be a non-empty dict: name → data, e.g. {'train': train_set}")
-    objs = {n: d if isinstance(d, Objective) else Objective(model_a, loss_fn, d, batch_size=batch_size, **objective_args)
+    objs = {n: d if isinstance(d, Objective) else Objective(model_a, loss_fn, d, batch_size=batch_size,
+                                                            name=f"datasets[{n!r}]", **objective_args)
             for n, d in datasets.items()}
+    for n, o in objs.items():
+        if o.model is not model_a:
+            raise SharpnessError(f"datasets[{n!r}]: an Objective of another model than model_a")
     evs = {n: _Evaluator(o, bn, objs[next(iter(objs))], points_per_forward) for n, o in objs.items()}
     ta, tb = _endpoints(objs[next(iter(objs))], model_b)
     coeff = _path_coefficients(alphas, path)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..batches import split
 from ..checks import require
-from ..objective import Objective, as_objective
+from ..objective import SEED_MAX, Objective, as_objective
 
 __all__ = ["AdaptiveSharpnessResult", "adaptive_sharpness"]
 
@@ -138,9 +138,12 @@ def adaptive_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | N
     require("kind", kind, str, choices=("worst", "average"))
     require("norm", norm, str, choices=("linf", "l2"))
     require("rho", rho, float, gt=0, le=1e3)  # in units of |w|: beyond, not a neighbourhood of w
-    for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("steps", steps)):
+    require("adaptive", adaptive, bool)
+    for name, v in (("n_samples", n_samples), ("batch_size", batch_size)):
         require(name, v, int, ge=1)
-    require("seed", seed, int)
+    require("steps", steps, int, ge=1, le=10**6)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
+    require("mode", mode, str, choices=("eval", "train"))
     start = time.perf_counter()
     full = as_objective(model, loss_fn, data, mode=mode, **objective_args).subset(n_samples, seed)
     w = full.flat()

@@ -22,7 +22,7 @@ from scipy.optimize import Bounds, minimize
 from torch import nn
 
 from ..checks import require
-from ..objective import Objective, as_objective
+from ..objective import SEED_MAX, Objective, as_objective
 
 __all__ = ["EpsSharpnessResult", "eps_sharpness"]
 
@@ -93,9 +93,11 @@ def eps_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None =
     require("eps", eps, float, gt=0, le=1e3)  # beyond, the "neighbourhood" is 1000× the weights themselves
     require("subspace_dim", subspace_dim, int, optional=True, ge=1, le=10**6)
     require("subspace_draw", subspace_draw, str, choices=("normal", "unit"))
-    require("max_iter", max_iter, int, ge=1)
+    require("max_iter", max_iter, int, ge=1, le=10**6)
     require("max_samples", max_samples, int, optional=True, ge=1)
-    require("seed", seed, int)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
+    require("batch_size", batch_size, int, optional=True, ge=1)
+    require("mode", mode, str, choices=("eval", "train"))
     start = time.perf_counter()
     obj = as_objective(model, loss_fn, data, batch_size=batch_size, mode=mode, **objective_args)
     fm = obj.subset(max_samples, seed, batch_size=batch_size)

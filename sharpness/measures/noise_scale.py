@@ -19,6 +19,7 @@ Two estimators:
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,10 +30,14 @@ from torch import nn
 from torch.func import grad, vmap
 
 from ..batches import index, length, split, tree_map
+from ..checks import require
 from ..distributed import all_sum, all_sum_floats
 from ..errors import SharpnessError
+from ..errors import short as _short
 from ..model_state import preserved, set_mode
-from ..objective import Objective, as_objective
+from ..objective import SEED_MAX, Objective, as_objective
+
+MAX_BATCH = 10**7  # a random batch of more examples than this is a typo (its index alone: 80 MB)
 
 __all__ = ["NoiseScaleResult", "gradient_noise_scale"]
 
@@ -102,6 +107,16 @@ def gradient_noise_scale(model: nn.Module | Objective, loss_fn: Callable | str |
         mode: BN/dropout behaviour (eval by default; per-example gradients need eval-mode BN).
         **objective_args: ``batch_fn``, ``forward_fn``, ``loss_args`` of the Objective.
     """
+    if not (batch_sizes is None or batch_sizes == "per-example" or (
+            isinstance(batch_sizes, (tuple, list)) and len(batch_sizes) == 2
+            and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in batch_sizes)
+            and 1 <= batch_sizes[0] < batch_sizes[1] <= MAX_BATCH)):
+        raise SharpnessError(f"batch_sizes must be None, 'per-example' or (small, big) integers with "
+                             f"1 ≤ small < big ≤ {MAX_BATCH} (got {_short(batch_sizes)})")
+    require("n_batches", n_batches, int, ge=2, le=10**5)  # the jackknife needs two pairs of batches
+    require("chunk", chunk, int, ge=1, le=10**6)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
+    require("mode", mode, str, choices=("eval", "train"))
     start = time.perf_counter()
     obj = as_objective(model, loss_fn, data, mode=mode, **objective_args)
     n_params = obj.num_params
@@ -118,7 +133,8 @@ def gradient_noise_scale(model: nn.Module | Objective, loss_fn: Callable | str |
     n = length(examples)
     small, big = batch_sizes if batch_sizes is not None else (32, min(n, 1024))
     if not 0 < small < big:
-        raise SharpnessError(f"batch_sizes must be (small, big) with 0 < small < big (got {batch_sizes})")
+        raise SharpnessError(f"batch_sizes must be (small, big) with 0 < small < big (got {batch_sizes}; the data "
+                             f"hold {n} examples)")
     gen = torch.Generator().manual_seed(seed)
     norms = {small: [], big: []}
     for _ in range(n_batches):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import SharpnessError
-from ..objective import select_params
+from ..objective import check_module, select_params
 
 __all__ = ["norm_baselines", "distance_from_init"]
 
@@ -49,6 +49,7 @@ def norm_baselines(model: nn.Module, params: str | Iterable[str] | None = None) 
 
     ``params``: glob patterns choosing θ among the parameters that require grad (None: all of them).
     """
+    check_module("model", model)
     logs_fro, logs_spec, sq = 0.0, 0.0, 0.0
     n = 0
     with torch.no_grad():
@@ -71,8 +72,15 @@ def distance_from_init(model: nn.Module, init: dict[str, torch.Tensor], *, where
     Raises:
         SharpnessError: ``init`` lacks one of θ's parameters or holds it with another shape.
     """
+    check_module("model", model)
+    if not isinstance(init, dict):
+        raise SharpnessError(f"{where}: expected a state dict of name → tensor (got {type(init).__name__})")
     params = dict(select_params(model, params))
     for name, p in params.items():
+        if name in init and not isinstance(init[name], torch.Tensor):
+            raise SharpnessError(f"{where}: parameter {name} is a {type(init[name]).__name__} there, not a tensor")
+        if name in init and not (init[name].is_floating_point() and bool(torch.isfinite(init[name]).all())):
+            raise SharpnessError(f"{where}: parameter {name} is not a tensor of finite real numbers there")
         if name not in init or tuple(init[name].shape) != tuple(p.shape):
             got = "missing" if name not in init else f"shape {tuple(init[name].shape)}"
             raise SharpnessError(f"{where}: does not fit the model: parameter {name} of shape {tuple(p.shape)} "

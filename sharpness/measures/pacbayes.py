@@ -43,7 +43,7 @@ from torch import nn
 
 from ..checks import require
 from ..errors import SharpnessError
-from ..objective import Objective, as_objective
+from ..objective import SEED_MAX, Objective, as_objective
 
 __all__ = ["PacBayesResult", "pacbayes_flatness"]
 
@@ -96,13 +96,15 @@ def pacbayes_flatness(model: nn.Module | Objective, loss_fn: Callable | str | No
     Raises:
         SharpnessError: bad arguments, or no σ up to 2⁴⁰ raises the loss by δ.
     """
-    require("delta", delta, float, gt=0)
+    require("delta", delta, float, gt=0, le=1e6)
     require("magnitude_aware", magnitude_aware, bool)
-    require("eps", eps, float, ge=0)
+    require("eps", eps, float, ge=0, le=1e6)
     require("n_draws", n_draws, int, ge=2, le=10**5)
     require("iters", iters, int, ge=1, le=60)
-    require("seed", seed, int, ge=0)
+    require("seed", seed, int, ge=0, le=SEED_MAX)
     require("max_samples", max_samples, int, optional=True, ge=1)
+    require("batch_size", batch_size, int, optional=True, ge=1)
+    require("mode", mode, str, choices=("eval", "train"))
     start = time.perf_counter()
     obj = as_objective(model, loss_fn, data, batch_size=batch_size, mode=mode, **objective_args).subset(
         max_samples, seed, batch_size=batch_size)

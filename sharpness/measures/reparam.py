@@ -13,7 +13,9 @@ import copy
 import torch
 from torch import nn
 
+from ..checks import require
 from ..errors import SharpnessError
+from ..objective import check_module
 
 __all__ = ["rescale_relu_layers", "weight_layers"]
 
@@ -35,6 +37,7 @@ def _flat_modules(model: nn.Module) -> list[nn.Module]:
 
 def weight_layers(model: nn.Module) -> list[nn.Module]:
     """The Linear/Conv layers of a Sequential model, in forward order (what ``layer`` indexes)."""
+    check_module("model", model)
     return [m for m in _flat_modules(model) if isinstance(m, _WEIGHTED)]
 
 
@@ -47,11 +50,14 @@ def rescale_relu_layers(model: nn.Module, layer: int, alpha: float) -> nn.Module
         alpha: the positive scale α.
 
     Raises:
-        ValueError: α ≤ 0, no such pair of layers, or something other than a positively homogeneous
+        SharpnessError: α not a finite number in [1e-12, 1e12], no such pair of layers, or something other than a positively homogeneous
             operation (e.g. tanh, batch norm) between them, which would change the function.
     """
-    if alpha <= 0:
-        raise SharpnessError(f"alpha must be positive (got {alpha})")
+    check_module("model", model)
+    require("layer", layer, int, ge=0)
+    # α·θ and θ/α must stay representable: beyond 1e±12 a float32 weight over/underflows to inf or 0
+    require("alpha", alpha, float, ge=1e-12, le=1e12)
+    alpha = float(alpha)
     new = copy.deepcopy(model)
     mods = _flat_modules(new)
     weighted = [i for i, m in enumerate(mods) if isinstance(m, _WEIGHTED)]
