@@ -15,8 +15,10 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .errors import SharpnessError
-from .specs import _short
+from .errors import short as _short
 
 __all__ = ["Option", "require"]
 
@@ -27,10 +29,18 @@ _NOUNS = {int: ("an integer", "integers"), float: ("a finite number", "finite nu
 _BOUNDS = {"ge": ("≥", operator.ge), "gt": (">", operator.gt), "le": ("≤", operator.le), "lt": ("<", operator.lt)}
 
 
+def _finite(value: numbers.Real) -> bool:
+    """Whether a real number is finite and within a float's range (a 400-digit integer is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _fits(value: Any, typ: type) -> bool:
     """Whether ``value`` is a ``typ``: bool is not an int, an int is a float, and numbers are finite."""
     if typ is float:  # numpy scalars count: np.float32(1e-3) is a number a user may pass
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite(value)
     if typ is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if typ is dict:
@@ -106,3 +116,83 @@ def require(name: str, value: Any, typ: type, *, optional: bool = False, item: t
     """``value`` if it is a ``typ`` within ``allowed`` (see :class:`Option`), else a one-line SharpnessError."""
     Option(name, typ, optional, item, None, allowed, "").check(value)
     return value
+
+
+# The largest integer a measure setting may take (k, steps, samples): beyond it nothing finishes.
+MAX_SETTING_INT = 10**9
+
+
+def _numbers_of(example: Any) -> list:
+    """The numbers of a setting's example value (itself, or a list's items); bools and None are not numbers."""
+    items = example if isinstance(example, (list, tuple)) else [example]
+    return [v for v in items if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+
+
+def check_settings(measure: Any, over: Any, where: str) -> dict:
+    """``over`` as settings of ``measure``: its keys and types (``check_overrides``), then their ranges.
+
+    A measure declares each setting by its default and quick values; the range is read from them, so a
+    new measure is checked without declaring more: every number must be finite; where every example
+    number is a positive integer (``k``, ``steps``, ``n_samples``, batch sizes) the value must be an
+    integer in [1, 10⁹]; where every example number is positive (``tol``, ``eps``, ``span``), the value
+    must be positive. A list of numbers is checked item by item. Then what the measure declares in its
+    ``ranges`` (bounds such as PAC-Bayes' δ in (0, 1), choices such as a normalization's names).
+
+    Raises:
+        SharpnessError: one line naming ``where``, the key, the value and what is allowed.
+    """
+    over = measure.check_overrides(over, where)
+    for key, value in over.items():
+        examples = [measure.settings[key], *([measure.quick[key]] if key in getattr(measure, "quick", {}) else [])]
+        known = [n for e in examples for n in _numbers_of(e)]
+        for v in _numbers_of(value):
+            what = f"{where}.{key}"
+            if known and all(isinstance(n, numbers.Integral) and n >= 1 for n in known):
+                if not isinstance(v, numbers.Integral) or not 1 <= v <= MAX_SETTING_INT:
+                    raise SharpnessError(f"{what} must be {'integers' if isinstance(value, list) else 'an integer'} "
+                                         f"in [1, {MAX_SETTING_INT}] (got {_short(value)})")
+            elif not _finite(v):
+                raise SharpnessError(f"{what} must be a finite number within a float's range (got {_short(value)})")
+            elif known and all(n > 0 for n in known) and not v > 0:
+                raise SharpnessError(f"{what} must be positive (got {_short(value)})")
+        declared = dict(getattr(measure, "ranges", {}).get(key, {}))
+        whole = declared.pop("whole", None)
+        if whole and value is not None and not whole[0](value):
+            raise SharpnessError(f"{where}.{key} must be {whole[1]} (got {_short(value)})")
+        for v in (value if isinstance(value, (list, tuple)) else [value]) if declared else []:
+            if v is not None:
+                require(f"{where}.{key}", v, str if isinstance(v, str) else float, **declared)
+    return over
+
+
+_DEVICE_WHY = {"meta": "a meta device holds no data (no weights, nothing to measure)",
+               "mps": "Apple's MPS backend lacks operations the toolkit needs"}
+
+
+def check_device(device: Any, where: str = "device", *, available: bool = True) -> torch.device:
+    """``device`` (None: the CPU) as a torch.device the toolkit runs on: the CPU or an available CUDA GPU.
+
+    The one check of every entry point (``train``, ``analyze``, ``Checkpoint.model``, ``--device``);
+    ``available=False`` checks the kind only (the command line, before torchrun's launch says it per rank).
+
+    Raises:
+        SharpnessError: one line naming ``where``: not a device, one the toolkit does not run on (meta,
+            mps, xla, ``cpu:1``), CUDA without CUDA, a GPU index beyond the machine's.
+    """
+    if device is None:
+        return torch.device("cpu")
+    shown = _short(str(device) if isinstance(device, torch.device) else device)
+    try:
+        dev = torch.device(device) if isinstance(device, (str, torch.device)) else None
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        why = _DEVICE_WHY.get(dev.type if dev is not None else "", "not a device the toolkit runs on")
+        raise SharpnessError(f"{where} {shown}: {why}; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and available:
+        if not torch.cuda.is_available():
+            raise SharpnessError(f"{where} {shown} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SharpnessError(f"{where} {shown} does not exist ({torch.cuda.device_count()} CUDA device(s): "
+                                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev

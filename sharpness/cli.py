@@ -24,23 +24,71 @@ from typing import Callable
 
 from .errors import SharpnessError, printable
 
+# A message longer than this is cut (a 20 MB error line from a user's function stays one screen line).
+_MESSAGE_LIMIT = 500
+
+
+def _say(text: object) -> None:
+    """One line on stderr: control characters escaped, whitespace runs folded, the length capped."""
+    from .errors import printable
+
+    try:
+        text = str(text)
+    except Exception:  # a message whose str() fails (a 5000-digit int in it, say)
+        text = "(an error whose message cannot be shown)"
+    text = " ".join(text[: 4 * _MESSAGE_LIMIT].split())
+    print(printable(text, _MESSAGE_LIMIT), file=sys.stderr)
+
+
+class _ArgparseExit(SystemExit):
+    """argparse's own exit (``--help``, a usage error): passed through, unlike a user function's SystemExit."""
+
+
+def _ignore_file_size_signal() -> None:
+    """Make a write past ``ulimit -f`` fail with EFBIG (an OSError, said in one line), not kill the process."""
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except (ValueError, OSError):  # not the main thread
+            pass
+
 
 def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     def run(argv: list[str] | None = None) -> int:
         from .allocator import keep_freed_memory
 
+        _ignore_file_size_signal()
         keep_freed_memory()  # CPU forwards ~1.6× faster on glibc (see sharpness/allocator.py)
         shown = warnings.showwarning
         warnings.showwarning = _one_line_warning  # a warning is one line, as an error is
         try:
             return fn(argv)
         except SharpnessError as e:
-            print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message holds
+            _say(f"error: {e}")  # one line, whatever the message holds
             return 2
         except KeyboardInterrupt:
             print("interrupted: finished work is kept; run the same command again to continue",
                   file=sys.stderr)
             return 130
+        except _ArgparseExit:
+            raise
+        except SystemExit as e:
+            if isinstance(e.code, int) and not isinstance(e.code, bool) and e.code != 0:
+                raise  # an exit with an error status: kept (a rank that is not 0 under torchrun exits 2)
+            # sys.exit() / exit(0) from a user's function (model, data, loss, measure) would end the command
+            # with status 0 having done nothing: it is an error
+            _say(f"error: a function called by the command raised SystemExit({e.code!r}); nothing was finished "
+                 "(a model, data, loss or measure function must return or raise, not exit)")
+            return 2
+        except RecursionError:
+            _say("error: input nested too deeply (a JSON or TOML value, or a structure in a file)")
+            return 2
+        except OSError as e:  # a file the toolkit could not open or write, outside io's own checks
+            name = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            _say(f"error: {name}{e.strerror or e}")
+            return 2
         finally:
             warnings.showwarning = shown
     run.__name__ = fn.__name__
@@ -50,6 +98,32 @@ def _guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None]
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warning: <message>`` on one line (Python's own format adds the source file and line of the toolkit)."""
     print("warning: " + printable(" ".join(str(message).split())), file=file or sys.stderr)
+
+
+def _trust_flag(p: argparse.ArgumentParser) -> None:
+    """``--trust-code``: names read from files (checkpoints, TOMLs, results) may be imported (sharpness.specs)."""
+    p.add_argument("--trust-code", action="store_true",
+                   help="import the pkg.module:fn names read from checkpoints, TOML and results files even when "
+                        "your code has not imported them (default: never on a file's say-so; also "
+                        "SHARPNESS_TRUST_CODE=1)")
+
+
+def _trusting(a: argparse.Namespace):
+    from .specs import trust_code
+
+    return trust_code(bool(getattr(a, "trust_code", False)))
+
+
+def _folder(flag: str, value: str | None) -> str | None:
+    """A folder flag's value, refused when empty ("" would write into the current folder)."""
+    if value is not None and not value.strip():
+        raise SharpnessError(f"{flag} is empty: name a folder (use {flag} . for the current folder)")
+    if value is not None:
+        for part in Path(value).parts:
+            if len(part.encode("utf-8", "replace")) > 255:
+                raise SharpnessError(f"{flag}: a folder name of {len(part)} characters is too long "
+                                     "(at most 255 bytes per path component)")
+    return value
 
 
 def _json_or_text(text: str) -> object:
@@ -135,7 +209,14 @@ def _figure_options(a: argparse.Namespace):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors are bad input too: one line, exit 2
-        self.exit(2, f"error: {message} (see --help)\n")
+        from .errors import printable
+
+        self.exit(2, f"error: {printable(message, _MESSAGE_LIMIT)} (see --help)\n")
+
+    def exit(self, status: int = 0, message: str | None = None):
+        if message:
+            self._print_message(message, sys.stderr)
+        raise _ArgparseExit(status)
 
 
 _METAVARS = {int: "INT", float: "FLOAT", str: "TEXT"}
@@ -208,6 +289,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="a TOML training config (flags override it)")
     p.add_argument("--out", required=True, help="run folder (resumed if it holds an unfinished run)")
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help=_PROGRESS_HELP)
+    _trust_flag(p)
     options = p.add_argument_group("training options (the fields of TrainConfig; also TOML keys)")
     for o in TrainConfig.options():
         _add_option(options, o)
@@ -228,6 +310,18 @@ def _config(a: argparse.Namespace):
     return TrainConfig.from_dict(base)
 
 
+def _screen_toml_names(a: argparse.Namespace, config) -> None:
+    """The model, data set and loss a TOML names (not a flag) are names read from a file (sharpness.specs)."""
+    from .data import DATASETS
+    from .losses import LOSSES
+    from .models import MODELS
+
+    if a.config:
+        for registry, name in ((MODELS, "model"), (DATASETS, "dataset"), (LOSSES, "loss")):
+            if getattr(a, name) is None:
+                registry.screen(getattr(config, name), a.config)
+
+
 def config_from_args(argv: list[str]):
     """The :class:`TrainConfig` that ``train_main(argv)`` would train with; parses only.
 
@@ -244,8 +338,10 @@ def train_main(argv: list[str] | None = None) -> int:
     from .training import train
 
     a = train_parser().parse_args(argv)
+    _folder("--out", a.out)
     config = _config(a)
-    with launched(config.device):  # under torchrun: DistributedDataParallel over the ranks
+    with _trusting(a), launched(config.device):  # under torchrun: DistributedDataParallel over the ranks
+        _screen_toml_names(a, config)
         ckpt = train(config, a.out, progress=not a.quiet)
         main = is_main()
     if not main:
@@ -261,8 +357,13 @@ def train_main(argv: list[str] | None = None) -> int:
 @_guard
 def info_main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_checkpoint
+    from .data import DATASETS
+    from .errors import printable
+    from .losses import LOSSES
+    from .models import MODELS
 
-    p = _Parser(prog="python -m sharpness.info", description="Describe a checkpoint (safe load).")
+    p = _Parser(prog="python -m sharpness.info", description="Describe a checkpoint (safe load; imports nothing "
+                                                             "the checkpoint names).")
     p.add_argument("checkpoint", metavar="CKPT",
                    help="a toolkit checkpoint, or a bare state_dict .pt / .safetensors file with --model")
     p.add_argument("--model", default=None, metavar="NAME|MODULE:FACTORY",
@@ -270,33 +371,50 @@ def info_main(argv: list[str] | None = None) -> int:
                         "weights to show its class and parameters")
     p.add_argument("--model-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword argument of the model factory, e.g. widths=[512,512]; repeatable")
+    _trust_flag(p)
     a = p.parse_args(argv)
-    # load_checkpoint validated the structure: state_dict of tensors, history a list of dicts, config a dict
-    ckpt = load_checkpoint(a.checkpoint, model=a.model, model_args=dict(a.model_arg) or None)
-    last = ckpt.history[-1] if ckpt.history else {}
-    n = sum(t.numel() for t in ckpt.state_dict.values() if t.is_floating_point())
-    model = ckpt.model_spec.to_dict() if ckpt.model_spec is not None else None
-    print(f"{ckpt.path}: model {model}, epoch {ckpt.epoch}, step {ckpt.step}, {n} floats in state_dict")
-    if a.model is not None or a.model_arg:  # the user named the model: build it and load the weights
-        net = ckpt.model()
-        params = sum(t.numel() for t in net.parameters())
-        print(f"built: {type(net).__module__}.{type(net).__qualname__}, {params} parameters, weights loaded")
-    data = ckpt.data_spec.to_dict() if ckpt.data_spec is not None else None
-    print(f"data: {data}")
-    if data is not None and data["args"].get("root") is not None:  # a path string without NUL (validated)
-        root = os.path.realpath(os.path.expanduser(str(data["args"]["root"])))
-        print(f"data would be read from: {Path(root)}")
-    loss_args = ckpt.config.get("loss_args")
-    print(f"loss: {ckpt.config.get('loss', 'cross_entropy')}" + (f" {loss_args}" if loss_args else ""))
-    if last:
-        print("last epoch: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                         for k, v in last.items()))
+
+    def show(text: object) -> None:  # every string of the checkpoint escaped: no terminal control from a file
+        print(printable(text, 2000))
+
+    def policy(registry, spec_name: object) -> str:
+        return registry.describe(spec_name)
+
+    with _trusting(a):
+        # load_checkpoint validated the structure: state_dict of tensors, history a list of dicts, config a dict
+        ckpt = load_checkpoint(a.checkpoint, model=a.model, model_args=dict(a.model_arg) or None)
+        last = ckpt.history[-1] if ckpt.history else {}
+        n = sum(t.numel() for t in ckpt.state_dict.values() if t.is_floating_point())
+        model = ckpt.model_spec.to_dict() if ckpt.model_spec is not None else None
+        show(f"{ckpt.path}: model {model}, epoch {ckpt.epoch}, step {ckpt.step}, {n} floats in state_dict")
+        if a.model is not None or a.model_arg:  # the user named the model: build it and load the weights
+            net = ckpt.model()
+            params = sum(t.numel() for t in net.parameters())
+            show(f"built: {type(net).__module__}.{type(net).__qualname__}, {params} parameters, weights loaded")
+        elif model is not None:
+            show(f"model {model['name']!r}: {policy(MODELS, model['name'])}")
+        data = ckpt.data_spec.to_dict() if ckpt.data_spec is not None else None
+        show(f"data: {data}")
+        if data is not None:
+            show(f"data set {data['name']!r}: {policy(DATASETS, data['name'])}")
+        if data is not None and data["args"].get("root") is not None:  # a path string without NUL (validated)
+            root = os.path.realpath(os.path.expanduser(str(data["args"]["root"])))
+            show(f"data would be read from: {Path(root)}")
+        loss_args = ckpt.config.get("loss_args")
+        loss = ckpt.config.get("loss", "cross_entropy")
+        show(f"loss: {loss}" + (f" {loss_args}" if loss_args else ""))
+        if isinstance(loss, str) and ":" in loss:
+            show(f"loss {loss!r}: {policy(LOSSES, loss)}")
+        if last:
+            show("last epoch: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in last.items()))
     return 0
 
 
 @_guard
 def analyze_main(argv: list[str] | None = None) -> int:
     from . import analysis
+    from .checks import check_device
     from .distributed import is_main, launched
 
     _import_plugins(sys.argv[1:] if argv is None else argv)  # before the parser: their measures are in --help
@@ -339,8 +457,11 @@ def analyze_main(argv: list[str] | None = None) -> int:
     p.add_argument("--plugin", action="append", default=[], metavar="PKG.MODULE",
                    help="import a module that registers measures (sharpness.register_measure); repeatable")
     p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
+    _trust_flag(p)
     _add_figure_flags(p)
     a = p.parse_args(argv)
+    _folder("--out", a.out)
+    check_device(a.device, "--device", available=False)
     options = _figure_options(a)
     extra: dict = {}  # keywords given only when their flags are: analyze's defaults otherwise
     if a.settings:
@@ -355,7 +476,7 @@ def analyze_main(argv: list[str] | None = None) -> int:
 
     out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
     measures = [m.strip() for m in a.measures.split(",") if m.strip()] if a.measures else None
-    with options, launched(a.device) as device:  # under torchrun: data-parallel over the ranks
+    with options, _trusting(a), launched(a.device) as device:  # under torchrun: data-parallel over the ranks
         report = analysis.analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=device,
                                   batch_size=a.batch_size, max_samples=a.max_samples, seed=a.seed,
                                   model=a.model, model_args=dict(a.model_arg) or None, data=a.data,
@@ -380,6 +501,7 @@ def _measure_settings(items: list[str], names: list[str]) -> dict[str, dict]:
         SharpnessError: an item that is not MEASURE.KEY=VALUE, an unknown measure, or a key or value the
             measure does not take (its registered settings and their types).
     """
+    from .checks import check_settings
     from .measures.registry import MEASURES
 
     out: dict[str, dict] = {}
@@ -391,9 +513,14 @@ def _measure_settings(items: list[str], names: list[str]) -> dict[str, dict]:
         measure, name = measure.strip(), name.strip()
         if measure not in names:
             raise SharpnessError(f"--set {item}: unknown measure {measure!r}; measures: {', '.join(names)}")
-        out.setdefault(measure, {})[name] = _json_or_text(value)
+        try:
+            out.setdefault(measure, {})[name] = _json_or_text(value)
+        except RecursionError:
+            raise SharpnessError(f"--set {measure}.{name}: the value is nested too deeply") from None
+        except ValueError as e:  # a 5000-digit integer (Python's int-to-str limit)
+            raise SharpnessError(f"--set {measure}.{name}: {' '.join(str(e).split())[:120]}") from None
     for measure, over in out.items():
-        MEASURES[measure].check_overrides(over, f"--set {measure}")
+        check_settings(MEASURES[measure], over, f"--set {measure}")
     return out
 
 
@@ -428,12 +555,15 @@ def run_main(argv: list[str] | None = None) -> int:
                    help="where NAME/results.json and the figures go (default: results, a scratch folder; "
                         "--figures figures regenerates the committed paper figures)")
     p.add_argument("--no-progress", action="store_true", help=_PROGRESS_HELP)
+    _trust_flag(p)
     _add_figure_flags(p)
     a = p.parse_args(argv)
+    _folder("--runs", a.runs)
+    _folder("--figures", a.figures)
     device = "cpu"  # the process group's backend follows the experiment's device (under torchrun only)
     if launched_world() > 1:
         device = str(load_experiment(a.experiment, a.set).get("base", {}).get("device", "cpu"))
-    with _figure_options(a), launched(device):  # under torchrun: every run trained and analysed data-parallel
+    with _figure_options(a), _trusting(a), launched(device):  # under torchrun: every run trained and analysed data-parallel
         path = run_experiment(a.experiment, runs_root=a.runs, figures_root=a.figures, jobs=a.jobs,
                               overrides=a.set, progress=False if a.no_progress or not is_main() else True)
         main = is_main()
@@ -474,8 +604,11 @@ def figures_main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", dest="labels", type=_rename, action="append", default=[], metavar="OLD=NEW",
                    help="show run/variant label OLD as NEW in the figures, e.g. --label LB='large batch'; "
                         "repeatable")
+    _trust_flag(p)  # figures import nothing a results file names; accepted so every command takes it
     _add_figure_flags(p)
     a = p.parse_args(argv)
+    _folder("--out", a.out)
+    _folder("--figures", a.figures)
     options = _figure_options(a)
     if a.in_place and a.out is not None:
         raise SharpnessError("--in-place writes beside the results; give it or --out, not both")
@@ -487,7 +620,7 @@ def figures_main(argv: list[str] | None = None) -> int:
     missing = [r for r in results if not r.exists()]
     if missing:
         raise SharpnessError(f"{missing[0]}: no such results file")
-    with options:
+    with options, _trusting(a):
         for res in results:
             for fig in draw(res, _output_dir(a, res), labels=dict(a.labels) or None):
                 print(fig)
@@ -506,7 +639,7 @@ def correlate_main(argv: list[str] | None = None) -> int:
     import json
 
     from .correlation import correlate, left_out_note, results_rows
-    from .io import atomic_write
+    from .io import atomic_write, read_text
 
     p = _Parser(prog="python -m sharpness.correlate",
                 description="Rank the measures of an experiment's runs against their generalization gap "
@@ -522,12 +655,17 @@ def correlate_main(argv: list[str] | None = None) -> int:
                         "(default: seed, where the rows have one; none: every run a point, as pooled before)")
     _add_output_flags(p, "correlation.md")
     a = p.parse_args(argv)
+    _folder("--out", a.out)
     if a.in_place and a.out is not None:
         raise SharpnessError("--in-place writes beside the results; give it or --out, not both")
     path = Path(a.results)
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = json.loads(read_text(path, "results file"))
         table = results_rows(results)
+    except FileNotFoundError:
+        raise SharpnessError(f"{path}: no such results file") from None
+    except RecursionError:
+        raise SharpnessError(f"{path}: not a readable results file (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SharpnessError(f"{path}: not a readable results file ({' '.join(str(e).split())[:200]})") from None
     res = correlate(table.rows, a.measures or table.measures, gap=a.gap,

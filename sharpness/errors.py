@@ -21,3 +21,12 @@ def printable(text: object, limit: int = 500) -> str:
     """
     s = str(text).translate(_CONTROL)
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters, control characters escaped (for messages)."""
+    try:
+        text = repr(value)
+    except Exception:  # a 5000-digit int (Python's int-to-str limit), a repr that fails
+        text = f"<{type(value).__name__}>"
+    return printable(" ".join(text.split()), limit)

@@ -34,6 +34,7 @@ import itertools
 import json
 import multiprocessing
 import re
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -42,11 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import require
+from .checks import check_settings, require
 from .distributed import is_main, rank_and_world
-from .errors import SharpnessError
-from .io import read_toml, write_json
-from .specs import _short
+from .errors import SharpnessError, printable
+from .errors import short as _short
+from .io import confined, read_text, write_json
 from .training import TrainConfig
 
 __all__ = ["load_experiment", "expand", "run_experiment", "find_experiment", "packaged_experiments"]
@@ -86,8 +87,83 @@ def find_experiment(path: str | Path) -> Path:
     return p
 
 
+MAX_RUNS = 10_000  # runs in one experiment: a larger grid is refused before it is expanded
+MAX_DEPTH = 32  # nesting of tables and lists in an experiment (a 500-deep value is refused in one line)
+_SEED = {"ge": 0, "le": 2**32 - 1}  # as TrainConfig.seed
+
+
+def _read_experiment(path: Path) -> dict:
+    """The TOML of an experiment, read as a regular file only (a FIFO cannot hang it); one line on failure."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        text = read_text(path, "experiment TOML file")
+    except FileNotFoundError:
+        raise SharpnessError(f"{path}: no such experiment TOML file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SharpnessError(f"{path}: not valid TOML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise SharpnessError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as e:  # an integer of thousands of digits (Python's int-to-str limit)
+        raise SharpnessError(f"{path}: not valid TOML: {' '.join(str(e).split())[:120]}") from None
+
+
+def _json_value(item: str, text: str) -> Any:
+    """A ``--set`` value read as JSON where it parses (else the text); too large or deep: one line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    except RecursionError:
+        raise SharpnessError(f"--set {_short(item, 60)}: the value is nested too deeply") from None
+    except ValueError as e:  # 5000-digit integers
+        raise SharpnessError(f"--set {_short(item, 60)}: {' '.join(str(e).split())[:120]}") from None
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether tables and lists nest deeper than ``limit`` (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if depth >= limit:
+                return True
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _huge_int(value: Any) -> str | None:
+    """Where (a dotted path) an integer in ``value`` is beyond 64 bits, else None (walked without recursion)."""
+    stack = [(value, "")]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((x, f"{where}.{k}" if where else str(k)) for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{where}[{i}]") for i, x in enumerate(v))
+        elif isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+            return where
+    return None
+
+
+def _number_of_runs(spec: dict) -> int:
+    """The product of the grid's list lengths times the variants, without expanding anything."""
+    n = 1
+    for values in spec.get("grid", {}).values():
+        n *= len(values)
+        if n > MAX_RUNS:
+            break
+    return n * max(1, len(spec.get("variants", []) or []))
+
+
 def _set(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
+    if not all(k.strip() for k in keys):
+        raise SharpnessError(f"--set {_short(dotted, 60)}: every part of section.key must be a name")
     for i, k in enumerate(keys[:-1]):
         d = d.setdefault(k, {})
         if not isinstance(d, dict):  # e.g. --set base.epochs.x=5: epochs is a number, not a table
@@ -101,15 +177,13 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dic
     ``overrides`` are ``section.key=value`` strings (value parsed as JSON).
     """
     path = find_experiment(path)
-    spec = read_toml(path, "experiment TOML file")
+    spec = _read_experiment(path)
     for item in overrides or []:
-        if "=" not in item:
-            raise SharpnessError(f"--set expects section.key=value (got '{item}')")
+        if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+            raise SharpnessError(f"--set expects section.key=value, e.g. --set base.epochs=3 (got {_short(item, 60)})")
         key, value = item.split("=", 1)
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
+        value = _json_value(item, value)
+        key = key.strip()
         _set(spec, key if "." in key else f"base.{key}", value)
     spec.setdefault("name", path.stem)
     try:
@@ -123,8 +197,6 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> dic
 _ANALYSIS = {"measures": (list, {"item": str}), "quick": (bool, {}), "max_samples": (int, {"optional": True, "ge": 1}),
              "seed": (int, {}), "pairs": (list, {"item": list}), "along_training": (list, {"item": str}),
              "along_quick": (bool, {}), "settings": (dict, {})}
-_FIGURE_OPTIONS = ("kinds", "curves", "cost", "batch_sweep", "esd", "surface", "sharpness_vs_loss", "gap",
-                   "gap_scatter", "warm_start", "correlation", "breakeven")
 _FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", s) is not None,
            "a folder name of at most 100 letters, digits, '_', '.', '+', '-', not starting with '.'")
 
@@ -132,21 +204,30 @@ _FOLDER = (lambda s: re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}", s) is no
 def _validate(spec: dict) -> None:
     """Check an experiment's shape before any training: a bad key found after hours of work is lost time."""
     from .measures.registry import MEASURES
-    from .plots.experiments import FIGURES
+    from .plots.experiments import check_figures
 
     unknown = sorted(set(spec) - {"name", "base", "grid", "variants", "analysis", "figures"})
     if unknown:
         raise SharpnessError(f"unknown section(s) {', '.join(unknown)}; an experiment has name, base, grid, "
                              "variants, analysis, figures")
+    if _too_deep(spec):
+        raise SharpnessError(f"tables and lists nest more than {MAX_DEPTH} levels deep")
+    huge = _huge_int(spec)
+    if huge is not None:
+        raise SharpnessError(f"{printable(huge, 200)}: an integer beyond 64 bits (no setting takes one)")
     require("name", spec["name"], str, check=_FOLDER)
     for section in ("base", "grid", "analysis", "figures"):
         require(section, spec.get(section, {}), dict)
-    for key, values in spec.get("grid", {}).items():
-        if not isinstance(values, list) or not values:
-            raise SharpnessError(f"grid.{key} must be a non-empty list of values (got {values!r})")
-    for v in require("variants", spec.get("variants", []), list, item=dict):
-        if v.get("name", ""):  # becomes part of a folder name: no path separators, no "." or ".."
-            require("variants[].name", v["name"], str, check=_FOLDER)
+    fields = {o.name for o in TrainConfig.options()}
+    unknown = sorted(set(spec.get("base", {})) - fields)
+    if unknown:
+        raise SharpnessError(f"base: unknown field(s) {', '.join(map(str, unknown))} (not TrainConfig fields)")
+    _check_grid(spec.get("grid", {}), fields)
+    _check_variants(require("variants", spec.get("variants", []), list, item=dict), fields)
+    n = _number_of_runs(spec)
+    if n > MAX_RUNS:
+        raise SharpnessError(f"the grid and variants make {'more than ' if n > MAX_RUNS else ''}{MAX_RUNS} runs "
+                             f"(at most {MAX_RUNS} in one experiment): split it into several experiments")
     an = spec.get("analysis", {})
     extra = sorted(set(an) - set(_ANALYSIS))
     if extra:
@@ -154,27 +235,68 @@ def _validate(spec: dict) -> None:
     for key, (typ, rules) in _ANALYSIS.items():
         if key in an:
             require(f"analysis.{key}", an[key], typ, **rules)
-    for m in an.get("measures", []) + an.get("along_training", []):
-        require("analysis measure", m, str, choices=tuple(MEASURES))
+    if "seed" in an:
+        require("analysis.seed", an["seed"], int, **_SEED)
+    if an.get("max_samples") is not None:
+        require("analysis.max_samples", an["max_samples"], int, ge=1, le=10**9)
+    for key in ("measures", "along_training"):
+        for m in an.get(key, []):
+            require(f"analysis.{key}[]", m, str, choices=tuple(MEASURES))
+        twice = sorted({m for m in an.get(key, []) if an[key].count(m) > 1})
+        if twice:
+            raise SharpnessError(f"analysis.{key} lists {', '.join(twice)} twice")
     for m, over in an.get("settings", {}).items():
         require("analysis.settings measure", m, str, choices=tuple(MEASURES))
-        MEASURES[m].check_overrides(over, f"analysis.settings.{m}")
+        check_settings(MEASURES[m], over, f"analysis.settings.{m}")
     for pair in an.get("pairs", []):
         require("analysis.pairs[]", pair, list, item=str)
         if len(pair) not in (2, 3) or (len(pair) == 3 and pair[2] not in ("linear", "sin")):
             raise SharpnessError(f"analysis.pairs[] must be [run_a, run_b] or [run_a, run_b, path] with path "
                                  f"'linear' or 'sin' (got {pair!r})")
-    figures = spec.get("figures", {})
-    extra = sorted(set(figures) - set(_FIGURE_OPTIONS))
-    if extra:
-        raise SharpnessError(f"unknown figures key(s) {', '.join(extra)}; known: {', '.join(_FIGURE_OPTIONS)}")
-    for kind in require("figures.kinds", figures.get("kinds", ["table"]), list, item=str):
-        require("figures.kinds[]", kind, str, choices=tuple(FIGURES))
+    # the figures' own check (kinds, each kind's options and ranges, curves panels, file names confined):
+    # the one the drawing runs, here before any training
+    check_figures(spec.get("figures", {}))
+
+
+def _check_variants(variants: list, fields: set) -> None:
+    names = []
+    for i, v in enumerate(variants):
+        name = v.get("name", "")
+        if name != "":  # becomes part of a folder name: no path separators, no "." or ".."
+            require(f"variants[{i}].name", name, str, check=_FOLDER)
+        names.append(name)
+        unknown = sorted(set(v) - fields - {"name"})
+        if unknown:
+            raise SharpnessError(f"variants[{i}] ({name or 'unnamed'}): unknown field(s) "
+                                 f"{', '.join(map(str, unknown))} (not TrainConfig fields)")
+    if len(names) > 1 and "" in names:
+        raise SharpnessError("variants: every variant needs a name when there are several")
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise SharpnessError(f"variants: duplicate name(s) {', '.join(sorted(map(str, seen)))}; each variant "
+                             "names its own runs")
+
+
+def _check_grid(grid: dict, fields: set) -> None:
+    unknown = sorted(set(grid) - fields)
+    if unknown:
+        raise SharpnessError(f"grid: unknown field(s) {', '.join(map(str, unknown))} (not TrainConfig fields)")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SharpnessError(f"grid.{key} must be a non-empty list of values (got {_short(values)})")
+        shown = [json.dumps(v, sort_keys=True) for v in values]
+        if len(set(shown)) != len(shown):
+            raise SharpnessError(f"grid.{key} lists a value twice (got {_short(values)}): the runs would be the same")
+
+
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def _label(values: dict) -> str:
-    return "-".join(f"{'B' if k == 'batch_size' else k}{v}" if k in ("batch_size", "seed") else f"{k}{v}"
+    """The run label of grid values; a separator or control character in a value becomes '_' (one folder name)."""
+    text = "-".join(f"{'B' if k == 'batch_size' else k}{v}" if k in ("batch_size", "seed") else f"{k}{v}"
                     for k, v in values.items()).replace(" ", "")
+    return _UNSAFE.sub("_", text)
 
 
 def _run_label(variant: str, values: dict) -> str:
@@ -244,7 +366,7 @@ def run_dir(root: Path, name: str, label: str, cfg: TrainConfig) -> Path:
     defaults = TrainConfig().to_dict()
     changed = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
     digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:10]
-    return root / name / f"{label}-{digest}"
+    return confined(confined(root, name, "experiment name"), f"{label}-{digest}", f"run folder of {label!r}")
 
 
 def _train_one(args: tuple) -> str:
@@ -255,20 +377,36 @@ def _train_one(args: tuple) -> str:
     return out
 
 
-def _check_runs(runs: list, figures_root: Path) -> None:
+def _check_runs(runs: list, figures_root: Path, where: str, typed: list[str]) -> None:
     """Check that every run's model, data set and loss can be had, and that the figures folder can be made.
 
-    Said before the first run trains, not after it.
+    Said before the first run trains, not after it. The names are read from the TOML ``where``: code
+    they name is judged by the import policy (:mod:`sharpness.specs`) unless the user typed the name
+    in an override (``typed``).
     """
     from .data import DATASETS
-    from .losses import make_loss
+    from .losses import LOSSES, make_loss
     from .models import MODELS
 
+    labels = [label for label, _ in runs]
+    twice = sorted({lb for lb in labels if labels.count(lb) > 1})
+    if twice:
+        raise SharpnessError(f"runs {', '.join(twice[:5])} would share one label (and folder): grid values or "
+                             "variant names that read the same")
     for label, cfg in runs:
+        for registry, name in ((MODELS, cfg.model), (DATASETS, cfg.dataset), (LOSSES, cfg.loss)):
+            if not any(isinstance(name, str) and name in t for t in typed):
+                registry.screen(name, where)
         MODELS.resolve(cfg.model, trusted=True)
         DATASETS.resolve(cfg.dataset, trusted=True)
         make_loss(cfg.loss, cfg.loss_args)
         require("run label", label, str, check=(lambda s: len(s) <= 150, "at most 150 characters"))
+        init = cfg.init_from
+        if init is not None and not init.startswith("@"):  # a file of the user's: read only, must exist
+            p = Path(init).expanduser()
+            if not p.is_file():
+                raise SharpnessError(f"run {label}: init_from {_short(init, 200)} is not a file "
+                                     f"({'no such file' if not p.exists() else 'not a regular file'})")
     if figures_root.exists() and not figures_root.is_dir():
         raise SharpnessError(f"--figures {figures_root}: is a file, not a folder")
 
@@ -304,8 +442,8 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     spec = load_experiment(path, overrides)
     name = spec["name"]
     runs = expand(spec)
+    _check_runs(runs, Path(figures_root), str(path), list(overrides or []))  # before references become paths
     dirs = resolve_references(runs, Path(runs_root), name)
-    _check_runs(runs, Path(figures_root))
     for pair in spec.get("analysis", {}).get("pairs", []):  # before training, not after
         if pair[0] not in dirs or pair[1] not in dirs:
             raise SharpnessError(f"analysis.pairs names unknown runs {pair[0]!r}, {pair[1]!r}; runs are {list(dirs)}")

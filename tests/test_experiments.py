@@ -79,11 +79,11 @@ def test_time_to_target_is_the_first_epoch_at_or_below_it():
 def test_a_bad_experiment_fails_before_any_training(tmp_path):
     good = (GOLDEN / "tiny.toml").read_text()
     cases = {
-        "kind": (good.replace('kinds = ["table"', 'kinds = ["tabel"'), "figures.kinds[] must be one of"),
+        "kind": (good.replace('kinds = ["table"', 'kinds = ["tabel"'), "figures.kinds: unknown figure kind(s) tabel"),
         "scalar grid": (good.replace("batch_size = [16, 96]", "batch_size = 16"), "grid.batch_size must be"),
         "name": (good.replace('name = "tiny"', "name = 3"), "name must be"),
         "analysis key": (good.replace("quick = true", "quick = true\nmeasurez = []"), "unknown analysis key"),
-        "measure": (good.replace('"noise_scale"]', '"noise"]'), "analysis measure must be one of"),
+        "measure": (good.replace('"noise_scale"]', '"noise"]'), "analysis.measures[] must be one of"),
         "pair": (good.replace('pairs = [["B16-seed0", "B96-seed0"]]', 'pairs = [["B16-seed0", "B32"]]'),
                  "unknown runs"),
     }

@@ -83,6 +83,7 @@ def _eigenvalues(ctx: Context, st: dict) -> Record:
 # The smallest eigenvalue reads the shared run without a restart up to the density's steps (free there).
 register_measure("eigenvalues", _eigenvalues,
                  settings={"k": 5, "tol": 1e-3, "smallest_k": 1, "smallest_max_hvps": 80},
+                 ranges={"tol": {"lt": 1}},
                  quick={"tol": 1e-2, "smallest_max_hvps": 30},
                  keys=[Key("lambda_max", "λ_max")],
                  description="top-k and smallest Hessian eigenvalues (thick-restart Lanczos)")
@@ -98,6 +99,7 @@ def _trace(ctx: Context, st: dict) -> Record:
 
 # The deflation basis is the shared run's first density-steps steps: free when the density is measured too.
 register_measure("trace", _trace, settings={"rtol": 1e-2, "max_hvps": 400, "sketch_size": 80},
+                 ranges={"rtol": {"lt": 1}},
                  quick={"rtol": 5e-2, "max_hvps": 100, "sketch_size": 30},
                  keys=[Key("value", "trace")], description="Hessian trace (Krylov-aware Hutch++)")
 
@@ -161,6 +163,8 @@ def _eps(ctx: Context, st: dict) -> Record:
 
 _EPS = {"eps": [1e-3, 5e-4], "subspace_dims": [None, 100], "subspace_draw": "normal", "max_iter": 10}
 register_measure("eps_sharpness", _eps, settings=_EPS, quick={"eps": [1e-3]},
+                 ranges={"subspace_draw": {"choices": ("normal", "unit")},
+                         "eps": {"whole": (lambda v: len(v) > 0, "a non-empty list")}},
                  keys=[Key(eps_key(e, p), _eps_label(e, p), "{:.3f}") for p in _EPS["subspace_dims"]
                        for e in _EPS["eps"]],
                  description="Keskar's ε-sharpness φ (full space and a random subspace)")
@@ -178,7 +182,7 @@ def _adaptive(ctx: Context, st: dict) -> Record:
 register_measure("adaptive", _adaptive,
                  settings={"rho_worst": 0.05, "rho_average": 0.1, "norm": "l2", "n_samples": 1024,
                            "batch_size": 128, "steps": 20},
-                 quick={"n_samples": 256, "steps": 10},
+                 quick={"n_samples": 256, "steps": 10}, ranges={"norm": {"choices": ("l2", "linf")}},
                  keys=[Key("worst", "adaptive worst", "{:.4f}"), Key("average", "adaptive avg", "{:.4f}")],
                  description="adaptive sharpness, worst and average case (Andriushchenko et al. 2023)")
 
@@ -195,6 +199,8 @@ def _noise(ctx: Context, st: dict) -> Record:
 register_measure("noise_scale", _noise,
                  settings={"batch_sizes": "per-example", "n_batches": None, "max_samples": 2000},
                  quick={"batch_sizes": [32, 256], "n_batches": 16, "max_samples": None},
+                 ranges={"batch_sizes": {"whole": (lambda v: v == "per-example" or (
+                     isinstance(v, list) and len(v) == 2 and v[0] < v[1]), "'per-example' or [small, big] batch sizes")}},
                  keys=[Key("b_simple", "B_simple", "{:.1f}")],
                  description="McCandlish's gradient noise scale B_simple")
 
@@ -208,6 +214,7 @@ def _pacbayes(ctx: Context, st: dict) -> Record:
 
 
 register_measure("pacbayes", _pacbayes, settings={"delta": 0.1, "n_draws": 16, "iters": 20, "eps": 1e-3},
+                 ranges={"delta": {"lt": 1}},
                  quick={"n_draws": 8, "iters": 10},
                  keys=[Key("flatness", "PAC-Bayes 1/σ²", "{:.3g}"), Key("mag_flatness", "PAC-Bayes mag 1/α²", "{:.3g}")],
                  description="Jiang et al. 2020's PAC-Bayes flatness 1/σ*² and its magnitude-aware variant")
@@ -276,7 +283,9 @@ def _surface_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> 
     return paths
 
 
+_NORMALIZATION = {"normalization": {"choices": ("filter", "layer", "none")}}
 register_measure("landscape1d", _landscape(1), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
+                 ranges=_NORMALIZATION,
                  quick={"steps": 21}, figures=_line_figures,
                  description="1D loss landscape along a filter-normalized direction (Li et al. 2018)")
 def _surface_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
@@ -289,6 +298,7 @@ def _surface_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
 
 
 register_measure("landscape2d", _landscape(2), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
+                 ranges=_NORMALIZATION,
                  quick={"steps": 11}, figures=_surface_figures, together=_surface_together,
                  description="2D loss surface on a filter-normalized plane (Li et al. 2018)")
 
@@ -314,5 +324,7 @@ def _parametric_figures(rec: Record, out: Path, labels: tuple, loss_label: str) 
 
 register_measure("interpolation", _interpolation,
                  settings={"n_alphas": 25, "range": [-1.0, 2.0], "path": "linear"}, quick={"n_alphas": 13},
+                 ranges={"path": {"choices": ("linear", "sin")},
+                         "range": {"whole": (lambda r: len(r) == 2 and r[0] < r[1], "[lo, hi] with lo < hi")}},
                  pair=True, figures=_parametric_figures,
                  description="loss along the line between two checkpoints (Keskar's parametric plot)")

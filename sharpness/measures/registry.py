@@ -102,6 +102,7 @@ class Measure:
     figures: Callable[..., list] | None = None   # figures(record, out, labels, loss_label) → written paths
     description: str = ""
     together: Callable[..., list] | None = None  # together({label: arrays}, out, loss_label) → written paths
+    ranges: dict = field(default_factory=dict)  # setting → bounds/choices beyond the defaults' (check_settings)
 
     def draw_together(self, arrays: dict[str, dict], out: Path, loss_label: str) -> list[Path]:
         """Write the figure that shows this measure of several checkpoints at once (on one scale)."""
@@ -158,7 +159,8 @@ MEASURES: dict[str, Measure] = {}
 
 def register_measure(name: str, fn: Callable | None = None, *, settings: dict | None = None,
                      quick: dict | None = None, keys: list | tuple = (), pair: bool = False,
-                     figures: Callable | None = None, description: str = "", together: Callable | None = None):
+                     figures: Callable | None = None, description: str = "", together: Callable | None = None,
+                     ranges: dict | None = None):
     """Register a measure (usable as a decorator); a later registration of the same name replaces it.
 
     Args:
@@ -174,14 +176,20 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
         together: ``together({label: arrays}, out, loss_label) → [paths]``: one figure of the measure for
             every analyzed checkpoint at once, on one scale (densities overlaid with one smoothing width,
             surfaces side by side with one colour scale); drawn when two or more checkpoints have it.
+        ranges: what a setting allows beyond what its defaults imply (see :func:`sharpness.checks.check_settings`):
+            ``{"delta": {"gt": 0, "lt": 1}, "norm": {"choices": ("l2", "linf")}}``, bounds and choices
+            applying to each item of a list setting, ``"whole": (fn, text)`` to the value itself.
     """
     def add(f: Callable) -> Callable:
         if not isinstance(name, str) or not name or "/" in name:
             raise SharpnessError(f"a measure name must be a non-empty string without '/' (got {name!r})")
         if not callable(f):
             raise SharpnessError(f"measure '{name}': the function must be callable (got {type(f).__name__})")
+        unknown = sorted(set(ranges or {}) - set(settings or {}))
+        if unknown:
+            raise SharpnessError(f"measure '{name}': ranges name no setting: {', '.join(map(str, unknown))}")
         MEASURES[name] = Measure(name, f, dict(settings or {}), dict(quick or {}), tuple(keys), pair, figures,
-                                 description, together)
+                                 description, together, dict(ranges or {}))
         return f
 
     return add(fn) if fn is not None else add
