@@ -225,6 +225,19 @@ def test_trace_is_exact_when_the_dimension_fits_the_budget_and_says_why(case):
     assert t.converged and t.reason == "rtol reached"
 
 
+@pytest.mark.parametrize("n", [120, 336, 603])
+def test_an_unreachable_rtol_switches_to_the_exact_trace_once_it_is_cheaper(n):
+    # A flat spectrum (deflation gains nothing) and rtol 1e-6: the estimate would need millions of samples.
+    # It stops as soon as the P exact products cost less than what it still needs, not at the budget's end.
+    rng = np.random.default_rng(n)
+    A = rng.normal(size=(n, n))
+    H = torch.tensor((A + A.T) / 2)
+    t = hessian_trace(H, rtol=1e-6, max_hvps=1000)
+    assert t.converged and t.reason == "exact (P unit vectors)"
+    assert t.value == pytest.approx(float(torch.trace(H)), rel=1e-10, abs=1e-10)
+    assert t.n_hvps <= n + 20 + 16  # P, the Krylov sketch (20) and min_samples in blocks of 8 (16)
+
+
 def _kronecker(which):
     """H = I₃ ⊗ A (every eigenvalue of A three times) and its top or bottom five eigenvalues."""
     A = np.random.default_rng(0).normal(size=(30, 30))

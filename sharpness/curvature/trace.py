@@ -13,8 +13,10 @@ All run until stderr/|estimate| ≤ rtol (after ``min_samples`` residual samples
 When the dimension P fits the budget the trace can be had exactly from the P unit vectors,
 tr(H) = Σ_i e_iᵀ H e_i: with ``rtol=0``, or when the estimate could not be given room before the exact
 route would overrun the budget, that is what is done; otherwise the estimator gets the products the
-exact route leaves over and, if it has not reached ``rtol`` by then, the exact trace follows. So with
-P ≤ ``max_hvps`` the result always converges, within the budget.
+exact route leaves over and, if it has not reached ``rtol`` by then — or as soon as the samples it still
+needs at its measured variance (stderr ∝ 1/√m) cost more than the P exact products —, the exact trace
+follows. So with P ≤ ``max_hvps`` the result always converges, within the budget, and an unreachable
+``rtol`` costs about P products plus the sketch and ``min_samples``, not the whole budget.
 """
 
 from __future__ import annotations
@@ -138,8 +140,8 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
         t = torch.tensor(samples, dtype=torch.float64)
         mean = exact + float(t.mean())
         stderr = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else math.inf
-        if reached():
-            break
+        if reached() or (n <= limit and len(samples) >= min_samples and _projected(samples, stderr, mean, rtol) > n):
+            break  # rtol met, or the P exact products are now cheaper than the samples rtol still needs
     bar.close()
     spans = Q is not None and Q.shape[1] >= n
     if not samples:  # no residual sample: exact if the sketch spans the whole space, else error unknown
@@ -153,6 +155,15 @@ def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max
                        n_samples=len(samples), sketch_size=s, method=method, rtol=rtol,
                        seconds=time.perf_counter() - start, seed=seed,
                        converged=reason != "budget spent", reason=reason)
+
+
+def _projected(samples: list, stderr: float, mean: float, rtol: float) -> float:
+    """The further samples (one product each) the estimate needs for stderr ≤ rtol·|mean|, at its variance.
+
+    stderr falls as 1/√m, so m samples become m·(stderr / (rtol·|mean|))²; a zero mean never gets there.
+    """
+    goal = rtol * abs(mean)
+    return math.inf if not goal > 0 else len(samples) * max(0.0, (stderr / goal) ** 2 - 1)
 
 
 def _exact(op, n: int, block: int, progress: bool | None) -> float:
