@@ -4,7 +4,19 @@ Train small- and large-batch models, measure the curvature and sharpness of any 
 landscapes, and regenerate the figures of the batch-size literature. See README.md.
 """
 
-from . import plots, reporting
+import os as _os
+import sys as _sys
+
+# ``python -m sharpness.X`` puts the current folder first on sys.path, so a tqdm.py or scipy.py there would
+# be imported in place of the library the toolkit uses. Under -m the folder is taken off the path here,
+# before any library is imported, and comes back (at the end: installed libraries first) only for code
+# the user names (specs.user_folder_on_path).
+if _sys.argv[:1] == ["-m"] and _sys.path and _os.path.abspath(_sys.path[0] or ".") == _os.getcwd():
+    _USER_FOLDER: str | None = _os.path.abspath(_sys.path.pop(0) or ".")
+else:
+    _USER_FOLDER = None
+
+from . import plots, reporting  # noqa: E402 - after the path is settled
 from .allocator import keep_freed_memory
 from .analysis import Report, analyze
 from .batches import Batches

@@ -161,7 +161,8 @@ def check_settings(measure: Any, over: Any, where: str) -> dict:
             raise SharpnessError(f"{where}.{key} must be {whole[1]} (got {_short(value)})")
         for v in (value if isinstance(value, (list, tuple)) else [value]) if declared else []:
             if v is not None:
-                require(f"{where}.{key}", v, str if isinstance(v, str) else float, **declared)
+                whole_numbers = known and all(isinstance(n, numbers.Integral) for n in known)
+                require(f"{where}.{key}", v, str if isinstance(v, str) else int if whole_numbers else float, **declared)
     return over
 
 

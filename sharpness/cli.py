@@ -475,6 +475,8 @@ def analyze_main(argv: list[str] | None = None) -> int:
         extra["params"] = a.params
 
     out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
+    if not a.out and Path(out).is_symlink():  # a folder the toolkit names, not the user: never through a link
+        raise SharpnessError(f"{printable(out, 300)}: is a symlink; name the output folder with --out")
     measures = [m.strip() for m in a.measures.split(",") if m.strip()] if a.measures else None
     with options, _trusting(a), launched(a.device) as device:  # under torchrun: data-parallel over the ranks
         report = analysis.analyze(a.checkpoints, out=out, measures=measures, quick=a.quick, device=device,
@@ -528,10 +530,13 @@ def _import_plugins(argv: list[str]) -> None:
     """Import every ``--plugin MODULE`` (the user typed it: trusted) so its measures are registered."""
     import importlib
 
+    from .specs import user_folder_on_path
+
     for i, arg in enumerate(argv):
         name = arg.split("=", 1)[1] if arg.startswith("--plugin=") else (
             argv[i + 1] if arg == "--plugin" and i + 1 < len(argv) else None)
         if name is not None:
+            user_folder_on_path()
             try:
                 importlib.import_module(name)
             except Exception as e:  # not found, a syntax error, a relative name, the module's own failure

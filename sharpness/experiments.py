@@ -377,7 +377,31 @@ def _train_one(args: tuple) -> str:
     return out
 
 
-def _check_runs(runs: list, figures_root: Path, where: str, typed: list[str]) -> None:
+_CODE_FIELDS = ("model", "dataset", "loss")  # the TrainConfig fields that name code
+
+
+def typed_names(overrides: list[str] | None) -> set[str]:
+    """The model, data set and loss names the user typed in ``--set`` overrides (exactly those values).
+
+    ``--set base.model=mynets:make``, ``--set grid.model=["a:b","c:d"]``, and such keys inside a table
+    or list a ``--set`` gives (``variants=[{"model": ...}]``).
+    """
+    names: set[str] = set()
+    for item in overrides or []:
+        key, _, text = str(item).partition("=")
+        stack = [(key.strip().split(".")[-1], _json_value(item, text))]
+        while stack:
+            field, value = stack.pop()
+            if isinstance(value, dict):
+                stack.extend(value.items())
+            elif isinstance(value, list):
+                stack.extend((field, v) for v in value)
+            elif field in _CODE_FIELDS and isinstance(value, str):
+                names.add(value)
+    return names
+
+
+def _check_runs(runs: list, figures_root: Path, where: str, typed: set[str]) -> None:
     """Check that every run's model, data set and loss can be had, and that the figures folder can be made.
 
     Said before the first run trains, not after it. The names are read from the TOML ``where``: code
@@ -395,7 +419,7 @@ def _check_runs(runs: list, figures_root: Path, where: str, typed: list[str]) ->
                              "variant names that read the same")
     for label, cfg in runs:
         for registry, name in ((MODELS, cfg.model), (DATASETS, cfg.dataset), (LOSSES, cfg.loss)):
-            if not any(isinstance(name, str) and name in t for t in typed):
+            if name not in typed:
                 registry.screen(name, where)
         MODELS.resolve(cfg.model, trusted=True)
         DATASETS.resolve(cfg.dataset, trusted=True)
@@ -442,8 +466,13 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     spec = load_experiment(path, overrides)
     name = spec["name"]
     runs = expand(spec)
-    _check_runs(runs, Path(figures_root), str(path), list(overrides or []))  # before references become paths
+    _check_runs(runs, Path(figures_root), str(path), typed_names(overrides))  # before references become paths
     dirs = resolve_references(runs, Path(runs_root), name)
+    # Folders the runner names (not the user): a symlink placed at one would take every file elsewhere.
+    for d in {*dirs.values(), *(d.parent for d in dirs.values()), Path(figures_root) / name}:
+        if d.is_symlink():
+            raise SharpnessError(f"{printable(d, 300)}: is a symlink; the runner writes only into folders it makes "
+                                 "(remove the link, or name its target with --runs / --figures)")
     for pair in spec.get("analysis", {}).get("pairs", []):  # before training, not after
         if pair[0] not in dirs or pair[1] not in dirs:
             raise SharpnessError(f"analysis.pairs names unknown runs {pair[0]!r}, {pair[1]!r}; runs are {list(dirs)}")

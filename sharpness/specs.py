@@ -335,6 +335,7 @@ class Registry:
         return None
 
     def _import(self, name: str, module: str) -> Any:
+        user_folder_on_path()
         try:
             return importlib.import_module(module)
         except ImportError as e:
@@ -354,6 +355,19 @@ class Registry:
                               f"({why}); if it is your code, pass it explicitly (--{self.option} {name} / "
                               f"{self.option}='{name}') or allow it with --trust-code (${TRUST_ENV}=1; library: "
                               "trusted=True)")
+
+
+def user_folder_on_path() -> None:
+    """Put the folder ``python -m`` started in back on sys.path, last, for code the user names.
+
+    ``sharpness/__init__`` takes it off under ``-m`` (a module there must not shadow a library); a name
+    the user typed (``--model mynets:make``, ``--plugin``) or allowed (``--trust-code``) is looked up there
+    after the installed packages.
+    """
+    from . import _USER_FOLDER
+
+    if _USER_FOLDER is not None and _USER_FOLDER not in sys.path:
+        sys.path.append(_USER_FOLDER)
 
 
 def check_args(fn: Callable, args: dict, what: str) -> None:

@@ -345,3 +345,67 @@ if given is not None:
         text = out.getvalue() + err.getvalue()
         assert rc in (0, 2)
         assert not set(text) & (set(CONTROL) - {"\n"}), repr(text)
+
+
+def test_a_name_inside_another_set_value_does_not_allow_the_tomls_code(tmp_path):
+    # Only a model/dataset/loss value the user typed is theirs: the same text inside another value (a data
+    # argument, a longer name) is not.
+    from sharpness.experiments import typed_names
+
+    assert typed_names(['base.data_args={"note": "cleanup:x"}', "base.model=mynets:x"]) == {"mynets:x"}
+    assert typed_names(['grid.model=["a:b", "c:d"]', 'variants=[{"name": "v", "loss": "l:f"}]']) == \
+        {"a:b", "c:d", "l:f"}
+    folder = _stranger_folder(tmp_path, "cleanup_set", "model")
+    for override in ['base.data_args={"note": "cleanup_set:make"}', "base.dataset=gaussian",
+                     "base.model=xcleanup_set:makex"]:
+        with pytest.raises(SharpnessError) as e:
+            __import__("sharpness").experiments.run_experiment(
+                folder / "exp.toml", runs_root=tmp_path / "runs", figures_root=tmp_path / "fig",
+                overrides=[override], progress=False)
+        assert "cleanup_set" not in sys.modules and not (folder / "PLANTED_cleanup_set").exists(), str(e.value)
+
+
+def test_a_module_in_the_current_folder_never_shadows_a_library(tmp_path):
+    # python -m puts the current folder first on sys.path; a tqdm.py or scipy.py there is not imported in
+    # place of the library, while the user's own module named on the command line still is.
+    folder = _stranger_folder(tmp_path, "mynets_here", "model")
+    for lib in ("tqdm", "scipy", "matplotlib", "safetensors"):
+        (folder / f"{lib}.py").write_text(f"open('SHADOWED_{lib}', 'a').write('x')\n")
+    env = {k: v for k, v in os.environ.items() if k != "SHARPNESS_TRUST_CODE"}
+    out = subprocess.run([sys.executable, "-m", "sharpness.analyze", "ckpt.pt", "--model", "mynets_here:make",
+                          "--measures", "loss", "--out", "an"], cwd=folder, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert not list(folder.glob("SHADOWED_*")) and (folder / "an" / "report.json").exists()
+    assert (folder / "PLANTED_mynets_here").exists()  # named with --model: the user's own code, imported
+
+
+def test_a_fifo_or_device_as_a_training_toml_is_refused_at_once(tmp_path):
+    from sharpness.cli import train_main
+
+    os.mkfifo(tmp_path / "f.toml")
+    for path in (tmp_path / "f.toml", Path("/dev/zero")):
+        err = io.StringIO()
+        with redirect_stderr(err):
+            assert train_main([str(path), "--out", str(tmp_path / "r")]) == 2
+        assert "not a regular file" in err.getvalue() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("measure,setting", [
+    ("landscape2d", {"steps": 1}), ("landscape2d", {"steps": 10**9}), ("landscape1d", {"steps": 2_000_000}),
+    ("density", {"steps": 1}), ("noise_scale", {"n_batches": 1}), ("noise_scale", {"n_batches": "x"}),
+    ("interpolation", {"range": ["a", "b"]}), ("interpolation", {"n_alphas": 10**8}),
+    ("dist_from_init", {"init": "/nonexistent/init.pt"}), ("eps_sharpness", {"subspace_dims": []}),
+])
+def test_settings_a_measure_would_refuse_later_are_refused_before_training(tmp_path, measure, setting):
+    spec = _set(TINY, ("analysis", "settings"), {measure: setting})
+    _refused_before_work(tmp_path, _experiment(tmp_path, spec))
+
+
+def test_a_symlink_at_a_folder_the_runner_names_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "fig").mkdir()
+    (tmp_path / "fig" / "tiny").symlink_to(victim, target_is_directory=True)
+    _refused_before_work(tmp_path, _experiment(tmp_path, TINY))
+    assert not list(victim.iterdir())

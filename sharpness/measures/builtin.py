@@ -24,6 +24,7 @@ from ..curvature import HessianOperator, hessian_eigenvalues, hessian_trace, spe
 from ..curvature.lanczos import Krylov, start_vector
 from ..errors import SharpnessError
 from ..landscape import interpolate, surface
+from ..landscape.grid import MAX_POINTS
 from .adaptive import adaptive_sharpness
 from .keskar import eps_sharpness
 from .noise_scale import gradient_noise_scale
@@ -132,6 +133,7 @@ def _density_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
 
 
 register_measure("density", _density, settings={"n_runs": 2, "steps": 80}, quick={"n_runs": 2, "steps": 30},
+                 ranges={"n_runs": {"le": 100_000}, "steps": {"ge": 2, "le": 100_000}},
                  figures=_density_figures, together=_density_together,
                  description="Hessian spectral density (stochastic Lanczos quadrature)")
 
@@ -164,7 +166,8 @@ def _eps(ctx: Context, st: dict) -> Record:
 _EPS = {"eps": [1e-3, 5e-4], "subspace_dims": [None, 100], "subspace_draw": "normal", "max_iter": 10}
 register_measure("eps_sharpness", _eps, settings=_EPS, quick={"eps": [1e-3]},
                  ranges={"subspace_draw": {"choices": ("normal", "unit")},
-                         "eps": {"whole": (lambda v: len(v) > 0, "a non-empty list")}},
+                         "eps": {"whole": (lambda v: len(v) > 0, "a non-empty list")},
+                         "subspace_dims": {"whole": (lambda v: len(v) > 0, "a non-empty list (None: the full space)")}},
                  keys=[Key(eps_key(e, p), _eps_label(e, p), "{:.3f}") for p in _EPS["subspace_dims"]
                        for e in _EPS["eps"]],
                  description="Keskar's ε-sharpness φ (full space and a random subspace)")
@@ -199,7 +202,9 @@ def _noise(ctx: Context, st: dict) -> Record:
 register_measure("noise_scale", _noise,
                  settings={"batch_sizes": "per-example", "n_batches": None, "max_samples": 2000},
                  quick={"batch_sizes": [32, 256], "n_batches": 16, "max_samples": None},
-                 ranges={"batch_sizes": {"whole": (lambda v: v == "per-example" or (
+                 ranges={"n_batches": {"whole": (lambda v: v is None or (type(v) is int and 2 <= v <= 10**5),
+                                                 "None or an integer in [2, 100000]")},
+                         "batch_sizes": {"whole": (lambda v: v == "per-example" or (
                      isinstance(v, list) and len(v) == 2 and v[0] < v[1]), "'per-example' or [small, big] batch sizes")}},
                  keys=[Key("b_simple", "B_simple", "{:.1f}")],
                  description="McCandlish's gradient noise scale B_simple")
@@ -245,6 +250,8 @@ def _distance(ctx: Context, st: dict) -> Record:
 
 
 register_measure("dist_from_init", _distance, settings={"init": ""},
+                 ranges={"init": {"whole": (lambda v: v == "" or Path(v).expanduser().is_file(),
+                                            "'' (init.pt beside the checkpoint) or an existing file")}},
                  keys=[Key("distance", "‖w − w₀‖", "{:.3g}")],
                  description="distance from the initialization ‖w − w₀‖ (init.pt beside the checkpoint)")
 
@@ -283,9 +290,11 @@ def _surface_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> 
     return paths
 
 
-_NORMALIZATION = {"normalization": {"choices": ("filter", "layer", "none")}}
+def _grid(dims: int) -> dict:  # what surface() takes: 2 ≤ steps, steps^dims ≤ MAX_POINTS
+    return {"normalization": {"choices": ("filter", "layer", "none")},
+            "steps": {"whole": (lambda v: 2 <= v and v ** dims <= MAX_POINTS, f"at least 2 with steps^{dims} ≤ {MAX_POINTS}")}}
 register_measure("landscape1d", _landscape(1), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
-                 ranges=_NORMALIZATION,
+                 ranges=_grid(1),
                  quick={"steps": 21}, figures=_line_figures,
                  description="1D loss landscape along a filter-normalized direction (Li et al. 2018)")
 def _surface_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
@@ -298,7 +307,7 @@ def _surface_together(arrays: dict, out: Path, loss_label: str) -> list[Path]:
 
 
 register_measure("landscape2d", _landscape(2), settings={"steps": 51, "span": 1.0, "normalization": "filter"},
-                 ranges=_NORMALIZATION,
+                 ranges=_grid(2),
                  quick={"steps": 11}, figures=_surface_figures, together=_surface_together,
                  description="2D loss surface on a filter-normalized plane (Li et al. 2018)")
 
@@ -325,6 +334,8 @@ def _parametric_figures(rec: Record, out: Path, labels: tuple, loss_label: str) 
 register_measure("interpolation", _interpolation,
                  settings={"n_alphas": 25, "range": [-1.0, 2.0], "path": "linear"}, quick={"n_alphas": 13},
                  ranges={"path": {"choices": ("linear", "sin")},
-                         "range": {"whole": (lambda r: len(r) == 2 and r[0] < r[1], "[lo, hi] with lo < hi")}},
+                         "n_alphas": {"whole": (lambda v: v <= MAX_POINTS, f"at most {MAX_POINTS}")},
+                         "range": {"whole": (lambda r: len(r) == 2 and all(type(x) in (int, float) for x in r)
+                                             and r[0] < r[1] and max(map(abs, r)) <= 1e6, "[lo, hi] with lo < hi, within ±1e6")}},
                  pair=True, figures=_parametric_figures,
                  description="loss along the line between two checkpoints (Keskar's parametric plot)")
