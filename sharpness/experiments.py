@@ -458,6 +458,7 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     from .analysis import analyze
     from .checkpoint import load_checkpoint
     from .plots.experiments import draw
+    from .reporting import groups
 
     require("jobs", jobs, int, ge=1)
     world = rank_and_world()[1]
@@ -476,6 +477,16 @@ def run_experiment(path: str | Path, *, runs_root: str | Path = "runs", figures_
     for pair in spec.get("analysis", {}).get("pairs", []):  # before training, not after
         if pair[0] not in dirs or pair[1] not in dirs:
             raise SharpnessError(f"analysis.pairs names unknown runs {pair[0]!r}, {pair[1]!r}; runs are {list(dirs)}")
+        stem = f"parametric_{pair[0]}_{pair[1]}_{pair[2] if len(pair) > 2 else 'linear'}.png"
+        if len(stem.encode()) > 255:  # the pair's figure file: a name the file system takes
+            raise SharpnessError(f"analysis.pairs {_short(pair[:2], 120)}: the labels make a figure file name of "
+                                 f"{len(stem.encode())} bytes (at most 255): shorten the variant names")
+    grouped = groups({label: None for label, _ in runs})
+    for i, curve in enumerate(spec.get("figures", {}).get("curves", []) or []):
+        unknown = [g for g in curve.get("groups") or [] if g not in grouped]
+        if unknown:
+            raise SharpnessError(f"figures.curves[{i}].groups names unknown group(s) {_short(unknown, 120)}; "
+                                 f"groups are {_short(list(grouped), 200)}")
     started = {str(d) for d in dirs.values()}
     # Two phases: runs that start from another run's checkpoint train after every run from scratch.
     for phase in (False, True):

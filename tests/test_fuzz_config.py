@@ -409,3 +409,22 @@ def test_a_symlink_at_a_folder_the_runner_names_is_refused(tmp_path):
     (tmp_path / "fig" / "tiny").symlink_to(victim, target_is_directory=True)
     _refused_before_work(tmp_path, _experiment(tmp_path, TINY))
     assert not list(victim.iterdir())
+
+
+@pytest.mark.parametrize("figures", [
+    {"correlation": {"gap": "bogus"}},
+    {"curves": [{"file": "c.png", "groups": ["nosuchgroup"], "panels": [{"x": "epoch", "y": "test_loss"}]}]},
+])
+def test_figure_options_that_name_nothing_are_refused_before_training(tmp_path, figures):
+    spec = _set(TINY, ("figures",), {**TINY["figures"], **figures})
+    assert ("gap" if "correlation" in figures else "nosuchgroup") in _refused_before_work(
+        tmp_path, _experiment(tmp_path, spec))
+
+
+def test_pair_labels_too_long_for_a_file_name_are_refused_before_training(tmp_path):
+    a, b = "a" * 100, "b" * 100
+    spec = {**TINY, "variants": [{"name": a}, {"name": b}], "figures": {"kinds": ["table"]},
+            "grid": {**TINY["grid"], "lr": [0.0100000000001]}}
+    labels = [label for label, _ in __import__("sharpness").experiments.expand(spec) if "B16-seed0" in label]
+    spec["analysis"] = {**TINY["analysis"], "pairs": [[*labels[:2], "sin"]]}
+    assert "at most 255" in _refused_before_work(tmp_path, _experiment(tmp_path, spec))

@@ -803,7 +803,7 @@ _KIND_OPTIONS: dict[str, dict] = {
     "sharpness_vs_loss": _SHARPNESS, "batch_sweep": _SHARPNESS, "warm_start": _SHARPNESS,
     "gap_scatter": {"best": (int, {"ge": 1, "le": 1000}), **_TITLE},
     "cost": {"target": (float, {"gt": 0}), **_TITLE},
-    "correlation": {"gap": (str, {}), "n_boot": (int, {"ge": 10, "le": 10**6}), **_TITLE},
+    "correlation": {"gap": (str, {"choices": ("gap", "gap_acc")}), "n_boot": (int, {"ge": 10, "le": 10**6}), **_TITLE},
 }
 _CURVE_KEYS = {"file", "title", "groups", "styles", "panels"}
 _PANEL_KEYS = {"x", "y", "xscale", "yscale", "ylim", "source", "stability"}
