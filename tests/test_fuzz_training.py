@@ -88,7 +88,16 @@ def cfg(**kw):
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """A real run folder killed in epoch 2: init.pt, ckpt_epoch1.pt, last.pt (epoch 1), history.json."""
-    folder = tmp_path_factory.mktemp("resume") / "run"
+    return _interrupted(tmp_path_factory.mktemp("resume") / "run")
+
+
+@pytest.fixture(scope="module")
+def interrupted_adam(tmp_path_factory):
+    """The same with Adam: its per-parameter state (step, exp_avg, exp_avg_sq) is in last.pt."""
+    return _interrupted(tmp_path_factory.mktemp("resume_adam") / "run", optimizer="adam")
+
+
+def _interrupted(folder: Path, **kw) -> Path:
     real = torch.nn.functional.cross_entropy
 
     def flaky(*a, **kw):
@@ -99,7 +108,7 @@ def interrupted(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.nn.functional, "cross_entropy", flaky)
         with pytest.raises(KeyboardInterrupt):
-            train_model(cfg(), folder, progress=False)
+            train_model(cfg(**kw), folder, progress=False)
     assert load_checkpoint(folder / "last.pt").epoch == 1 and not (folder / "done").exists()
     return folder
 
@@ -198,6 +207,24 @@ def test_a_tampered_resume_state_is_refused_before_any_epoch(interrupted, tmp_pa
     text = refused(cfg(), folder)
     assert "last.pt" in text or str(folder) in text, text
     assert field in text, text
+
+
+@pytest.mark.parametrize("key,value,field", [
+    ("step", torch.tensor(-5.0), "step"), ("step", torch.tensor(2.5), "step"),
+    ("exp_avg_sq", None, "exp_avg_sq"), ("max_exp_avg_sq", None, "max_exp_avg_sq"),
+])
+def test_a_tampered_adam_state_is_refused_before_any_epoch(interrupted_adam, tmp_path, key, value, field):
+    folder = copy_run(interrupted_adam, tmp_path / "run")
+    obj = torch.load(folder / "last.pt", weights_only=True)
+    entry = obj["optimizer"]["state"][_first(obj["optimizer"]["state"])]
+    entry[key] = value if value is not None else -torch.ones_like(entry["exp_avg"])
+    resave(obj, folder / "last.pt")
+    assert field in refused(cfg(optimizer="adam"), folder)
+
+
+def test_the_untampered_adam_state_resumes(interrupted_adam, tmp_path):
+    run = train_model(cfg(optimizer="adam"), copy_run(interrupted_adam, tmp_path / "run"), progress=False)
+    assert run.epoch == 2
 
 
 @pytest.mark.parametrize("name", ["weight_missing", "weight_shape", "no_state_dict", "other_run"])

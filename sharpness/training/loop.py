@@ -353,6 +353,10 @@ def _screen_optimizer(bad, saved: Any, opt: torch.optim.Optimizer) -> None:
                     raise bad(what, f"is a scalar; its parameter's shape is {list(p.shape)}")
                 if not bool(torch.isfinite(v).all()):
                     raise bad(what, "holds NaN or Inf")
+                if name == "step" and not (v.numel() == 1 and float(v) >= 0 and float(v) == int(float(v))):
+                    raise bad(what, f"is {printable(repr(v.tolist()), 40)}, not a count of updates ≥ 0")
+                if name in ("exp_avg_sq", "max_exp_avg_sq") and bool((v < 0).any()):
+                    raise bad(what, "holds negative entries (a mean of squared gradients is ≥ 0)")
             elif v is None and name == "momentum_buffer":
                 continue
             elif not (_is_finite(v) and name == "step" and v >= 0):
