@@ -55,7 +55,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .batches import Batches, leaves
+from .batches import Batches, check_finite, leaves
 from .checkpoint import Checkpoint, load_checkpoint, tensor_checksum
 from .checks import check_device, check_settings, require
 from .distributed import from_main, per_rank, rank_and_world
@@ -521,62 +521,6 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}".rstrip(": ")
 
 
-_CHUNK = 1 << 22  # elements per finiteness check: a bounded temporary, whatever the data's size
-
-
-def _nonfinite(tree: Any, path: tuple = ()) -> tuple | None:
-    """The position (indices/keys from the top) of the first float tensor leaf holding NaN or ±Inf, else None.
-
-    Walks tensors, tuples, lists, dicts, TensorDatasets and DataLoaders over them (data in memory only;
-    other Datasets are left to the two-example probe).
-    """
-    if isinstance(tree, DataLoader):
-        return _nonfinite(tree.dataset, path)
-    if isinstance(tree, TensorDataset):
-        return _nonfinite(tuple(tree.tensors), path)
-    if isinstance(tree, torch.Tensor):
-        if tree.is_floating_point() or tree.is_complex():
-            flat = tree.detach().reshape(-1)
-            for i in range(0, flat.numel(), _CHUNK):
-                if not bool(torch.isfinite(flat[i:i + _CHUNK]).all()):
-                    return path
-        return None
-    if isinstance(tree, (tuple, list)):
-        items = enumerate(tree)
-    elif isinstance(tree, dict):
-        items = tree.items()
-    else:
-        return None
-    for k, v in items:
-        found = _nonfinite(v, (*path, k))
-        if found is not None:
-            return found
-    return None
-
-
-def _field(path: tuple, batches: bool) -> str:
-    """A leaf's position in words: ``inputs`` / ``targets`` of an ``(X, y)`` pair, ``batch 3``, ``['image']``."""
-    parts = []
-    if batches and path:
-        parts.append(f"batch {path[0]}")
-        path = path[1:]
-    for i, k in enumerate(path):
-        if i == 0 and isinstance(k, int) and k < 2:
-            parts.append(("inputs (X)", "targets (y)")[k])
-        else:
-            parts.append(f"[{printable(repr(k), 40)}]")
-    return ", ".join(parts) or "the tensor"
-
-
-def _check_finite(where: str, name: str, data: Any) -> None:
-    """Bad data said as such, before any measure: a NaN or Inf in a float leaf of ``data`` (kept in memory)."""
-    is_batches = isinstance(data, list) and bool(data) and all(isinstance(b, (tuple, list, dict)) for b in data)
-    found = _nonfinite(data)
-    if found is not None:
-        raise SharpnessError(f"{where}: the {name} data hold NaN or Inf values ({_field(found, is_batches)}); "
-                             "bad data, not a training problem: clean or drop those examples")
-
-
 def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, loss: Any, loss_args: dict | None,
              batch_size: int | None, max_samples: int | None, seed: int, progress: bool | None,
              params: list | None) -> Context:
@@ -589,7 +533,7 @@ def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, l
     train, test = data if data is not None else ckpt.datasets()
     where = ckpt.where
     for name, d in (("training", train), ("test", test)):
-        _check_finite(where, name, d)  # data in memory: every example, cheaply, before the model is built
+        check_finite(d, where, name)  # data in memory: every example, cheaply, before the model is built
     model = ckpt.model(device, data=(train, test))  # a factory gets input_shape / num_classes from the data
     try:
         first = select_params(model, params, trainable_only=True)[0][1]
@@ -598,7 +542,7 @@ def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, l
     batches = Batches(train, batch_size=batch_size, device=first.device, dtype=first.dtype)
     # the same two examples on every rank, no collective: a failure cannot leave other ranks waiting
     probe = batches.examples(torch.arange(min(2, batches.num_samples or 2)))
-    _check_finite(where, "training", probe)  # a Dataset read example by example: its first two, at least
+    check_finite(probe, where, "training")  # a Dataset read example by example: its first two, at least
     try:
         with torch.no_grad(), preserved(model):
             raw = next(iter(Batches(probe, device=first.device, dtype=first.dtype)))

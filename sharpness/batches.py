@@ -178,6 +178,67 @@ class _PrivateRandom:
             random.setstate(mine_py)
 
 
+_CHUNK = 1 << 22  # elements per finiteness check: a bounded temporary, whatever the data's size
+
+
+def _nonfinite(tree: Any, path: tuple = ()) -> tuple | None:
+    """The position (indices/keys from the top) of the first float tensor leaf holding NaN or ±Inf, else None.
+
+    Walks tensors, tuples, lists, dicts, TensorDatasets and DataLoaders over them (data in memory only;
+    other Datasets are left to the two-example probe).
+    """
+    if isinstance(tree, DataLoader):
+        return _nonfinite(tree.dataset, path)
+    if isinstance(tree, TensorDataset):
+        return _nonfinite(tuple(tree.tensors), path)
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() or tree.is_complex():
+            flat = tree.detach().reshape(-1)
+            for i in range(0, flat.numel(), _CHUNK):
+                if not bool(torch.isfinite(flat[i:i + _CHUNK]).all()):
+                    return path
+        return None
+    if isinstance(tree, (tuple, list)):
+        items = enumerate(tree)
+    elif isinstance(tree, dict):
+        items = tree.items()
+    else:
+        return None
+    for k, v in items:
+        found = _nonfinite(v, (*path, k))
+        if found is not None:
+            return found
+    return None
+
+
+def _field(path: tuple, batches: bool) -> str:
+    """A leaf's position in words: ``inputs`` / ``targets`` of an ``(X, y)`` pair, ``batch 3``, ``['image']``."""
+    parts = []
+    if batches and path:
+        parts.append(f"batch {path[0]}")
+        path = path[1:]
+    for i, k in enumerate(path):
+        if i == 0 and isinstance(k, int) and k < 2:
+            parts.append(("inputs (X)", "targets (y)")[k])
+        else:
+            parts.append(f"[{printable(repr(k), 40)}]")
+    return ", ".join(parts) or "the tensor"
+
+
+def check_finite(data: Any, where: str = "", name: str = "") -> None:
+    """Bad data said as such, before any measure: a NaN or Inf in a float leaf of ``data`` (kept in memory).
+
+    Every :class:`Batches` over data in memory is checked once when made, so a library call (an
+    eigenvalue, a surface, the tracker) says "bad data" rather than returning NaN or failing in LAPACK.
+    """
+    is_batches = isinstance(data, list) and bool(data) and all(isinstance(b, (tuple, list, dict)) for b in data)
+    found = _nonfinite(data)
+    if found is not None:
+        raise SharpnessError(f"{where + ': ' if where else ''}the {name + ' ' if name else ''}data hold NaN or Inf "
+                             f"values ({_field(found, is_batches)}); bad data, not a training problem: clean or "
+                             "drop those examples")
+
+
 DATASET_BATCH = 4096  # a Dataset without batch_size is read in batches of this many examples (one if smaller)
 
 
@@ -229,6 +290,7 @@ class Batches:
         self.source = data
         self.random: _PrivateRandom | None = None  # a loader's private generators (set below)
         tree = _in_memory(data)
+        check_finite(data)  # in memory (tensors, batches, a loader over a TensorDataset): NaN/Inf is bad data
         if tree is not None:
             self._store(split(tree, batch_size) if batch_size else [tree])
         elif isinstance(data, list) and data:

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import sharpness as sh
 from sharpness import SharpnessError
@@ -360,3 +360,41 @@ def test_a_tracker_state_round_trips():
     u = sh.SharpnessTracker("cross_entropy", DATA, every=1, max_hvps=10)
     u.load_state_dict(t.state_dict())
     assert u.history == t.history
+
+
+_ANALYZERS = {
+    "eigenvalues": lambda net, d: sh.hessian_eigenvalues(sh.HessianOperator(net, "cross_entropy", d), k=1),
+    "trace": lambda net, d: sh.hessian_trace(sh.HessianOperator(net, "cross_entropy", d), max_hvps=50),
+    "evaluate": lambda net, d: sh.Objective(net, "cross_entropy", d).evaluate(),
+    "eps_sharpness": lambda net, d: sh.eps_sharpness(net, "cross_entropy", d, max_iter=2),
+    "noise_scale": lambda net, d: sh.gradient_noise_scale(net, "cross_entropy", d),
+    "surface": lambda net, d: sh.surface(net, "cross_entropy", d, dims=1, steps=3),
+    "tracker": lambda net, d: sh.SharpnessTracker("cross_entropy", d, every=1)(net, 0),
+}
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(sorted(_ANALYZERS)), where=st.sampled_from(["x", "y"]),
+       value=st.sampled_from([math.nan, math.inf, -math.inf]), index=st.integers(0, 23),
+       form=st.sampled_from(["tensors", "dataset", "loader", "batches", "dict"]))
+def test_nan_or_inf_in_data_in_memory_is_bad_data_in_every_analyzer(name, where, value, index, form):
+    # Not a NaN result, not a LAPACK failure: the data are said to be bad, naming where.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(24, 4), torch.arange(24.0).remainder(3).unsqueeze(1).expand(24, 3).contiguous()
+    y = torch.softmax(y, 1)  # probabilities: real targets cross-entropy takes, so NaN can sit in them too
+    (x if where == "x" else y)[index, 1] = value
+    data = {"tensors": (x, y), "dataset": TensorDataset(x, y),
+            "loader": DataLoader(TensorDataset(x, y), batch_size=8),
+            "batches": [(x[:10], y[:10]), (x[10:], y[10:])], "dict": {"input": x, "target": y}}[form]
+    kw = {}
+    if form == "dict":
+        kw = {"batch_fn": lambda b: (b["input"], b["target"], {})}
+        data = [data]
+    with pytest.raises(SharpnessError) as e:
+        if kw:
+            sh.hessian_eigenvalues(sh.HessianOperator(sh.Objective(net, "cross_entropy", data, **kw)), k=1)
+        else:
+            _ANALYZERS[name](net, data)
+    text = str(e.value)
+    assert "NaN or Inf" in text and "bad data" in text and "\n" not in text, text
