@@ -398,3 +398,14 @@ def test_nan_or_inf_in_data_in_memory_is_bad_data_in_every_analyzer(name, where,
             _ANALYZERS[name](net, data)
     text = str(e.value)
     assert "NaN or Inf" in text and "bad data" in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("bad", ["zero", "nan"])
+def test_zero_or_nonfinite_surface_directions_are_refused(bad):
+    net = nn.Sequential(nn.Linear(4, 3))
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    P = sum(p.numel() for p in net.parameters())
+    d = torch.randn(2, P)
+    d[1] = 0.0 if bad == "zero" else math.nan
+    with pytest.raises(SharpnessError, match="nonzero" if bad == "zero" else "NaN or Inf"):
+        sh.surface(net, "cross_entropy", (x, y), directions=d, steps=3)

@@ -199,6 +199,8 @@ def surface(model: nn.Module | Objective, loss_fn: Callable | str | None = None,
     V = D.vectors.to(device=theta0.device, dtype=theta0.dtype)
     if V.shape[1] != theta0.numel() or len(V) not in (1, 2):
         raise SharpnessError(f"need 1 or 2 directions of length {theta0.numel()} (got {tuple(V.shape)})")
+    if not bool(torch.isfinite(V).all()) or bool((V.norm(dim=1) == 0).any()):  # a flat, meaningless surface
+        raise SharpnessError("directions must be finite and nonzero (a zero direction draws a flat surface)")
     if steps ** len(V) > MAX_POINTS:
         raise SharpnessError(f"steps={steps} with {len(V)} directions is a grid of {steps ** len(V)} points, more "
                              f"than {MAX_POINTS}; lower steps")
