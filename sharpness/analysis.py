@@ -826,6 +826,14 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
     max_samples = max_samples if max_samples is not None else (1000 if quick else None)
     ctxs = [_context("", c, data=memory, device=device, loss=loss, loss_args=loss_args, batch_size=batch_size,
                      max_samples=max_samples, seed=seed, progress=progress, params=params) for c in ckpts]
+    for name in names:  # settings given that the model cannot take (k > P): said before any measure runs
+        measure, given_here = MEASURES[name], overrides.get(name)
+        if measure.fits is not None and given_here:  # (defaults too large for a tiny model: that measure fails)
+            chosen = {**measure.settings_for(quick), **given_here}
+            for c, ctx in zip(ckpts, ctxs):
+                why = measure.fits(chosen, ctx.work.num_params)
+                if why and not measure.fits(measure.settings_for(quick), ctx.work.num_params):
+                    raise SharpnessError(f"{c.where}: settings.{name}: {why}")
     variant = _variant(quick=quick, max_samples=max_samples, seed=seed, overrides=overrides, loss=loss,
                        loss_args=loss_args, params=params, model=model, model_args=model_args, data=data,
                        data_args=data_args, memory=memory)

@@ -428,3 +428,11 @@ def test_pair_labels_too_long_for_a_file_name_are_refused_before_training(tmp_pa
     labels = [label for label, _ in __import__("sharpness").experiments.expand(spec) if "B16-seed0" in label]
     spec["analysis"] = {**TINY["analysis"], "pairs": [[*labels[:2], "sin"]]}
     assert "at most 255" in _refused_before_work(tmp_path, _experiment(tmp_path, spec))
+
+
+def test_more_eigenvalues_than_parameters_is_refused_before_any_measure(tmp_path):
+    net, x = nn.Linear(3, 2), torch.randn(8, 3)  # 8 parameters
+    with pytest.raises(SharpnessError, match="k 100 is more than the model's 8 parameters"):
+        analyze(net, data=((x, torch.arange(8) % 2), None), measures=["loss", "eigenvalues"],
+                settings={"eigenvalues": {"k": 100}}, out=tmp_path / "an", progress=False)
+    assert not (tmp_path / "an").exists()

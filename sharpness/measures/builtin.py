@@ -85,6 +85,8 @@ def _eigenvalues(ctx: Context, st: dict) -> Record:
 register_measure("eigenvalues", _eigenvalues,
                  settings={"k": 5, "tol": 1e-3, "smallest_k": 1, "smallest_max_hvps": 80},
                  ranges={"tol": {"lt": 1}},
+                 fits=lambda st, n: next((f"{key} {st[key]} is more than the model's {n} parameters"
+                                          for key in ("k", "smallest_k") if st[key] > n), None),
                  quick={"tol": 1e-2, "smallest_max_hvps": 30},
                  keys=[Key("lambda_max", "λ_max")],
                  description="top-k and smallest Hessian eigenvalues (thick-restart Lanczos)")

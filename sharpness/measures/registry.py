@@ -103,6 +103,7 @@ class Measure:
     description: str = ""
     together: Callable[..., list] | None = None  # together({label: arrays}, out, loss_label) → written paths
     ranges: dict = field(default_factory=dict)  # setting → bounds/choices beyond the defaults' (check_settings)
+    fits: Callable[[dict, int], str | None] | None = None  # fits(settings, P) → why they cannot run, or None
 
     def draw_together(self, arrays: dict[str, dict], out: Path, loss_label: str) -> list[Path]:
         """Write the figure that shows this measure of several checkpoints at once (on one scale)."""
@@ -160,7 +161,7 @@ MEASURES: dict[str, Measure] = {}
 def register_measure(name: str, fn: Callable | None = None, *, settings: dict | None = None,
                      quick: dict | None = None, keys: list | tuple = (), pair: bool = False,
                      figures: Callable | None = None, description: str = "", together: Callable | None = None,
-                     ranges: dict | None = None):
+                     ranges: dict | None = None, fits: Callable[[dict, int], str | None] | None = None):
     """Register a measure (usable as a decorator); a later registration of the same name replaces it.
 
     Args:
@@ -179,6 +180,9 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
         ranges: what a setting allows beyond what its defaults imply (see :func:`sharpness.checks.check_settings`):
             ``{"delta": {"gt": 0, "lt": 1}, "norm": {"choices": ("l2", "linf")}}``, bounds and choices
             applying to each item of a list setting, ``"whole": (fn, text)`` to the value itself.
+        fits: ``fits(settings, num_params) → str | None``: why the settings cannot run on a model of
+            ``num_params`` parameters (e.g. k eigenvalues of fewer), checked once the model is built and
+            before any measure runs; None when they can.
     """
     def add(f: Callable) -> Callable:
         if not isinstance(name, str) or not name or "/" in name:
@@ -189,7 +193,7 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
         if unknown:
             raise SharpnessError(f"measure '{name}': ranges name no setting: {', '.join(map(str, unknown))}")
         MEASURES[name] = Measure(name, f, dict(settings or {}), dict(quick or {}), tuple(keys), pair, figures,
-                                 description, together, dict(ranges or {}))
+                                 description, together, dict(ranges or {}), fits)
         return f
 
     return add(fn) if fn is not None else add
