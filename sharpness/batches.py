@@ -185,7 +185,8 @@ def _nonfinite(tree: Any, path: tuple = ()) -> tuple | None:
     """The position (indices/keys from the top) of the first float tensor leaf holding NaN or ±Inf, else None.
 
     Walks tensors, tuples, lists, dicts, TensorDatasets and DataLoaders over them (data in memory only;
-    other Datasets are left to the two-example probe).
+    other Datasets are left to the two-example probe). A leaf under a dict key naming a mask
+    (``attention_mask``, ``src_mask``) may hold −inf, as additive masks do: there only NaN is bad.
     """
     if isinstance(tree, DataLoader):
         return _nonfinite(tree.dataset, path)
@@ -193,9 +194,11 @@ def _nonfinite(tree: Any, path: tuple = ()) -> tuple | None:
         return _nonfinite(tuple(tree.tensors), path)
     if isinstance(tree, torch.Tensor):
         if tree.is_floating_point() or tree.is_complex():
+            bad = torch.isnan if any(isinstance(k, str) and "mask" in k.lower() for k in path) else \
+                (lambda t: ~torch.isfinite(t))
             flat = tree.detach().reshape(-1)
             for i in range(0, flat.numel(), _CHUNK):
-                if not bool(torch.isfinite(flat[i:i + _CHUNK]).all()):
+                if bool(bad(flat[i:i + _CHUNK]).any()):
                     return path
         return None
     if isinstance(tree, (tuple, list)):

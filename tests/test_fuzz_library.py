@@ -409,3 +409,16 @@ def test_zero_or_nonfinite_surface_directions_are_refused(bad):
     d[1] = 0.0 if bad == "zero" else math.nan
     with pytest.raises(SharpnessError, match="nonzero" if bad == "zero" else "NaN or Inf"):
         sh.surface(net, "cross_entropy", (x, y), directions=d, steps=3)
+
+
+def test_an_additive_mask_with_minus_inf_in_a_dict_batch_is_data_not_a_defect():
+    # nn.Transformer-style float masks hold -inf: not bad data; a NaN there still is.
+    net = nn.Sequential(nn.Linear(4, 3))
+    x, y = torch.randn(8, 4), torch.arange(8) % 3
+    mask = torch.zeros(8, 4)
+    mask[:, 3] = -math.inf
+    fn = {"batch_fn": lambda b: (b["x"] + b["attn_mask"].clamp(min=0), b["y"], {})}
+    sh.Objective(net, "cross_entropy", [{"x": x, "y": y, "attn_mask": mask}], **fn).evaluate()
+    mask[0, 0] = math.nan
+    with pytest.raises(SharpnessError, match="NaN or Inf"):
+        sh.Objective(net, "cross_entropy", [{"x": x, "y": y, "attn_mask": mask}], **fn).evaluate()
