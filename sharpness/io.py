@@ -323,7 +323,7 @@ def read_toml(path: str | Path, what: str = "TOML file") -> dict:
     else:  # pragma: no cover
         import tomli as tomllib
     try:
-        return tomllib.loads(read_text(path, what))  # a regular file: a FIFO or /dev/zero refused at once
+        return tomllib.loads(read_text(path, "TOML file"))  # a regular file: a FIFO or /dev/zero refused at once
     except FileNotFoundError:
         raise SharpnessError(f"{path}: no such {what}") from None
     except IsADirectoryError:
