@@ -60,6 +60,7 @@ from .checkpoint import Checkpoint, load_checkpoint, tensor_checksum
 from .checks import check_device, check_settings, require
 from .distributed import from_main, per_rank, rank_and_world
 from .errors import SharpnessError, printable
+from .errors import short as _short
 from .io import confined, locked, make_folder, read_bytes, read_text, to_jsonable, write_json, write_npz
 from .losses import Loss, make_loss
 from .measures import builtin  # noqa: F401 - registers the toolkit's measures
@@ -492,7 +493,7 @@ def _check(measures: list[str] | None, device: str, batch_size: Any, max_samples
         measures = [measures]
     if measures is not None and (not isinstance(measures, (list, tuple))
                                  or not all(isinstance(m, str) for m in measures)):
-        raise SharpnessError(f"measures must be a measure name or a list of them (got {printable(repr(measures), 120)}); "
+        raise SharpnessError(f"measures must be a measure name or a list of them (got {_short(measures, 120)}); "
                              f"known: {', '.join(measure_names())}")
     names = measure_names() if measures is None else list(dict.fromkeys(measures))
     unknown = [printable(m, 64) for m in names if m not in MEASURES]

@@ -224,7 +224,7 @@ def _field(path: tuple, batches: bool) -> str:
         if i == 0 and isinstance(k, int) and k < 2:
             parts.append(("inputs (X)", "targets (y)")[k])
         else:
-            parts.append(f"[{printable(repr(k), 40)}]")
+            parts.append(f"[{_short(k, 40)}]")
     return ", ".join(parts) or "the tensor"
 
 

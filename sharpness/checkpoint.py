@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .checks import check_device
+from .checks import check_device, is_number
 from .data import DataSpec, load_data, model_args_from_data, valid_root
 from .errors import SharpnessError, printable
 from .errors import short as _short
@@ -667,10 +667,6 @@ def _is_count(v: Any) -> bool:
     return type(v) is int and 0 <= v <= _MAX_COUNT
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _str_keys(d: Any) -> bool:
     return isinstance(d, dict) and all(isinstance(k, str) for k in d)
 
@@ -709,7 +705,7 @@ def _check_structure(path: Path, obj: dict) -> None:
                 if entry.get(k) is not None and not _is_count(entry[k]):
                     raise bad(f"history[{i}].{k}", entry[k], f"an integer in [0, {_MAX_COUNT}]")
             for k in _HISTORY_NUMBERS:
-                if entry.get(k) is not None and not _is_number(entry[k]):
+                if entry.get(k) is not None and not is_number(entry[k]):
                     raise bad(f"history[{i}].{k}", entry[k], "a number")
     optimizer = obj.get("optimizer")
     if optimizer is not None:

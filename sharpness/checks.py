@@ -37,10 +37,19 @@ def _finite(value: numbers.Real) -> bool:
         return False
 
 
+def is_number(value: Any, *, finite: bool = False) -> bool:
+    """Whether ``value`` is a real number (bool is not); with ``finite``, a finite one within a float's range.
+
+    The one test for numbers read from files (checkpoints, results), where a huge integer must be a
+    refusal, not an OverflowError.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and (not finite or _finite(value))
+
+
 def _fits(value: Any, typ: type) -> bool:
     """Whether ``value`` is a ``typ``: bool is not an int, an int is a float, and numbers are finite."""
     if typ is float:  # numpy scalars count: np.float32(1e-3) is a number a user may pass
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite(value)
+        return is_number(value, finite=True)
     if typ is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if typ is dict:

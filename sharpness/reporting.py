@@ -36,6 +36,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import SharpnessError, printable
+from .errors import short as _short
 from .io import read_text
 from .measures.registry import headline_keys
 
@@ -80,7 +81,7 @@ def _list_of(where: str, value: Any, item: type) -> None:
         return
     if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
         raise SharpnessError(f"{where} must be a list of {'tables' if item is dict else item.__name__} "
-                             f"(got {printable(repr(value), 80)})")
+                             f"(got {_short(value, 80)})")
 
 
 def check_results(res: Any, where: str = "results", whole: bool = True) -> dict:

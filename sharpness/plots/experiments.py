@@ -22,8 +22,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from ..checks import require
+from ..checks import is_number, require
 from ..errors import SharpnessError, printable
+from ..errors import short as _short
 from ..io import atomic_write, confined
 from ..losses import loss_label
 from ..measures.builtin import eps_key
@@ -650,9 +651,9 @@ def cost(res: dict, out: Path) -> list[Path]:
     """
     opts = _options(res, "cost")
     target = opts.get("target") or next(r["config"].get("target_train_loss") for r in res["runs"].values())
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
+    if not is_number(target, finite=True) or target <= 0:
         raise SharpnessError(f"figures.cost.target (or the runs' target_train_loss) must be a training loss "
-                             f"above 0 (got {printable(repr(target), 60)})")
+                             f"above 0 (got {_short(target, 60)})")
     best, missing = best_lr_per_batch(res, target)
     bs = np.array(list(best), dtype=float)
     fit = fit_critical_batch(bs, np.array([r["step"] for r in best.values()])) if len(bs) >= 3 else None
@@ -809,10 +810,6 @@ _CURVE_KEYS = {"file", "title", "groups", "styles", "panels"}
 _PANEL_KEYS = {"x", "y", "xscale", "yscale", "ylim", "source", "stability"}
 
 
-def _finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def check_figures(figures, where: str = "figures") -> dict:
     """An experiment's ``[figures]`` table checked for types, values and ranges before anything is drawn.
 
@@ -835,7 +832,7 @@ def check_figures(figures, where: str = "figures") -> dict:
                              f"{', '.join(_KIND_OPTIONS)}")
     kinds = figures.get("kinds", ["table"])
     if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-        raise SharpnessError(f"{where}.kinds must be a list of figure names (got {printable(repr(kinds), 80)}); "
+        raise SharpnessError(f"{where}.kinds must be a list of figure names (got {_short(kinds, 80)}); "
                              f"known: {', '.join(FIGURES)}")
     unknown = [printable(k, 40) for k in kinds if k not in FIGURES]
     if unknown:
@@ -855,7 +852,7 @@ def check_figures(figures, where: str = "figures") -> dict:
     curves = figures.get("curves")
     if curves is not None:
         if not isinstance(curves, list) or not all(isinstance(c, dict) for c in curves):
-            raise SharpnessError(f"{where}.curves must be a list of tables (got {printable(repr(curves), 80)})")
+            raise SharpnessError(f"{where}.curves must be a list of tables (got {_short(curves, 80)})")
         files = []
         for i, c in enumerate(curves):
             w = f"{where}.curves[{i}]"
@@ -872,11 +869,11 @@ def check_figures(figures, where: str = "figures") -> dict:
                 require(f"{w}.groups", c["groups"], list, item=str)
             styles = c.get("styles")
             if styles is not None and (not isinstance(styles, dict) or not all(isinstance(v, str) for v in styles.values())):
-                raise SharpnessError(f"{w}.styles must be a table of group → line style (got {printable(repr(styles), 80)})")
+                raise SharpnessError(f"{w}.styles must be a table of group → line style (got {_short(styles, 80)})")
             panels = c["panels"]
             if not isinstance(panels, list) or not panels or not all(isinstance(p, dict) for p in panels) \
                     or len(panels) > 16:
-                raise SharpnessError(f"{w}.panels must be a list of 1 to 16 tables (got {printable(repr(panels), 80)})")
+                raise SharpnessError(f"{w}.panels must be a list of 1 to 16 tables (got {_short(panels, 80)})")
             for j, panel in enumerate(panels):
                 pw = f"{w}.panels[{j}]"
                 extra = sorted(printable(k, 40) for k in set(panel) - _PANEL_KEYS)
@@ -889,8 +886,8 @@ def check_figures(figures, where: str = "figures") -> dict:
                 require(f"{pw}.source", panel.get("source"), str, optional=True, choices=("history", "trace", "tracked"))
                 require(f"{pw}.stability", panel.get("stability"), bool, optional=True)
                 ylim = panel.get("ylim")
-                if ylim is not None and not (isinstance(ylim, list) and len(ylim) == 2 and all(map(_finite_number, ylim))):
-                    raise SharpnessError(f"{pw}.ylim must be [low, high], two finite numbers (got {printable(repr(ylim), 80)})")
+                if ylim is not None and not (isinstance(ylim, list) and len(ylim) == 2 and all(is_number(v, finite=True) for v in ylim)):
+                    raise SharpnessError(f"{pw}.ylim must be [low, high], two finite numbers (got {_short(ylim, 80)})")
         dup = sorted({f for f in files if files.count(f) > 1})
         if dup:
             raise SharpnessError(f"{where}.curves: two figures write the same file ({', '.join(dup)})")

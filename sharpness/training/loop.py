@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..batches import leaves, tree_map
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..checks import check_device
+from ..checks import check_device, is_number
 from ..data import load_data, model_args_from_data
 from ..distributed import is_main, rank_and_world, shard
 from ..errors import SharpnessError, printable
+from ..errors import short as _short
 from ..io import locked, make_folder, remove_stale_temporaries, write_json, write_text
 from ..losses import make_loss
 from ..model_state import preserved
@@ -104,11 +105,11 @@ def _calling(what: str) -> Iterator[None]:
 def _out_folder(out_dir: Any) -> Path:
     """The run folder the caller named: a non-empty path (``""`` would train into the current folder)."""
     if not isinstance(out_dir, (str, os.PathLike)) or isinstance(out_dir, bytes):
-        raise SharpnessError(f"out_dir must be a folder path (got {printable(repr(out_dir), 80)}, "
+        raise SharpnessError(f"out_dir must be a folder path (got {_short(out_dir, 80)}, "
                              f"of type {type(out_dir).__name__})")
     text = os.fspath(out_dir)
     if not isinstance(text, str) or not text.strip() or "\0" in text:
-        raise SharpnessError(f"out_dir must name a folder (got {printable(repr(text), 80)}): the run's files go there")
+        raise SharpnessError(f"out_dir must name a folder (got {_short(text, 80)}): the run's files go there")
     return Path(text)
 
 
@@ -260,7 +261,7 @@ def _resume_state(out: Path, c: TrainConfig, world: int) -> Checkpoint | None:
         return None
     ckpt = load_checkpoint(last)
     if ckpt.extra.get("world_size", 1) != world:
-        raise SharpnessError(f"{out} was trained on {printable(repr(ckpt.extra.get('world_size', 1)), 40)} "
+        raise SharpnessError(f"{out} was trained on {_short(ckpt.extra.get('world_size', 1), 40)} "
                              f"process(es); resume it with as many (now {world}): the split of every batch "
                              "depends on it")
     saved = _normalized(ckpt.config)
@@ -273,14 +274,6 @@ def _resume_state(out: Path, c: TrainConfig, world: int) -> Checkpoint | None:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _steps_until(sched: Schedule, epoch: int, n: int) -> int:
@@ -323,15 +316,15 @@ def _screen_optimizer(bad, saved: Any, opt: torch.optim.Optimizer) -> None:
                 continue
             got = g[key]
             if key == "lr":
-                if not (_is_finite(got) and got >= 0):
-                    raise bad(f"{where}.lr", f"is {printable(repr(got), 40)}, not a finite number ≥ 0")
+                if not (is_number(got, finite=True) and got >= 0):
+                    raise bad(f"{where}.lr", f"is {_short(got, 40)}, not a finite number ≥ 0")
             elif not isinstance(got, _PLAIN) or type(got) is not type(value) and not (
-                    _is_finite(got) and _is_finite(value)) or got != value:
-                raise bad(f"{where}.{printable(key, 40)}", f"is {printable(repr(got), 40)}; the run's config "
-                                                           f"gives {printable(repr(value), 40)}")
+                    is_number(got, finite=True) and is_number(value, finite=True)) or got != value:
+                raise bad(f"{where}.{printable(key, 40)}", f"is {_short(got, 40)}; the run's config "
+                                                           f"gives {_short(value, 40)}")
     required, allowed = _OPT_STATE.get(type(base), (set(), None))
     for k, entry in state.items():
-        where = f"optimizer.state[{printable(repr(k), 40)}]"
+        where = f"optimizer.state[{_short(k, 40)}]"
         if k not in params:
             raise bad(where, "belongs to no parameter of the optimizer's groups")
         if not isinstance(entry, dict) or not all(isinstance(n, str) for n in entry):
@@ -354,20 +347,20 @@ def _screen_optimizer(bad, saved: Any, opt: torch.optim.Optimizer) -> None:
                 if not bool(torch.isfinite(v).all()):
                     raise bad(what, "holds NaN or Inf")
                 if name == "step" and not (v.numel() == 1 and float(v) >= 0 and float(v) == int(float(v))):
-                    raise bad(what, f"is {printable(repr(v.tolist()), 40)}, not a count of updates ≥ 0")
+                    raise bad(what, f"is {_short(v.tolist(), 40)}, not a count of updates ≥ 0")
                 if name in ("exp_avg_sq", "max_exp_avg_sq") and bool((v < 0).any()):
                     raise bad(what, "holds negative entries (a mean of squared gradients is ≥ 0)")
             elif v is None and name == "momentum_buffer":
                 continue
-            elif not (_is_finite(v) and name == "step" and v >= 0):
-                raise bad(what, f"is {printable(repr(v), 40)}, not a tensor of its parameter's shape")
+            elif not (is_number(v, finite=True) and name == "step" and v >= 0):
+                raise bad(what, f"is {_short(v, 40)}, not a tensor of its parameter's shape")
 
 
 # What each key of a tracker record holds (sharpness.tracker); a user measure's value is a number.
 _RECORD_KINDS = {"mode": lambda v: v in ("train", "eval"), "converged": lambda v: isinstance(v, bool),
                  "warm": lambda v: isinstance(v, bool), "trace_converged": lambda v: isinstance(v, bool),
                  "n_hvps": lambda v: _is_int(v) and v >= 0,
-                 "top": lambda v: isinstance(v, list) and all(_is_number(x) for x in v)}
+                 "top": lambda v: isinstance(v, list) and all(is_number(x) for x in v)}
 
 
 def _wrong_record_key(record: dict) -> str | None:
@@ -399,26 +392,26 @@ def _screen_resume(ckpt: Checkpoint, c: TrainConfig, model: nn.Module, opt: torc
         raise bad("state_dict", f"does not fit model '{printable(c.model, 100)}': {printable(problem, 200)}")
     epoch, step, history = ckpt.epoch, ckpt.step, ckpt.history
     if not _is_int(epoch) or not 1 <= epoch <= sched.epochs:
-        raise bad("epoch", f"is {printable(repr(epoch), 40)}, not an integer in [1, {sched.epochs}] "
+        raise bad("epoch", f"is {_short(epoch, 40)}, not an integer in [1, {sched.epochs}] "
                            "(the epochs this run trains)")
     expected = _steps_until(sched, epoch, n)
     if not _is_int(step) or step != expected:
-        raise bad("step", f"is {printable(repr(step), 40)}; {epoch} epoch(s) of this run make {expected} updates")
+        raise bad("step", f"is {_short(step, 40)}; {epoch} epoch(s) of this run make {expected} updates")
     if not isinstance(history, list) or not history or not all(isinstance(e, dict) for e in history):
         raise bad("history", "is not a non-empty list of per-epoch records")
     epochs = [e.get("epoch") for e in history]
     first = epochs[0]
     if first not in (0, 1) or epochs != list(range(first, first + len(history))) or epochs[-1] != epoch:
-        raise bad("history", f"records epochs {printable(repr(epochs[:8]), 80)}, not one per epoch up to {epoch}")
+        raise bad("history", f"records epochs {_short(epochs[:8], 80)}, not one per epoch up to {epoch}")
     last = history[-1]
     if last.get("step") != step:
-        raise bad(f"history[{len(history) - 1}].step", f"is {printable(repr(last.get('step')), 40)}, not {step}")
+        raise bad(f"history[{len(history) - 1}].step", f"is {_short(last.get('step'), 40)}, not {step}")
     if last.get("examples") != epoch * n:
         raise bad(f"history[{len(history) - 1}].examples",
-                  f"is {printable(repr(last.get('examples')), 40)}; {epoch} epoch(s) of {n} examples make {epoch * n}")
+                  f"is {_short(last.get('examples'), 40)}; {epoch} epoch(s) of {n} examples make {epoch * n}")
     for key in ("wall_time", "train_loss"):
-        if not (_is_finite(last.get(key)) and (key != "wall_time" or last[key] >= 0)):
-            raise bad(f"history[{len(history) - 1}].{key}", f"is {printable(repr(last.get(key)), 40)}, "
+        if not (is_number(last.get(key), finite=True) and (key != "wall_time" or last[key] >= 0)):
+            raise bad(f"history[{len(history) - 1}].{key}", f"is {_short(last.get(key), 40)}, "
                                                             "not a finite number")
     _screen_optimizer(bad, ckpt.optimizer, opt)
     extra = ckpt.extra
@@ -428,31 +421,31 @@ def _screen_resume(ckpt: Checkpoint, c: TrainConfig, model: nn.Module, opt: torc
             raise bad("extra.trace", "is missing: the run logs a trace (trace_log_steps)")
         for i, t in enumerate(trace):
             if not (isinstance(t, dict) and _is_int(t.get("step")) and 1 <= t["step"] <= step
-                    and _is_int(t.get("examples")) and all(_is_number(t.get(k)) for k in ("batch_loss", "dist_from_init"))):
+                    and _is_int(t.get("examples")) and all(is_number(t.get(k)) for k in ("batch_loss", "dist_from_init"))):
                 raise bad(f"extra.trace[{i}]", "is not a record {step, examples, batch_loss, dist_from_init} "
                                                f"of an update ≤ {step}")
     if tracker is not None:
         state = extra.get("tracker")
         if not isinstance(state, dict):
-            raise bad("extra.tracker", f"is {printable(repr(state), 40)}, not the tracker's state "
+            raise bad("extra.tracker", f"is {_short(state, 40)}, not the tracker's state "
                                        "{'history': [...], 'vectors': ...} (the run tracks curvature)")
         records = state.get("history")
         if not isinstance(records, list):
-            raise bad("extra.tracker.history", f"is {printable(repr(records), 40)}, not a list of records")
+            raise bad("extra.tracker.history", f"is {_short(records, 40)}, not a list of records")
         for i, r in enumerate(records):
             if not (isinstance(r, dict) and all(isinstance(k, str) for k in r) and _is_int(r.get("step"))
-                    and 0 <= r["step"] <= step and _is_number(r.get("lambda_max"))):
+                    and 0 <= r["step"] <= step and is_number(r.get("lambda_max"))):
                 raise bad(f"extra.tracker.history[{i}]", f"is not a record with a step ≤ {step} and a lambda_max")
             wrong = _wrong_record_key(r)
             if wrong is not None:
                 raise bad(f"extra.tracker.history[{i}].{printable(wrong, 40)}",
-                          f"is {printable(repr(r[wrong]), 40)}, not what the tracker records")
+                          f"is {_short(r[wrong], 40)}, not what the tracker records")
         v = state.get("vectors")
         if v is not None:
             count = sum(p.numel() for p in model.parameters() if p.requires_grad)
             if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.ndim != 2 \
                     or v.shape[1] != count or not 1 <= v.shape[0] <= 1024:
-                shown = list(v.shape) if isinstance(v, torch.Tensor) else printable(repr(v), 40)
+                shown = list(v.shape) if isinstance(v, torch.Tensor) else _short(v, 40)
                 raise bad("extra.tracker.vectors", f"is {shown}, not None or k × {count} floating-point eigenvectors")
             if not bool(torch.isfinite(v).all()):
                 raise bad("extra.tracker.vectors", "holds NaN or Inf")
