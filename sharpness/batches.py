@@ -181,6 +181,24 @@ class _PrivateRandom:
 _CHUNK = 1 << 22  # elements per finiteness check: a bounded temporary, whatever the data's size
 
 
+def nonfinite_example(t: torch.Tensor, *, nan_only: bool = False) -> int | None:
+    """The first example (index along dim 0) of a float tensor holding NaN or ±Inf (``nan_only``: NaN), or None.
+
+    Read in slices of about ``_CHUNK`` elements, so the check's temporary stays small whatever the data.
+    """
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return None
+    bad = torch.isnan if nan_only else (lambda x: ~torch.isfinite(x))
+    if t.ndim == 0:
+        return 0 if bool(bad(t)) else None
+    rows = max(1, _CHUNK // max(1, t[0].numel()))
+    for start in range(0, len(t), rows):
+        part = bad(t[start:start + rows]).reshape(min(rows, len(t) - start), -1).any(1)
+        if bool(part.any()):
+            return start + int(part.nonzero()[0, 0])
+    return None
+
+
 def _nonfinite(tree: Any, path: tuple = ()) -> tuple | None:
     """The position (indices/keys from the top) of the first float tensor leaf holding NaN or ±Inf, else None.
 
@@ -193,14 +211,8 @@ def _nonfinite(tree: Any, path: tuple = ()) -> tuple | None:
     if isinstance(tree, TensorDataset):
         return _nonfinite(tuple(tree.tensors), path)
     if isinstance(tree, torch.Tensor):
-        if tree.is_floating_point() or tree.is_complex():
-            bad = torch.isnan if any(isinstance(k, str) and "mask" in k.lower() for k in path) else \
-                (lambda t: ~torch.isfinite(t))
-            flat = tree.detach().reshape(-1)
-            for i in range(0, flat.numel(), _CHUNK):
-                if bool(bad(flat[i:i + _CHUNK]).any()):
-                    return path
-        return None
+        mask = any(isinstance(k, str) and "mask" in k.lower() for k in path)
+        return path if nonfinite_example(tree.detach(), nan_only=mask) is not None else None
     if isinstance(tree, (tuple, list)):
         items = enumerate(tree)
     elif isinstance(tree, dict):

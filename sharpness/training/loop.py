@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..batches import leaves, tree_map
+from ..batches import leaves, nonfinite_example, tree_map
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..checks import check_device, is_number
 from ..data import load_data, model_args_from_data
@@ -113,23 +113,6 @@ def _out_folder(out_dir: Any) -> Path:
     return Path(text)
 
 
-_CHUNK = 1 << 16  # examples checked for NaN/Inf at a time (the check's own memory stays small)
-
-
-def _non_finite_example(t: torch.Tensor) -> int | None:
-    """The first example (index along dim 0) of a floating-point tensor that holds NaN or Inf; None if none."""
-    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
-        return None
-    if t.ndim == 0:
-        return None if bool(torch.isfinite(t)) else 0
-    for start in range(0, len(t), _CHUNK):
-        part = t[start:start + _CHUNK]
-        bad = ~torch.isfinite(part).reshape(len(part), -1).all(1)
-        if bool(bad.any()):
-            return start + int(bad.nonzero()[0, 0])
-    return None
-
-
 def _part(i: int) -> str:
     return {0: "inputs", 1: "targets"}.get(i, f"tensor {i}")
 
@@ -146,7 +129,7 @@ def _check_tensor_data(data: Any, which: str, dataset: str) -> None:
     if not isinstance(data, TensorDataset):
         return  # a Dataset's items are read as training goes: checked where a loss is not finite
     for i, t in enumerate(data.tensors):
-        j = _non_finite_example(t)
+        j = nonfinite_example(t)
         if j is not None:
             raise _bad_data(which, f"{_part(i)} of example {j}", dataset)
 
@@ -155,7 +138,7 @@ def _batch_non_finite(parts: tuple) -> str | None:
     """Which part of a batch ``(inputs, targets, extra)`` holds NaN or Inf in a float tensor; None if none."""
     for i, part in enumerate(parts):
         for t in leaves(part):
-            if isinstance(t, torch.Tensor) and _non_finite_example(t.detach()) is not None:
+            if isinstance(t, torch.Tensor) and nonfinite_example(t.detach()) is not None:
                 return ("inputs", "targets", "extra inputs")[min(i, 2)]
     return None
 
