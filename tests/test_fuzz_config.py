@@ -436,3 +436,24 @@ def test_more_eigenvalues_than_parameters_is_refused_before_any_measure(tmp_path
         analyze(net, data=((x, torch.arange(8) % 2), None), measures=["loss", "eigenvalues"],
                 settings={"eigenvalues": {"k": 100}}, out=tmp_path / "an", progress=False)
     assert not (tmp_path / "an").exists()
+
+
+@pytest.mark.parametrize("kw,message", [(dict(fits=5), "fits must be a function"),
+                                        (dict(ranges=[1]), "ranges must be a dict"),
+                                        (dict(ranges={"k": 3}), "ranges must be a dict"),
+                                        (dict(ranges={"x": {}}), "ranges name no setting: x")])
+def test_register_measure_refuses_bad_ranges_and_fits(kw, message):
+    from sharpness.measures.registry import register_measure
+
+    with pytest.raises(SharpnessError, match=message):
+        register_measure("fuzz_config_measure", lambda ctx, st: None, settings={"k": 1}, **kw)
+    assert "fuzz_config_measure" not in MEASURES
+
+
+def test_nonfinite_example_finds_the_first_bad_example_of_a_4d_batch():
+    from sharpness.batches import nonfinite_example
+
+    x = torch.randn(9, 3, 4, 4, dtype=torch.float64)
+    assert nonfinite_example(x) is None
+    x[6, 2, 1, 3], x[7, 0, 0, 0] = -math.inf, math.nan
+    assert nonfinite_example(x) == 6 and nonfinite_example(x, nan_only=True) == 7

@@ -189,6 +189,10 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
             raise SharpnessError(f"a measure name must be a non-empty string without '/' (got {name!r})")
         if not callable(f):
             raise SharpnessError(f"measure '{name}': the function must be callable (got {type(f).__name__})")
+        if fits is not None and not callable(fits):
+            raise SharpnessError(f"measure '{name}': fits must be a function (got {type(fits).__name__})")
+        if ranges is not None and not (isinstance(ranges, dict) and all(isinstance(r, dict) for r in ranges.values())):
+            raise SharpnessError(f"measure '{name}': ranges must be a dict of setting → dict of bounds/choices")
         unknown = sorted(set(ranges or {}) - set(settings or {}))
         if unknown:
             raise SharpnessError(f"measure '{name}': ranges name no setting: {', '.join(map(str, unknown))}")
