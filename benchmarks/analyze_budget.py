@@ -90,6 +90,39 @@ def scalars(measures: dict) -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("n_")}
 
 
+SHOWN = ("eigenvalues/lambda_max", "trace/value", "eps_sharpness/eps0.001_full", "adaptive/worst",
+         "noise_scale/b_simple", "pacbayes/flatness", "landscape2d/max_loss")
+
+
+def sweep(ckpt, budgets, full, a):
+    """analyze(budget=S), figures on, per S: wall time, the values with their error bars against the default
+    run's, and what the budget skipped or stepped down."""
+    print("\nThe budget sweep (wall time of analyze(budget=S) with figures; values ± their error bars; the "
+          "default run's beside them):\n")
+    print("| budget s | wall s | wall ÷ budget | curvature examples | skipped | "
+          + " | ".join(SHOWN) + " |\n|" + "---|" * (5 + len(SHOWN)))
+    print("| default | | | all | | " + " | ".join(_cell(full, k) for k in SHOWN) + " |")
+    for b in budgets:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            report = sh.analyze(ckpt, out=out, progress=False, budget=b, device=a.device, batch_size=a.batch_size)
+            wall = time.perf_counter() - start
+        ms = next(iter(report.data["checkpoints"].values()))["measures"]
+        skipped = [n for n, r in ms.items() if r.get("status") == "skipped"]
+        n = report.data["plan"]["curvature_examples"][0]
+        print(f"| {b:g} | {wall:.1f} | {wall / b:.2f} | {n} | {', '.join(skipped) or '—'} | "
+              + " | ".join(_cell(ms, k) for k in SHOWN) + " |")
+
+
+def _cell(measures: dict, key: str) -> str:
+    m, k = key.split("/")
+    r = measures.get(m, {})
+    v, e = r.get("summary", {}).get(k), r.get("errors", {}).get(k)
+    if not isinstance(v, (int, float)):
+        return "—"
+    return f"{v:.4g}" + (f" ± {e:.2g}" if isinstance(e, (int, float)) and e > 0 else "")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", help="a checkpoint to analyze (default: the quickstart SB model)")
@@ -99,6 +132,8 @@ def main():
     p.add_argument("--settings", default="{}", help="per-measure settings over the defaults, as JSON")
     p.add_argument("--measures", default=None, help="comma-separated measures (default: all)")
     p.add_argument("--no-quick", action="store_true", help="skip the --quick comparison")
+    p.add_argument("--budgets", default="", metavar="S,S,...",
+                   help="the budget sweep: analyze(budget=S) for each, against the default run (figures on)")
     a = p.parse_args()
     sh.keep_freed_memory()
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -147,6 +182,8 @@ def main():
     q_total = sum(r.get("seconds", 0.0) for r in quick.values())
     print(f"| **all measures** | **{total:.1f}** | | **{floor_total:.1f}** (counted) | | **{q_total:.1f}** |")
     print(f"\nwall of the analyze calls (figures off): default {runs[False][1]:.1f} s, --quick {runs[True][1]:.1f} s")
+    if a.budgets:
+        sweep(ckpt, [float(b) for b in a.budgets.split(",")], measures, a)
     if a.no_quick:
         return
     print("\nWhat --quick gives up (its 1000-example subset, coarse grids, fewer products):\n")

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from . import budget as _budget
 from .batches import Batches, check_finite, leaves
 from .checkpoint import Checkpoint, load_checkpoint, tensor_checksum
 from .checks import check_device, check_settings, require
@@ -105,7 +106,8 @@ class Report:
             if all(r is None for r in results):
                 continue
             cells = [printable(r["status"], 12) if r and "status" in r else
-                     key.show((r or {}).get("summary", {}).get(key.name)) for r in results]
+                     key.show((r or {}).get("summary", {}).get(key.name),
+                              (r or {}).get("errors", {}).get(key.error) if key.error else None) for r in results]
             if any(c != "—" for c in cells):  # e.g. no accuracy rows for a regression loss
                 lines.append(f"{key.column():<16}" + "".join(f"{c:>{width + 2}}" for c in cells))
         for pair, res in self.data.get("pairs", {}).items():
@@ -328,14 +330,14 @@ def _has_contents(cell: Any) -> bool:
 
 def _variant(*, quick: bool, max_samples: int | None, seed: int, overrides: dict, loss: Any, loss_args: Any,
              params: list | None, model: Any, model_args: Any, data: Any, data_args: Any,
-             memory: tuple | None) -> dict:
+             memory: tuple | None, budget: float | None = None) -> dict:
     """The run-level settings the results depend on (see the module docstring)."""
     data_id = None if data is None else (_name(data) if memory is None else
                                          {"train": _fingerprint(memory[0]), "test": _fingerprint(memory[1])})
     return _plain({"quick": quick, "max_samples": max_samples, "seed": seed, "settings": overrides,
                    "loss": _name(loss), "loss_args": loss_args or None, "params": params,
                    "model": _name(model), "model_args": model_args or None, "data": data_id,
-                   "data_args": data_args or None})
+                   "data_args": data_args or None, **({"budget": budget} if budget is not None else {})})
 
 
 def _plain_variant(quick: bool) -> dict:
@@ -356,8 +358,8 @@ def _describe(variant: dict) -> str:
     """The variant in one line for the table: ``quick, max_samples 1000, seed 0, ...``."""
     parts = ["quick" if variant.get("quick") else "full settings"]
     parts += [f"{k} {json.dumps(variant[k], sort_keys=True)}" for k in
-              ("max_samples", "seed", "params", "loss", "loss_args", "settings", "model", "model_args", "data",
-               "data_args") if k in variant and (variant[k] not in (None, {}) or k in ("max_samples", "seed"))]
+              ("max_samples", "seed", "budget", "params", "loss", "loss_args", "settings", "model", "model_args",
+               "data", "data_args") if k in variant and (variant[k] not in (None, {}) or k in ("max_samples", "seed"))]
     return ", ".join(parts)
 
 
@@ -576,6 +578,85 @@ def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, l
                    progress, ckpt.path, params)
 
 
+def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, budget: float | None, *,
+          given_subset: bool, start: float, show: bool, figures: bool) -> dict:
+    """Measure the unit costs, plan every measure (fitted to ``budget``), set each context's plan and subset.
+
+    Returns ``{"report": what report.json records, "budget": the run's Budget}``. The budget is shared
+    equally by the checkpoints (pair measures first take their planned share); what setting up took so far
+    is taken off it first.
+    """
+    singles = [MEASURES[n] for n in names if not MEASURES[n].pair]
+    pairs = [MEASURES[n] for n in names if MEASURES[n].pair] if len(ctxs) > 1 else []
+    units_by: dict[tuple, _budget.Units] = {}
+    rows, planned = [], {}
+    for i, ctx in enumerate(ctxs):
+        key = (ctx.work.num_params, ctx.train.num_samples, ctx.work.num_samples)
+        if key not in units_by:
+            try:
+                with task(f"{ctx.label or i}: unit costs"):
+                    units_by[key] = _budget.unit_costs(ctx.work, per_example="noise_scale" in names)
+            except SharpnessError as e:  # e.g. data held as one DataLoader per rank: no subset to time on
+                if budget is not None:
+                    raise SharpnessError(f"budget: the unit costs cannot be measured ({e})") from None
+                warnings.warn(f"no plan: the unit costs cannot be measured ({printable(e, 200)})", stacklevel=4)
+                return {"report": None, "budget": _budget.Budget(None, None, {}, start)}
+    units = next(iter(units_by.values()))
+    npairs = len(ctxs) * (len(ctxs) - 1) // 2
+    pair_seconds = sum(_budget.planned_seconds(m, {**m.settings_for(quick), **overrides.get(m.name, {})},
+                                               _sizes(ctxs[0]), units) for m in pairs) * npairs
+    share = None
+    if budget is not None:
+        share = (budget - (time.perf_counter() - start) - pair_seconds
+                 - (_budget.FIGURE_SECONDS * len(singles) if figures and len(ctxs) > 1 else 0.0)) / len(ctxs)
+    for i, ctx in enumerate(ctxs):
+        u = units_by[(ctx.work.num_params, ctx.train.num_samples, ctx.work.num_samples)]
+        start_settings = {m.name: {**m.settings_for(quick), **overrides.get(m.name, {})} for m in singles}
+        # the user's own settings are kept as given: only the others are stepped down
+        fixed = [m for m in singles if overrides.get(m.name)]
+        free = [m for m in singles if not overrides.get(m.name)]
+        spent = sum(_budget.planned_seconds(m, start_settings[m.name], _sizes(ctx), u) for m in fixed)
+        choices, work = _budget.fit_budget(free, start_settings, _sizes(ctx), u,
+                                           None if share is None else share - spent, work_fixed=given_subset)
+        if work < ctx.work.num_samples:
+            ctx.work = ctx.train.subset(work, ctx.seed, batch_size=ctx.batch_size)
+        for m in fixed:
+            choices[m.name] = _budget.Choice(m.name, start_settings[m.name],
+                                             _budget.planned_seconds(m, start_settings[m.name], _sizes(ctx), u),
+                                             _budget.Work().describe() if m.cost is None else
+                                             m.cost(start_settings[m.name], _sizes(ctx)).describe())
+        ctx.plan = {m.name: choices[m.name] for m in singles}
+        for m in singles:
+            planned[(id(ctx), 1, m.name)] = choices[m.name].seconds
+            rows.append((ctx.label or f"checkpoint {i}", choices[m.name]))
+    for a, b in itertools.combinations(ctxs, 2):
+        for m in pairs:
+            planned[(id(a), 2, m.name)] = _budget.planned_seconds(
+                m, {**m.settings_for(quick), **overrides.get(m.name, {})}, _sizes(a), units)
+    total = sum(planned.values()) + units.seconds * len(units_by)
+    report = {"budget": budget, "total_seconds": total, "units": units.to_dict(ctxs[0].work.num_samples),
+              "curvature_examples": [c.work.num_samples for c in ctxs],
+              "measures": [{"checkpoint": lb, "measure": c.name, **c.to_dict()} for lb, c in rows]}
+    if show:
+        _show_plan(report, units, ctxs[0].work.num_samples, rows)
+    return {"report": report, "budget": _budget.Budget(budget, units, planned, start)}
+
+
+def _show_plan(report: dict, units: _budget.Units, n: int, rows: list) -> None:
+    """The plan on stderr: the unit costs, each measure's planned seconds and what it is made of, the total."""
+    import sys
+
+    lines = [f"plan on {units.device} (units measured in {units.seconds:.1f} s: {units.describe(n)}):"]
+    for label, c in rows:
+        what = c.skipped or c.work
+        lines.append(f"  {printable(label, 40)}: {c.name:<15} {c.seconds:8.1f} s  {printable(what, 160)}"
+                     + (f"  [{c.steps} step(s) cheaper]" if c.steps else ""))
+    b = report["budget"]
+    lines.append(f"  total ≈ {report['total_seconds']:.0f} s" + (f" (budget {b:g} s)" if b is not None else "")
+                 + f"; curvature data: {', '.join(map(str, report['curvature_examples']))} examples")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _locked(out: Path | None) -> Iterator[None]:
     """Hold ``out/.lock`` for the run; a second run on the same folder is refused, not interleaved."""
@@ -624,14 +705,56 @@ def _previous(out: Path | None) -> tuple[dict, dict]:
         return {}, {}
 
 
+def _sizes(ctx: Context) -> _budget.Sizes:
+    return _budget.Sizes(ctx.work.num_samples, ctx.train.num_samples, ctx.test.num_samples if ctx.test else 0,
+                         ctx.work.num_params)
+
+
+def _numbers(summary: dict, keys: tuple) -> list[str]:
+    """The summary keys named (``"*"``: every number but the counts ``n_*``) that hold numbers."""
+    names = [k for k in summary if not k.startswith("n_")] if "*" in keys else list(keys)
+    return [k for k in names if isinstance(summary.get(k), (int, float)) and not isinstance(summary.get(k), bool)]
+
+
+def _subsample_errors(measure: Measure, ctx: Context, rec: Record, settings: dict) -> None:
+    """The subsampling error of the measure's values on the curvature subset, added to ``rec.errors``.
+
+    When ``ctx.work`` holds n of the N training examples, the measure runs again on a seeded half of those
+    n (nested in them). For a mean over examples the difference v_{n/2} − v_n has the variance of v_n's
+    sampling error before the finite-population factor: Var = σ²/n, against Var(v_n) = σ²/n·(1 − n/N).
+    So |v_{n/2} − v_n|·√(1 − n/N) is a one-draw estimate of v_n's subsampling error; for curvature (not
+    a mean) it is the same estimate to first order, and it also holds the change of a bias in 1/n. The
+    solver's error (a residual bound, a Monte-Carlo error) and this one are added in quadrature; both are
+    in ``details.subsample``. The rerun costs the measure once more on half the data.
+    """
+    n, total = ctx.work.num_samples, ctx.train.num_samples
+    if n >= total or n < 4:
+        return
+    if "half" not in ctx.shared:  # one nested half per checkpoint: the curvature measures share its Krylov run
+        half = ctx.work.subset(n // 2, ctx.seed + 1)
+        ctx.shared["half"] = Context(ctx.label, ctx.model, half, ctx.train, ctx.test, ctx.seed, ctx.batch_size,
+                                     False, ctx.path, ctx.params)
+    other = measure.run(ctx.shared["half"], settings=settings)
+    fpc = math.sqrt(1 - n / total)
+    errors, halves = {}, {}
+    for k in _numbers(rec.summary, measure.subsample):
+        v, h = rec.summary[k], other.summary.get(k)
+        if isinstance(h, (int, float)) and math.isfinite(h) and math.isfinite(v):
+            errors[k], halves[k] = abs(h - v) * fpc, h
+            rec.errors[k] = math.hypot(rec.errors.get(k) or 0.0, errors[k])
+    rec.details["subsample"] = {"n": n, "N": total, "half": ctx.shared["half"].work.num_samples, "values": halves,
+                                "errors": errors, "method": "nested half, |v_half − v|·√(1 − n/N)"}
+
+
 class _Run:
     """One analysis writing one folder: runs measures, reuses cached ones, saves arrays → figures → report."""
 
     def __init__(self, out: Path | None, quick: bool, seed: int, force: bool, figures: bool, arrays: dict,
-                 report: dict, overrides: dict, restyle: bool):
+                 report: dict, overrides: dict, restyle: bool, budget: _budget.Budget):
         self.out, self.quick, self.seed, self.force, self.figures = out, quick, seed, force, figures
         self.arrays, self.report, self.overrides = arrays, report, overrides
         self.restyle = restyle  # another style or dpi than the figures here were drawn in: draw them again
+        self.budget = budget
 
     def cached(self, old: dict | None, settings: dict, tags: dict) -> bool:
         """An earlier result for the same settings, seed, data and inputs, with its arrays."""
@@ -655,7 +778,12 @@ class _Run:
 
     def measure(self, measure: Measure, ctxs: tuple, key: str, entry: dict, old: dict | None, tags: dict) -> None:
         """Run (or reuse) one measure; record it in ``entry`` once its arrays and figures are written."""
-        chosen = {**measure.settings_for(self.quick), **self.overrides.get(measure.name, {})}
+        plan = ctxs[0].plan.get(measure.name) if len(ctxs) == 1 else None
+        chosen = plan.settings if plan is not None else \
+            {**measure.settings_for(self.quick), **self.overrides.get(measure.name, {})}
+        sizes = _sizes(ctxs[0])
+        chosen, skip = self.budget.fit((id(ctxs[0]), len(ctxs), measure.name), measure, chosen, sizes)
+        skip = plan.skipped if plan is not None and plan.skipped else skip
         settings = _plain(chosen)
         loss = entry.get("loss", {}).get("summary", {}).get("train_loss", 0.0)
         # Data-parallel: rank 0 holds the folder; every rank must take its decision (collectives follow).
@@ -666,22 +794,26 @@ class _Run:
                 self.redraw(measure, old, ctxs)
             entry[measure.name] = old or {}  # ranks > 0 hold no folder: rank 0 has the result
             return
-        if not finite:
+        if not finite or skip:
             # a diverged model: curvature of a NaN loss is noise, and the solvers would fail obscurely
-            entry[measure.name] = {"status": "skipped", "error": f"the training loss is not finite ({loss})",
-                                   "settings": settings, "seed": self.seed}
+            entry[measure.name] = {"status": "skipped", "settings": settings, "seed": self.seed,
+                                   "error": skip or f"the training loss is not finite ({loss})"}
             return
         t0 = time.perf_counter()
         try:
             with task(f"{key}: {measure.name}"):  # every bar of the measure says whose and which it is
                 rec = measure.run(*ctxs, settings=chosen)
+                if measure.subsample and not measure.pair:
+                    with task("nested half"):
+                        _subsample_errors(measure, ctxs[0], rec, chosen)
             keys = [f"{key}/{measure.name}/{k}" for k in rec.arrays]
             self.arrays.update({k: np.asarray(v) for k, v in zip(keys, rec.arrays.values())})
             if self.out is not None and rec.arrays:
                 write_npz(self.out / "arrays.npz", self.arrays)
             made = measure.draw(rec, self.out, tuple(c.label for c in ctxs), ctxs[0].train.loss.label) \
                 if self.figures and self.out is not None else []
-            result = {"summary": rec.summary, "details": rec.details, "arrays": keys, "figures": [p.name for p in made]}
+            result = {"summary": rec.summary, "errors": _plain(_finite(rec.errors)), "details": rec.details,
+                      "arrays": keys, "figures": [p.name for p in made]}
         except KeyboardInterrupt:
             raise
         except Exception as e:  # one measure's failure (bad settings for this model included) spares the others
@@ -690,7 +822,9 @@ class _Run:
             result = {"status": "failed",
                       "error": f"{type(e).__name__}: {reason} ({Path(last.filename).name}:{last.lineno})"}
         entry[measure.name] = {**result, "settings": settings, "seed": self.seed, **tags,
-                               "seconds": time.perf_counter() - t0}
+                               "seconds": time.perf_counter() - t0,
+                               "planned_seconds": _budget.planned_seconds(measure, chosen, sizes, self.budget.units)
+                               if self.budget.units is not None and measure.cost is not None else None}
         self.save()
 
     def together(self, names: list[str], labels: list[str], loss_label: str) -> dict[str, list[str]]:
@@ -719,7 +853,7 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
             model_args: dict | None = None, data: Any = None, data_args: dict | None = None, loss: Any = None,
             loss_args: dict | None = None, force: bool = False, progress: bool | None = None,
             figures: bool = True, settings: dict[str, dict] | None = None, labels: list[str] | None = None,
-            params: str | list[str] | None = None) -> Report:
+            params: str | list[str] | None = None, budget: float | None = None, dry_run: bool = False) -> Report:
     """Analyze checkpoints — files, loaded :class:`Checkpoint` objects or modules in memory — with every measure.
 
     Every measure is of the mean loss over the data set (:mod:`sharpness.losses`), with respect to one set
@@ -766,6 +900,21 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
         params: the parameters every measure works on: a glob pattern over ``named_parameters()`` names
             (``"fc.*"``) or a list of them; None: every parameter that requires grad. Each checkpoint's
             entry records ``params``: ``{"patterns", "count" (tensors), "num_params" (P)}``.
+        budget: seconds the whole analysis may take (figures included). Settings — the curvature data
+            subset (unless ``max_samples`` is given), grid points, products, Monte-Carlo draws — are
+            chosen from the measured unit costs (:mod:`sharpness.budget`) so the plan fits; each measure
+            is re-planned against the time left before it runs; one that cannot fit is recorded as
+            skipped with the reason. The chosen settings are in each measure's entry and in ``plan``.
+        dry_run: plan and stop: the returned report holds ``plan`` only; nothing is written.
+
+    Before any measure runs, the unit costs — a forward, a gradient, a Hessian-vector product and a
+    per-example gradient on one batch — are measured on the model and device (about a second), every
+    measure's planned seconds are printed (on stderr, unless ``progress`` is False) and recorded in
+    ``report.json`` (``plan``; per measure ``planned_seconds`` beside ``seconds``). Every value comes
+    with its error bar in the measure's ``errors`` (summary key → error): Lanczos residual bounds,
+    Monte-Carlo standard errors, 0 where a value is exact for its data, and — when the curvature data
+    are a strict subset of the training set — the subsampling error from a nested half (see
+    ``_subsample_errors``), added in quadrature.
 
     Raises:
         SharpnessError: bad input of any kind, before anything is written.
@@ -776,7 +925,8 @@ def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: 
         return _analyze(checkpoints, out=out, measures=measures, quick=quick, device=device, batch_size=batch_size,
                         max_samples=max_samples, seed=seed, model=model, model_args=model_args, data=data,
                         data_args=data_args, loss=loss, loss_args=loss_args, force=force, progress=progress,
-                        figures=figures, settings=settings, labels=labels, params=params)
+                        figures=figures, settings=settings, labels=labels, params=params, budget=budget,
+                        dry_run=dry_run)
 
 
 def _valid_device(device: str) -> bool:
@@ -789,12 +939,14 @@ def _valid_device(device: str) -> bool:
 
 def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: Any, batch_size: Any, max_samples: Any,
              seed: Any, model: Any, model_args: Any, data: Any, data_args: Any, loss: Any, loss_args: Any, force: Any,
-             progress: Any, figures: Any, settings: Any, labels: Any, params: Any) -> Report:
+             progress: Any, figures: Any, settings: Any, labels: Any, params: Any, budget: Any, dry_run: Any) -> Report:
     from . import __version__
 
+    start = time.perf_counter()
     names = _check(measures, device, batch_size, max_samples, seed)
+    budget = _budget.check_budget(budget)
     overrides = _check_settings(settings, names)
-    for name, flag in (("quick", quick), ("force", force), ("figures", figures)):
+    for name, flag in (("quick", quick), ("force", force), ("figures", figures), ("dry_run", dry_run)):
         require(name, flag, bool)
     if out is not None and not isinstance(out, (str, Path)):
         raise SharpnessError(f"out must be a folder path or None (got {type(out).__name__})")
@@ -837,7 +989,12 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
                     raise SharpnessError(f"{c.where}: settings.{name}: {why}")
     variant = _variant(quick=quick, max_samples=max_samples, seed=seed, overrides=overrides, loss=loss,
                        loss_args=loss_args, params=params, model=model, model_args=model_args, data=data,
-                       data_args=data_args, memory=memory)
+                       data_args=data_args, memory=memory, budget=budget)
+    plan = _plan(ctxs, names, quick, overrides, budget, given_subset=max_samples is not None, start=start,
+                 show=progress is not False or dry_run, figures=figures and out is not None)
+    if dry_run:
+        return Report(data={"schema": SCHEMA, "version": SCHEMA_VERSION, "plan": plan["report"],
+                            "settings": {"variant": variant}, "checkpoints": {}}, out=None)
     rank, world = rank_and_world()
     root = Path(out) if out is not None and rank == 0 else None  # data-parallel: rank 0 writes, once
     with _locked(root):
@@ -856,7 +1013,8 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
                   "checkpoints": dict(previous.get("checkpoints", {})), "pairs": dict(previous.get("pairs", {}))}
         report["figure_style"] = figure_style() if figures else previous.get("figure_style")
         restyle = figures and bool(previous) and previous.get("figure_style") != report["figure_style"]
-        run = _Run(out, quick, seed, force, figures, arrays, report, overrides, restyle)
+        report["plan"] = plan["report"]
+        run = _Run(out, quick, seed, force, figures, arrays, report, overrides, restyle, plan["budget"])
         for ctx, ckpt in zip(ctxs, ckpts):
             prev = previous.get("checkpoints", {}).get(ctx.label, {})
             data_entry = ckpt.data_spec.to_dict() if ckpt.data_spec and memory is None else None
@@ -872,7 +1030,9 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
                 "examples_per_rank": per_rank(ctx.train.data.num_samples, ctx.train.device) if world > 1 else None,
                 # earlier results for these same weights stay, each saying which loss and data it used
                 "measures": dict(prev.get("measures", {})) if prev.get("sha256") == ckpt.sha256 else {}}
-            tags = {"loss": entry["loss"], "max_samples": max_samples, "data": data_entry, "params": _plain(chosen)}
+            subset = ctx.work.num_samples if ctx.work.num_samples < ctx.train.num_samples else None
+            tags = {"loss": entry["loss"], "max_samples": subset if budget is not None else max_samples,
+                    "data": data_entry, "params": _plain(chosen)}
             for name in (n for n in names if not MEASURES[n].pair):
                 run.measure(MEASURES[name], (ctx,), ctx.label, entry["measures"], entry["measures"].get(name), tags)
             ctx.shared.clear()  # the shared Krylov run holds ~steps × P floats: not past its checkpoint

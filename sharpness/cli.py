@@ -426,10 +426,14 @@ def analyze_main(argv: list[str] | None = None) -> int:
                         "with --model (and --data)")
     p.add_argument("--out", default=None, help="output folder (default: analysis/ beside the first checkpoint)")
     p.add_argument("--measures", default=None, help=f"comma-separated subset of: {','.join(names)}")
-    p.add_argument("--quick", action="store_true", help="cheaper settings that finish in seconds")
+    p.add_argument("--quick", action="store_true", help="cheaper settings on a 1000-example subset: seconds on small models")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="evaluate data in batches (memory only)")
     p.add_argument("--max-samples", type=int, default=None, help="fixed random subset of the training data")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="end within this many seconds: data subset, grid points, products and draws chosen from "
+                        "the measured unit costs; a measure that cannot fit is skipped with the reason")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (each measure's planned seconds) and stop")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every random choice: subset, probe vectors, directions (default: 0)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="MEASURE.KEY=VALUE",
@@ -473,6 +477,10 @@ def analyze_main(argv: list[str] | None = None) -> int:
         extra["labels"] = a.labels
     if a.params is not None:
         extra["params"] = a.params
+    if a.budget is not None:
+        extra["budget"] = a.budget
+    if a.dry_run:
+        extra["dry_run"] = True
 
     out = a.out or str(Path(a.checkpoints[0]).resolve().parent / "analysis")
     if not a.out and Path(out).is_symlink():  # a folder the toolkit names, not the user: never through a link
@@ -487,6 +495,8 @@ def analyze_main(argv: list[str] | None = None) -> int:
                                   progress=False if a.no_progress or not is_main() else True, **extra)
         main = is_main()
     if not main:  # rank 0 wrote the report and says what is in it
+        return 0
+    if a.dry_run:  # the plan is printed (stderr); nothing was written
         return 0
     print(report.table())
     print(f"report: {Path(report.out or out) / 'report.json'}" + ("  (quick settings)" if a.quick else ""))

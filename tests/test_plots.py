@@ -160,7 +160,7 @@ def test_labels_let_several_series_share_one_axes():
 
 
 def test_densities_resmoothed_with_one_sigma_equal_smooth():
-    for esd in (ESD, DensityResult(GRID, DENS, NODES, WEIGHTS, 0.05, 0, 0.0, 0)):
+    for esd in (ESD, DensityResult(GRID, DENS, NODES, WEIGHTS, np.zeros_like(NODES), 0.05, 0, 0.0, 0)):
         ax = plot_spectral_density(esd, sigma=0.3)
         grid, density = smooth(NODES, WEIGHTS, 0.3)
         x, y = ax.lines[0].get_xdata(), ax.lines[0].get_ydata()

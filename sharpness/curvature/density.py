@@ -38,6 +38,7 @@ class DensityResult:
     density: np.ndarray     # integrates to 1 over grid
     nodes: np.ndarray       # (n_runs, steps) Ritz values; NaN-padded where a run stopped early
     weights: np.ndarray     # (n_runs, steps) quadrature weights; each row sums to 1
+    residuals: np.ndarray   # (n_runs, steps) ‖Hy − θy‖ = β_m·|s_m| of each Ritz pair: an eigenvalue within it
     sigma: float
     n_hvps: int
     seconds: float
@@ -54,11 +55,15 @@ class DensityResult:
                 "min_node": float(np.nanmin(self.nodes)), "max_node": float(np.nanmax(self.nodes))}
 
 
-def quadrature(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss quadrature nodes and weights from a Lanczos tridiagonal (α diagonal, β off-diagonal)."""
+def quadrature(alphas: np.ndarray, betas: np.ndarray, beta_next: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gauss quadrature nodes and weights from a Lanczos tridiagonal (α diagonal, β off-diagonal), and residuals.
+
+    The Ritz residuals are β_next·|last component of each eigenvector| (Parlett 1998, §13.1;
+    ``beta_next``: the norm of the step's remainder, 0 when the Krylov space closed).
+    """
     T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
     theta, S = np.linalg.eigh(T)
-    return theta, S[0] ** 2
+    return theta, S[0] ** 2, abs(beta_next) * np.abs(S[-1])
 
 
 def smooth(nodes: np.ndarray, weights: np.ndarray, sigma: float,
@@ -129,6 +134,7 @@ def spectral_density(op, *, n_runs: int = 2, steps: int = 80, sigma: float | Non
     steps = min(steps, op.num_params)
     nodes = np.full((n_runs, steps), np.nan)
     weights = np.zeros((n_runs, steps))
+    residuals = np.full((n_runs, steps), np.nan)
     shared = min(krylov.runs, n_runs) if krylov is not None else 0
     bar = progress_bar(progress, total=steps * n_runs, desc="spectral density", unit="hvp")
 
@@ -145,13 +151,14 @@ def spectral_density(op, *, n_runs: int = 2, steps: int = 80, sigma: float | Non
             K.extend(j + 1)
             bar.update(K.runs)
         for r in range(runs or K.runs):
-            theta, w = quadrature(K.alphas(r)[:steps], K.betas(r)[:steps - 1])
-            nodes[i, :len(theta)], weights[i, :len(theta)] = theta, w
+            a = K.alphas(r)[:steps]
+            theta, w, res = quadrature(a, K.betas(r)[:steps - 1], K.norms[len(a) - 1][r])
+            nodes[i, :len(theta)], weights[i, :len(theta)], residuals[i, :len(theta)] = theta, w, res
             i += 1
     bar.close()
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     sigma = sigma or max(0.01 * (hi - lo), 1e-12 * max(1.0, abs(hi)))
     grid, density = smooth(nodes, weights, sigma, np.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size))
-    return DensityResult(grid=grid, density=density, nodes=nodes, weights=weights, sigma=float(sigma),
+    return DensityResult(grid=grid, density=density, nodes=nodes, weights=weights, residuals=residuals, sigma=float(sigma),
                          n_hvps=getattr(op, "n_hvps", 0) - hvps0, seconds=time.perf_counter() - start,
                          seed=seed)

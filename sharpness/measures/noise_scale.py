@@ -31,7 +31,7 @@ from torch.func import grad, vmap
 
 from ..batches import index, length, split, tree_map
 from ..checks import require
-from ..distributed import all_sum, all_sum_floats
+from ..distributed import all_sum
 from ..errors import SharpnessError
 from ..errors import short as _short
 from ..model_state import preserved, set_mode
@@ -49,22 +49,35 @@ class NoiseScaleResult:
     b_simple: float          # tr(Σ)/|G|²
     trace_sigma: float       # tr(Σ)
     grad_norm_sq: float      # |G|²
-    stderr: float            # of b_simple (0 for the exact per-example value)
+    stderr: float            # of b_simple: per-example, a jackknife over groups of examples (their sampling
+                             # error); two-batch, a jackknife over the pairs of random batches
     method: str              # "per-example" or "two-batch"
     batch_sizes: list
     n_batches: int
     n_samples: int
     seconds: float
     seed: int
+    trace_sigma_stderr: float = 0.0   # the same jackknife's, of tr(Σ) and |G|²
+    grad_norm_sq_stderr: float = 0.0
 
     def to_dict(self) -> dict:
         """Plain-dict form for reports."""
         return dict(self.__dict__)
 
 
-def _per_example(obj: Objective, chunk: int) -> tuple[float, float, int]:
-    """Tr Σ, |G|² and N from every example's gradient (vmap over examples, ``chunk`` at a time)."""
+def _jackknife(values: np.ndarray) -> float:
+    g = len(values)
+    return float(math.sqrt((g - 1) / g * np.sum((values - values.mean()) ** 2))) if g > 1 else 0.0
+
+
+def _per_example(obj: Objective, chunk: int) -> tuple[float, float, int, tuple[float, float, float]]:
+    """Tr Σ, |G|², N from every example's gradient (vmap over examples, ``chunk`` at a time), and errors.
+
+    The errors are jackknife standard errors of (B_simple, tr Σ, |G|²) over up to 16 groups of examples
+    (example i in group i mod g; g bounded so the groups' gradient sums take ≤ 256 MB).
+    """
     params = {n: p.detach() for n, p in zip(obj.names, obj.params)}
+    groups = int(max(2, min(16, 2**28 // (8 * max(1, obj.num_params)))))
 
     def loss_one(p, inputs, targets, extra):
         one = lambda t: t.unsqueeze(0)  # noqa: E731 - a batch of one example
@@ -72,21 +85,39 @@ def _per_example(obj: Objective, chunk: int) -> tuple[float, float, int]:
         return obj.loss.total(out, tree_map(one, targets), tree_map(one, extra))
 
     per_grad = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))
-    g_sum, sq_sum, n = None, 0.0, 0
+    dev = obj.device
+    sums = torch.zeros(groups, obj.num_params, dtype=torch.float64, device=dev)  # Σ g_i per group
+    sq = torch.zeros(groups, dtype=torch.float64, device=dev)                    # Σ |g_i|² per group
+    count = torch.zeros(groups, dtype=torch.float64, device=dev)
+    seen = 0
     with preserved(obj.model):
         set_mode(obj.model, obj.mode)
         for _, inputs, targets, extra, _ in obj.batches():
             for part in split((inputs, targets, extra), chunk):
                 gs = per_grad(params, *part)
                 m = length(part)
-                flat = torch.cat([g.reshape(m, -1) for g in gs.values()], dim=1).double()
-                sq_sum += float((flat ** 2).sum())
-                g_sum = flat.sum(0) if g_sum is None else g_sum + flat.sum(0)
-                n += m
-    sq_sum, n = all_sum_floats([sq_sum, n], obj.world, obj.device)  # data-parallel: all ranks' examples
-    G = all_sum(g_sum, obj.world) / n
-    g2 = float(G @ G)
-    return sq_sum / n - g2, g2, n
+                gid = (torch.arange(seen, seen + m, device=dev) + obj.rank) % groups
+                at = 0
+                for g in gs.values():  # per tensor: never an m × P copy in float64
+                    flat = g.reshape(m, -1)
+                    sq.index_add_(0, gid, flat.pow(2).sum(1, dtype=torch.float64))
+                    sums[:, at:at + flat.shape[1]].index_add_(0, gid, flat.double())
+                    at += flat.shape[1]
+                count.index_add_(0, gid, torch.ones(m, dtype=torch.float64, device=dev))
+                seen += m
+    sums, sq, count = (all_sum(t, obj.world) for t in (sums, sq, count))  # data-parallel: all ranks' examples
+    n = float(count.sum())
+    S = sums.sum(0)
+    SS, Ss, ss = float(S @ S), (sums @ S).cpu().numpy(), (sums * sums).sum(1).cpu().numpy()
+    Q, q, c = float(sq.sum()), sq.cpu().numpy(), count.cpu().numpy()
+    g2 = SS / n ** 2
+    tr = Q / n - g2
+    keep = c > 0
+    nj = n - c[keep]
+    g2j = (SS - 2 * Ss[keep] + ss[keep]) / nj ** 2   # |G|² without group j
+    trj = (Q - q[keep]) / nj - g2j
+    errs = (_jackknife(trj / g2j), _jackknife(trj), _jackknife(g2j)) if keep.sum() > 1 else (0.0, 0.0, 0.0)
+    return tr, g2, int(n), errs
 
 
 def gradient_noise_scale(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
@@ -125,10 +156,11 @@ def gradient_noise_scale(model: nn.Module | Objective, loss_fn: Callable | str |
     if batch_sizes == "per-example":
         if obj.mode == "train":
             raise SharpnessError("per-example gradients need mode='eval' (train-mode BN mixes examples)")
-        tr, g2, n = _per_example(obj, chunk)
-        return NoiseScaleResult(b_simple=tr / g2, trace_sigma=tr, grad_norm_sq=g2, stderr=0.0,
+        tr, g2, n, (se_b, se_tr, se_g2) = _per_example(obj, chunk)
+        return NoiseScaleResult(b_simple=tr / g2, trace_sigma=tr, grad_norm_sq=g2, stderr=se_b,
                                 method="per-example", batch_sizes=[1], n_batches=n, n_samples=n,
-                                seconds=time.perf_counter() - start, seed=seed)
+                                seconds=time.perf_counter() - start, seed=seed, trace_sigma_stderr=se_tr,
+                                grad_norm_sq_stderr=se_g2)
     examples = obj.examples()
     n = length(examples)
     small, big = batch_sizes if batch_sizes is not None else (32, min(n, 1024))
@@ -150,8 +182,9 @@ def gradient_noise_scale(model: nn.Module | Objective, loss_fn: Callable | str |
         return tr, g2
 
     tr, g2 = estimate(s.mean(), l_.mean())
-    jack = [np.divide(*estimate(np.delete(s, i).mean(), np.delete(l_, i).mean())) for i in range(n_batches)]
-    stderr = float(math.sqrt((n_batches - 1) / n_batches * np.sum((np.array(jack) - np.mean(jack)) ** 2)))
-    return NoiseScaleResult(b_simple=tr / g2, trace_sigma=float(tr), grad_norm_sq=float(g2), stderr=stderr,
+    parts = np.array([estimate(np.delete(s, i).mean(), np.delete(l_, i).mean()) for i in range(n_batches)])
+    return NoiseScaleResult(b_simple=tr / g2, trace_sigma=float(tr), grad_norm_sq=float(g2),
+                            stderr=_jackknife(parts[:, 0] / parts[:, 1]),
                             method="two-batch", batch_sizes=[small, big], n_batches=n_batches, n_samples=n,
-                            seconds=time.perf_counter() - start, seed=seed)
+                            seconds=time.perf_counter() - start, seed=seed, trace_sigma_stderr=_jackknife(parts[:, 0]),
+                            grad_norm_sq_stderr=_jackknife(parts[:, 1]))

@@ -57,6 +57,8 @@ class PacBayesResult:
     loss: float             # L(w)
     perturbed_loss: float   # the Monte-Carlo estimate of E[L(w + u)] at σ*
     stderr: float           # its standard error over the draws
+    sigma_stderr: float     # σ*'s Monte-Carlo error: stderr ÷ the slope of E[L(w + u)] in σ at σ*
+    value_stderr: float     # 1/σ*²'s: 2·sigma_stderr/σ*³ (first order)
     delta: float
     magnitude_aware: bool
     eps: float
@@ -69,6 +71,21 @@ class PacBayesResult:
     def to_dict(self) -> dict:
         """Plain-dict form for reports."""
         return dict(self.__dict__)
+
+
+def _sigma_stderr(seen: dict[float, tuple[float, float]], sigma: float, se: float) -> float:
+    """The error of the root σ* of E[L(w + σz)] − L(w) = δ from the loss's Monte-Carlo error ``se``.
+
+    se ÷ dE/dσ, the slope a secant through the levels nearest σ* on either side (the search leaves
+    some there); inf when the loss does not rise across them.
+    """
+    below = [s for s in seen if s < sigma and math.isfinite(seen[s][0])]
+    above = [s for s in seen if s > sigma and math.isfinite(seen[s][0])]
+    if not below or not above:
+        return math.inf
+    a, b = max(below), min(above)
+    slope = (seen[b][0] - seen[a][0]) / (b - a)
+    return se / slope if slope > 0 else math.inf
 
 
 def pacbayes_flatness(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
@@ -143,7 +160,9 @@ def pacbayes_flatness(model: nn.Module | Objective, loss_fn: Callable | str | No
     lo = hi / 2 if rise(hi / 2) <= 0 else 0.0
     sigma = brentq(rise, lo, hi, xtol=hi * 2.0 ** -iters, rtol=4 * np.finfo(float).eps, maxiter=10 * iters)
     mean, se = expected(sigma)
+    sigma_se = _sigma_stderr(seen, sigma, se)
     return PacBayesResult(value=1.0 / sigma ** 2, sigma=sigma, loss=f0, perturbed_loss=mean, stderr=se,
+                          sigma_stderr=sigma_se, value_stderr=2 * sigma_se / sigma ** 3,
                           delta=delta, magnitude_aware=magnitude_aware, eps=eps if magnitude_aware else 0.0,
                           n_draws=n_draws, n_evals=evals, n_samples=obj.num_samples,
                           seconds=time.perf_counter() - start, seed=seed)

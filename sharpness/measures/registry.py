@@ -39,16 +39,20 @@ class Key:
     label: str                   # column / axis label
     fmt: str = "{:.4g}"          # number format in text tables
     percent: bool = False        # a fraction shown ×100 with "%" (accuracies)
+    error: str | None = None     # the summary key of its error bar (shown "value ± error"; see Record.errors)
 
     def column(self) -> str:
         """The label with its unit."""
         return f"{self.label} %" if self.percent else self.label
 
-    def show(self, value: Any) -> str:
-        """The value formatted for a table ("—" when missing)."""
+    def show(self, value: Any, error: Any = None) -> str:
+        """The value formatted for a table ("—" when missing), with ``± error`` when one is given."""
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return "—"
-        return self.fmt.format(100 * value if self.percent else value)
+        text = self.fmt.format(100 * value if self.percent else value)
+        if isinstance(error, (int, float)) and not isinstance(error, bool) and error == error and error > 0:
+            text += f" ± {100 * error if self.percent else error:.2g}"
+        return text
 
 
 @dataclass
@@ -58,6 +62,9 @@ class Record:
     summary: dict
     details: dict = field(default_factory=dict)
     arrays: dict = field(default_factory=dict)
+    # summary key → its error bar: a bound (Lanczos residual) or a standard error (Monte Carlo draws,
+    # subsampling), 0.0 where the value is exact for the data; analyze adds the subsampling errors
+    errors: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -87,6 +94,7 @@ class Context:
     path: Path | None = None
     params: Any = None           # the parameter patterns of the objectives (None: those that require grad)
     shared: dict = field(default_factory=dict)  # work measures share (one Krylov run); cleared after the checkpoint
+    plan: dict = field(default_factory=dict)    # measure → its planned settings and seconds (budget.Choice)
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,10 @@ class Measure:
     together: Callable[..., list] | None = None  # together({label: arrays}, out, loss_label) → written paths
     ranges: dict = field(default_factory=dict)  # setting → bounds/choices beyond the defaults' (check_settings)
     fits: Callable[[dict, int], str | None] | None = None  # fits(settings, P) → why they cannot run, or None
+    cost: Callable[..., Any] | None = None     # cost(settings, Sizes) → budget.Work: the passes it is made of
+    cheaper: Callable[..., dict | None] | None = None  # cheaper(settings, Sizes) → the next cheaper settings
+    subsample: tuple = ()        # summary keys computed on the curvature subset (ctx.work): their subsampling
+                                 # error is estimated on a nested half of it when it is a strict subset
 
     def draw_together(self, arrays: dict[str, dict], out: Path, loss_label: str) -> list[Path]:
         """Write the figure that shows this measure of several checkpoints at once (on one scale)."""
@@ -161,7 +173,8 @@ MEASURES: dict[str, Measure] = {}
 def register_measure(name: str, fn: Callable | None = None, *, settings: dict | None = None,
                      quick: dict | None = None, keys: list | tuple = (), pair: bool = False,
                      figures: Callable | None = None, description: str = "", together: Callable | None = None,
-                     ranges: dict | None = None, fits: Callable[[dict, int], str | None] | None = None):
+                     ranges: dict | None = None, fits: Callable[[dict, int], str | None] | None = None,
+                     cost: Callable | None = None, cheaper: Callable | None = None, subsample: tuple | list = ()):
     """Register a measure (usable as a decorator); a later registration of the same name replaces it.
 
     Args:
@@ -183,21 +196,32 @@ def register_measure(name: str, fn: Callable | None = None, *, settings: dict | 
         fits: ``fits(settings, num_params) → str | None``: why the settings cannot run on a model of
             ``num_params`` parameters (e.g. k eigenvalues of fewer), checked once the model is built and
             before any measure runs; None when they can.
+        cost: ``cost(settings, sizes) → Work`` (:mod:`sharpness.budget`): the passes the measure makes on
+            data of these sizes, so ``analyze`` can plan it and fit it into ``budget=``. Without it the
+            measure is run unplanned (its time is taken from what is left).
+        cheaper: ``cheaper(settings, sizes) → settings | None``: the next cheaper settings a budget may
+            choose (fewer products, draws, points), None at the cheapest.
+        subsample: summary keys computed on ``ctx.work``; when that is a strict subset of the training
+            data, ``analyze`` runs the measure again on a nested half of it and records each key's
+            subsampling error (see :func:`sharpness.analysis.analyze`).
     """
     def add(f: Callable) -> Callable:
         if not isinstance(name, str) or not name or "/" in name:
             raise SharpnessError(f"a measure name must be a non-empty string without '/' (got {name!r})")
         if not callable(f):
             raise SharpnessError(f"measure '{name}': the function must be callable (got {type(f).__name__})")
-        if fits is not None and not callable(fits):
-            raise SharpnessError(f"measure '{name}': fits must be a function (got {type(fits).__name__})")
+        for what, g in (("fits", fits), ("cost", cost), ("cheaper", cheaper)):
+            if g is not None and not callable(g):
+                raise SharpnessError(f"measure '{name}': {what} must be a function (got {type(g).__name__})")
+        if not isinstance(subsample, (tuple, list)) or not all(isinstance(k, str) for k in subsample):
+            raise SharpnessError(f"measure '{name}': subsample must be a list of summary keys (got {subsample!r})")
         if ranges is not None and not (isinstance(ranges, dict) and all(isinstance(r, dict) for r in ranges.values())):
             raise SharpnessError(f"measure '{name}': ranges must be a dict of setting → dict of bounds/choices")
         unknown = sorted(set(ranges or {}) - set(settings or {}))
         if unknown:
             raise SharpnessError(f"measure '{name}': ranges name no setting: {', '.join(map(str, unknown))}")
         MEASURES[name] = Measure(name, f, dict(settings or {}), dict(quick or {}), tuple(keys), pair, figures,
-                                 description, together, dict(ranges or {}), fits)
+                                 description, together, dict(ranges or {}), fits, cost, cheaper, tuple(subsample))
         return f
 
     return add(fn) if fn is not None else add
