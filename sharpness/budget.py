@@ -110,11 +110,12 @@ def unit_costs(obj: Any, *, per_example: bool = True) -> Units:
     comes from a private generator).
     """
     from .curvature import HessianOperator
+    from .distributed import from_main
     from .measures.noise_scale import _per_example
 
     t0 = time.perf_counter()
     n = obj.num_samples
-    batch = next(obj.batches())[4]
+    batch = from_main(next(obj.batches())[4])  # data-parallel: every rank times the same calls (collectives)
     sizes = sorted({max(1, batch // 4), batch})
     device = obj.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -144,7 +145,8 @@ def unit_costs(obj: Any, *, per_example: bool = True) -> Units:
             fit[k] = (max(0.0, times[k][1] - c * sizes[1]), c)
     if fit.get("per_example") is None:
         fit["per_example"] = (0.0, 10 * fit["gradient"][1])
-    return Units(fit, batch, str(device), time.perf_counter() - t0)
+    # rank 0's timings on every rank: the plan (and a budget's choices) must be one for all of them
+    return Units(from_main(fit), batch, str(device), time.perf_counter() - t0)
 
 
 @dataclass
@@ -248,9 +250,14 @@ class Budget:
 
     def fit(self, key: tuple, measure: Any, settings: dict, sizes: Sizes) -> tuple[dict, str | None]:
         """The settings of measure ``key`` that fit, and None; or the settings and why it does not run."""
+        from .distributed import from_main
+
         mine = self.planned.pop(key, 0.0)
         if self.seconds is None or self.units is None or measure.cost is None:
             return settings, None
+        return from_main(self._fit(mine, measure, settings, sizes))  # data-parallel: rank 0's clock decides
+
+    def _fit(self, mine: float, measure: Any, settings: dict, sizes: Sizes) -> tuple[dict, str | None]:
         later = sum(self.planned.values())
         room = self.left() - later
         if mine <= room:
@@ -259,7 +266,7 @@ class Budget:
         while planned_seconds(measure, st, sizes, self.units) > room:
             nxt = measure.cheaper(st, sizes) if measure.cheaper is not None else None
             if nxt is None:
-                return st, (f"skipped: needs ≈{planned_seconds(measure, st, sizes, self.units):.1f} s at its cheapest "
+                return st, (f"needs ≈{planned_seconds(measure, st, sizes, self.units):.1f} s at its cheapest "
                             f"settings; {max(0.0, room):.1f} s of the budget were left for it")
             st = nxt
         return st, None

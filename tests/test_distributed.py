@@ -71,6 +71,18 @@ def test_torchrun_analyze_writes_one_report_equal_to_one_process(trained, tmp_pa
                 assert entry["measures"][m]["summary"][k] == pytest.approx(v, rel=1e-4, abs=1e-7), (m, k)
 
 
+def test_torchrun_analyze_with_a_budget_takes_rank_0s_decisions(trained, tmp_path):
+    import json
+
+    # each rank's clock differs: the plan and every re-planned choice are rank 0's, or collectives would hang
+    r = torchrun(2, Path("-m"), "sharpness.analyze", str(trained.path), "--out", str(tmp_path / "a"),
+                 "--measures", "loss,eigenvalues,pacbayes,landscape2d", "--budget", "3", "--no-progress")
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["plan"]["budget"] == 3 and rep["settings"]["world_size"] == 2
+    assert set(rep["checkpoints"]["final"]["measures"]) == {"loss", "eigenvalues", "pacbayes", "landscape2d"}
+
+
 def test_a_rank_that_dies_stops_the_job_with_an_error(tmp_path):
     script = tmp_path / "dies.py"
     script.write_text("import os, torch, torch.distributed as dist\\n"
