@@ -79,8 +79,10 @@ def resnet18_checkpoint(n: int, folder: str):
 
 
 def count(rec: dict, key: str) -> int:
-    if key == "points":
-        return int(torch.tensor(rec["details"]["shape"]).prod())
+    if key == "points":  # in passes over all the training examples: the surface has a subset of its own
+        n = rec["details"].get("n_samples")
+        share = n / rec["details"]["n_train"] if n and rec["details"].get("n_train") else 1.0
+        return int(torch.tensor(rec["details"]["shape"]).prod() * share)
     return int(rec["summary"].get(key) or rec["details"].get(key))
 
 
@@ -176,7 +178,8 @@ def main():
             n = count(rec, key)
             floor = n * units[unit]
             floor_total += floor
-            print(f"| {name} | {s:.1f} | {n} × {unit} | {floor:.1f} | {s / floor:.2f} | {q:.1f} |")
+            ratio = f"{s / floor:.2f}" if floor > 0 else "—"  # none: the density reading the shared run
+            print(f"| {name} | {s:.1f} | {n} × {unit} | {floor:.1f} | {ratio} | {q:.1f} |")
         else:
             print(f"| {name} | {s:.1f} | | | | {q:.1f} |")
     q_total = sum(r.get("seconds", 0.0) for r in quick.values())

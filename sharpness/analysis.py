@@ -72,6 +72,7 @@ from .plots.style import current as figure_style
 from .plots.style import targets
 from .progress import task
 from .specs import Spec
+from .threads import one_blas_thread
 
 __all__ = ["analyze", "Report", "measure_names", "SCHEMA", "SCHEMA_VERSION"]
 
@@ -847,6 +848,7 @@ class _Run:
             write_json(self.out / "report.json", _finite(self.report))
 
 
+@one_blas_thread
 def analyze(checkpoints: Any, *, out: str | Path | None = "analysis", measures: list[str] | None = None,
             quick: bool = False, device: str = "cpu", batch_size: int | None = None,
             max_samples: int | None = None, seed: int = 0, model: str | Callable | nn.Module | None = None,

@@ -431,8 +431,9 @@ def analyze_main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="evaluate data in batches (memory only)")
     p.add_argument("--max-samples", type=int, default=None, help="fixed random subset of the training data")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                   help="end within this many seconds: data subset, grid points, products and draws chosen from "
-                        "the measured unit costs; a measure that cannot fit is skipped with the reason")
+                   help="end within this many seconds (counted from the start of the analysis: Python's start-up "
+                        "comes before it): data subset, grid points, products and draws chosen from the measured "
+                        "unit costs; a measure that cannot fit is skipped with the reason")
     p.add_argument("--dry-run", action="store_true", help="print the plan (each measure's planned seconds) and stop")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every random choice: subset, probe vectors, directions (default: 0)")

@@ -35,6 +35,7 @@ from .curvature.lanczos import MAX_HVPS, Krylov, start_vector
 from .errors import SharpnessError
 from .losses import make_loss
 from .objective import SEED_MAX, Objective, check_module
+from .threads import one_blas_thread
 
 __all__ = ["SharpnessTracker", "TRACKED"]
 
@@ -109,6 +110,7 @@ class SharpnessTracker:
             self._data = obj.data
         return obj
 
+    @one_blas_thread
     def __call__(self, model: nn.Module, step: int) -> dict | None:
         """Measure at ``step`` if it is a multiple of ``every``; returns the record (None otherwise)."""
         require("step", step, int, ge=0, le=2**63 - 1)

@@ -213,3 +213,25 @@ def test_budget_is_validated_before_any_work(tmp_path):
         with pytest.raises(SharpnessError, match="budget must be a number of seconds"):
             analyze(_net(), data=(TRAIN, TEST), out=tmp_path / "x", budget=bad, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_numpy_blas_runs_one_thread_inside_the_analyzers_and_is_restored_after(restore_measures):
+    # NumPy's/SciPy's OpenBLAS threads spin after each small call and took the cores from torch's products
+    from threadpoolctl import threadpool_info
+
+    import sharpness as sh
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = {}
+
+    @sh.register_measure("blas_probe")
+    def probe(ctx, settings):
+        seen["threads"] = blas_threads()
+        return sh.Record(summary={})
+
+    analyze(_net(), data=(TRAIN, TEST), out=None, measures=["blas_probe"], progress=False)
+    assert seen["threads"] and set(seen["threads"]) == {1}
+    assert blas_threads() == before

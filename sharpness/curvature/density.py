@@ -21,6 +21,7 @@ from ..checks import require
 from ..errors import SharpnessError
 from ..objective import SEED_MAX
 from ..progress import progress_bar
+from ..threads import one_blas_thread
 from .lanczos import Krylov, check_krylov, start_vector
 from .operator import as_operator
 
@@ -97,6 +98,7 @@ def smooth(nodes: np.ndarray, weights: np.ndarray, sigma: float,
     return grid, density / trapezoid(density, grid)
 
 
+@one_blas_thread
 def spectral_density(op, *, n_runs: int = 2, steps: int = 80, sigma: float | None = None,
                      grid_size: int = 1000, seed: int = 0, krylov: Krylov | None = None,
                      progress: bool | None = None) -> DensityResult:

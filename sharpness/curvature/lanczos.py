@@ -61,6 +61,7 @@ from ..checks import require
 from ..errors import SharpnessError
 from ..objective import SEED_MAX
 from ..progress import progress_bar
+from ..threads import one_blas_thread
 from .operator import as_operator
 
 MAX_HVPS = 10**9  # a product budget beyond this is a typo (10⁹ products of the smallest model: days)
@@ -251,6 +252,7 @@ def _met(theta: np.ndarray, idx: np.ndarray, res: np.ndarray, kk: int, tol: floa
     return len(idx) == kk and bool(np.all(res <= tol * scale))
 
 
+@one_blas_thread
 def hessian_eigenvalues(op, k: int = 1, *, which: str = "largest", tol: float = 1e-4,
                         max_hvps: int | None = None, max_basis: int | None = None, seed: int = 0,
                         method: str = "lanczos", block_size: int | None = None, copies: bool = True,

@@ -31,6 +31,7 @@ from ..checks import require
 from ..errors import SharpnessError
 from ..objective import SEED_MAX
 from ..progress import progress_bar
+from ..threads import one_blas_thread
 from .lanczos import MAX_HVPS, Krylov, check_krylov, start_vector
 from .operator import as_operator
 
@@ -63,6 +64,7 @@ def _rademacher(n: int, k: int, gen: torch.Generator, device, dtype) -> torch.Te
     return z.to(device=device, dtype=dtype)
 
 
+@one_blas_thread
 def hessian_trace(op, *, method: str = "krylov-hutch++", rtol: float = 1e-2, max_hvps: int | None = None,
                   sketch_size: int | None = None, block: int = 8, min_samples: int = 10, seed: int = 0,
                   krylov: Krylov | None = None, progress: bool | None = None) -> TraceResult:

@@ -26,6 +26,7 @@ from torch import nn
 from ..batches import split
 from ..checks import require
 from ..objective import SEED_MAX, Objective, as_objective
+from ..threads import one_blas_thread
 
 __all__ = ["AdaptiveSharpnessResult", "adaptive_sharpness"]
 
@@ -114,6 +115,7 @@ def _apgd(fm: Objective, w: torch.Tensor, c: torch.Tensor, rho: float, norm: str
     return best_f
 
 
+@one_blas_thread
 def adaptive_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None,
                        rho: float = 0.05, *, kind: str = "worst", norm: str = "linf", adaptive: bool = True,
                        n_samples: int = 1024, batch_size: int = 128, steps: int = 20, seed: int = 0,

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..checks import require
 from ..objective import SEED_MAX, Objective, as_objective
+from ..threads import one_blas_thread
 
 __all__ = ["EpsSharpnessResult", "eps_sharpness"]
 
@@ -51,6 +52,7 @@ class EpsSharpnessResult:
         return dict(self.__dict__)
 
 
+@one_blas_thread
 def eps_sharpness(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
                   eps: float = 1e-3, subspace_dim: int | None = None, subspace_draw: str = "normal",
                   max_iter: int = 10, seed: int = 0,

@@ -36,6 +36,7 @@ from ..errors import SharpnessError
 from ..errors import short as _short
 from ..model_state import preserved, set_mode
 from ..objective import SEED_MAX, Objective, as_objective
+from ..threads import one_blas_thread
 
 MAX_BATCH = 10**7  # a random batch of more examples than this is a typo (its index alone: 80 MB)
 
@@ -120,6 +121,7 @@ def _per_example(obj: Objective, chunk: int) -> tuple[float, float, int, tuple[f
     return tr, g2, int(n), errs
 
 
+@one_blas_thread
 def gradient_noise_scale(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
                          batch_sizes: tuple[int, int] | str | None = None, n_batches: int = 32,
                          chunk: int = 256, seed: int = 0, mode: str = "eval",

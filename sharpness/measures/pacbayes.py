@@ -44,6 +44,7 @@ from torch import nn
 from ..checks import require
 from ..errors import SharpnessError
 from ..objective import SEED_MAX, Objective, as_objective
+from ..threads import one_blas_thread
 
 __all__ = ["PacBayesResult", "pacbayes_flatness"]
 
@@ -88,6 +89,7 @@ def _sigma_stderr(seen: dict[float, tuple[float, float]], sigma: float, se: floa
     return se / slope if slope > 0 else math.inf
 
 
+@one_blas_thread
 def pacbayes_flatness(model: nn.Module | Objective, loss_fn: Callable | str | None = None, data: Any = None, *,
                       delta: float = 0.1, magnitude_aware: bool = False, eps: float = 1e-3, n_draws: int = 16,
                       iters: int = 20, seed: int = 0, max_samples: int | None = None,
