@@ -10,7 +10,7 @@ adaptive ones (Lanczos, L-BFGS-B) are planned at their expected count and never 
 :func:`fit_budget` chooses settings that end within a budget: it starts from the defaults (and the user's
 settings) and, while the plan is over budget, takes the one step down that saves the most seconds — a
 measure's next cheaper settings (``cheaper(settings, sizes)``: fewer products, draws, grid points, examples)
-or half of the curvature data subset — so accuracy is given up where a second of it is dearest; a measure
+or a quarter less of the curvature data subset — so accuracy is given up where a second of it is dearest; a measure
 whose cheapest settings still do not fit is skipped with the reason. During the run, :class:`Budget`
 re-plans each measure against the time left, so a measure that ran over its plan is paid for by the ones
 after it.
@@ -205,9 +205,13 @@ def fit_budget(measures: list, settings: dict[str, dict], sizes: Sizes, units: U
                 nxt = m.cheaper(chosen[m.name], at(work))
                 if nxt is not None:
                     options.append((cost(m.name, chosen[m.name], work) - cost(m.name, nxt, work), m.name, nxt))
-            if not work_fixed and work > MIN_WORK:
-                half = max(MIN_WORK, work // 2)
-                options.append((now - total(half), "", half))
+            # Each quarter less of the curvature subset is one step (fine enough to end near the budget). The
+            # first steps from the whole training set can cost more than they save (a subset's values are
+            # measured again on a nested half, for their error): j steps at once count as j, saving/j.
+            smaller, steps_down = work, 0
+            while not work_fixed and smaller > MIN_WORK:
+                smaller, steps_down = max(MIN_WORK, smaller * 3 // 4), steps_down + 1
+                options.append(((now - total(smaller)) / steps_down, "", smaller))
             options = [o for o in options if o[0] > 1e-9]
             if options:
                 _, name, nxt = max(options, key=lambda o: o[0])
@@ -223,6 +227,11 @@ def fit_budget(measures: list, settings: dict[str, dict], sizes: Sizes, units: U
             dear = max(live, key=lambda name: cost(name, chosen[name], work))
             skipped[dear] = (f"needs ≈{cost(dear, chosen[dear], work):.1f} s at its cheapest settings; "
                              f"the budget of {budget:g} s leaves less")
+    while budget is not None and not work_fixed and work < sizes.work:  # a jump may overshoot: take back what fits
+        bigger = min(sizes.work, -(-work * 11 // 10))
+        if total(bigger) > budget:
+            break
+        work = bigger
     out = {}
     for m in measures:
         desc = _planned(m, chosen[m.name], at(work), units)[1]
@@ -263,7 +272,7 @@ class Budget:
         if mine <= room:
             return settings, None
         st = settings
-        while planned_seconds(measure, st, sizes, self.units) > room:
+        while planned_seconds(measure, st, sizes, self.units) > max(room, 0.0) + 0.1:  # (≈ free ones: run)
             nxt = measure.cheaper(st, sizes) if measure.cheaper is not None else None
             if nxt is None:
                 return st, (f"needs ≈{planned_seconds(measure, st, sizes, self.units):.1f} s at its cheapest "
