@@ -33,6 +33,7 @@ finds its folder again and its cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -98,10 +99,9 @@ class Report:
         """The headline numbers the measures declare, one column per checkpoint, under the run's settings."""
         labels = list(self.data["checkpoints"])
         shown = [printable(lb, 64) for lb in labels]
-        width = max(12, *(len(lb) for lb in shown))
         variant = self.data.get("settings", {}).get("variant")
         lines = [f"settings: {printable(_describe(variant), 2000)}"] if isinstance(variant, dict) else []
-        lines.append(f"{'':<16}" + "".join(f"{lb:>{width + 2}}" for lb in shown))
+        rows = []
         for measure, key in headline_keys():
             results = [self.data["checkpoints"][lb]["measures"].get(measure) for lb in labels]
             if all(r is None for r in results):
@@ -110,7 +110,12 @@ class Report:
                      key.show((r or {}).get("summary", {}).get(key.name),
                               (r or {}).get("errors", {}).get(key.error) if key.error else None) for r in results]
             if any(c != "—" for c in cells):  # e.g. no accuracy rows for a regression loss
-                lines.append(f"{key.column():<16}" + "".join(f"{c:>{width + 2}}" for c in cells))
+                rows.append((key.column(), cells))
+        # columns as wide as their widest cell ("value ± error"), the row labels as their longest
+        width = max(12, *(len(lb) for lb in shown), *(len(c) for _, cells in rows for c in cells))
+        head = max([16, *(len(name) + 1 for name, _ in rows)])
+        lines.append(f"{'':<{head}}" + "".join(f"{lb:>{width + 2}}" for lb in shown))
+        lines += [f"{name:<{head}}" + "".join(f"{c:>{width + 2}}" for c in cells) for name, cells in rows]
         for pair, res in self.data.get("pairs", {}).items():
             s = res.get("interpolation", {}).get("summary", {})
             if s:
@@ -469,7 +474,7 @@ def _target(out: Path, variant: dict) -> Path:
         raise SharpnessError(f"{target}: holds results of other settings than this run's; choose another folder "
                              "(--out; out= in analyze)")
     diff = ", ".join(f"{k} {json.dumps(held.get(k))}→{json.dumps(variant.get(k))}"
-                     for k in variant if held.get(k) != variant.get(k))
+                     for k in dict.fromkeys([*variant, *held]) if held.get(k) != variant.get(k))
     warnings.warn(f"{out} holds results of other settings ({diff[:200]}); kept as they are, this run's go to {target}",
                   stacklevel=3)
     return target
@@ -580,7 +585,7 @@ def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, l
 
 
 def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, budget: float | None, *,
-          given_subset: bool, start: float, show: bool, figures: bool) -> dict:
+          given_subset: bool, start: float, labels: list[str], show: bool, figures: bool) -> dict:
     """Measure the unit costs, plan every measure (fitted to ``budget``), set each context's plan and subset.
 
     Returns ``{"report": what report.json records, "budget": the run's Budget}``. The budget is shared
@@ -595,23 +600,29 @@ def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, b
         key = (ctx.work.num_params, ctx.train.num_samples, ctx.work.num_samples)
         if key not in units_by:
             try:
-                with task(f"{ctx.label or i}: unit costs"):
+                with task(f"{labels[i]}: unit costs"):
                     units_by[key] = _budget.unit_costs(ctx.work, per_example="noise_scale" in names)
             except SharpnessError as e:  # e.g. data held as one DataLoader per rank: no subset to time on
                 if budget is not None:
                     raise SharpnessError(f"budget: the unit costs cannot be measured ({e})") from None
                 warnings.warn(f"no plan: the unit costs cannot be measured ({printable(e, 200)})", stacklevel=4)
-                return {"report": None, "budget": _budget.Budget(None, None, {}, start)}
-    units = next(iter(units_by.values()))
-    npairs = len(ctxs) * (len(ctxs) - 1) // 2
-    pair_seconds = sum(_budget.planned_seconds(m, {**m.settings_for(quick), **overrides.get(m.name, {})},
-                                               _sizes(ctxs[0]), units) for m in pairs) * npairs
+                return {"report": None, "budget": _budget.Budget(None, {}, {}, start)}
+    def units_of(ctx: Context) -> _budget.Units:
+        return units_by[(ctx.work.num_params, ctx.train.num_samples, ctx.work.num_samples)]
+
+    # before a budget's subset changes ctx.work; a run without figures plans none
+    by_ctx = {id(c): dataclasses.replace(units_of(c), draw=figures) for c in ctxs}
+    units = by_ctx[id(ctxs[0])]
+    pair_plans = [(i, j, m, _budget.planned_seconds(m, {**m.settings_for(quick), **overrides.get(m.name, {})},
+                                                   _sizes(a), by_ctx[id(a)]))
+                  for (i, a), (j, _) in itertools.combinations(enumerate(ctxs), 2) for m in pairs]
+    together = sum(1 for m in singles if m.together is not None)  # the figures of all checkpoints at once
     share = None
     if budget is not None:
-        share = (budget - (time.perf_counter() - start) - pair_seconds
-                 - (_budget.FIGURE_SECONDS * len(singles) if figures and len(ctxs) > 1 else 0.0)) / len(ctxs)
+        share = (budget - (time.perf_counter() - start) - sum(p[3] for p in pair_plans)
+                 - (_budget.FIGURE_SECONDS * together if figures and len(ctxs) > 1 else 0.0)) / len(ctxs)
     for i, ctx in enumerate(ctxs):
-        u = units_by[(ctx.work.num_params, ctx.train.num_samples, ctx.work.num_samples)]
+        u = by_ctx[id(ctx)]
         start_settings = {m.name: {**m.settings_for(quick), **overrides.get(m.name, {})} for m in singles}
         # the user's own settings are kept as given: only the others are stepped down
         fixed = [m for m in singles if overrides.get(m.name)]
@@ -628,19 +639,23 @@ def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, b
                                              m.cost(start_settings[m.name], _sizes(ctx)).describe())
         ctx.plan = {m.name: choices[m.name] for m in singles}
         for m in singles:
-            planned[(id(ctx), 1, m.name)] = choices[m.name].seconds
-            rows.append((ctx.label or f"checkpoint {i}", choices[m.name]))
-    for a, b in itertools.combinations(ctxs, 2):
-        for m in pairs:
-            planned[(id(a), 2, m.name)] = _budget.planned_seconds(
-                m, {**m.settings_for(quick), **overrides.get(m.name, {})}, _sizes(a), units)
-    total = sum(planned.values()) + units.seconds * len(units_by)
+            planned[((id(ctx),), m.name)] = choices[m.name].seconds
+            rows.append(((i,), choices[m.name]))
+    for i, j, m, secs in pair_plans:
+        planned[((id(ctxs[i]), id(ctxs[j])), m.name)] = secs
+        st = {**m.settings_for(quick), **overrides.get(m.name, {})}
+        rows.append(((i, j), _budget.Choice(m.name, st, secs, m.cost(st, _sizes(ctxs[i])).describe()
+                                            if m.cost is not None else "not planned")))
+    total = sum(planned.values()) + sum(u.seconds for u in units_by.values())
     report = {"budget": budget, "total_seconds": total, "units": units.to_dict(ctxs[0].work.num_samples),
               "curvature_examples": [c.work.num_samples for c in ctxs],
-              "measures": [{"checkpoint": lb, "measure": c.name, **c.to_dict()} for lb, c in rows]}
+              "measures": [{"index": list(ix), "checkpoint": "→".join(labels[k] for k in ix), "measure": c.name,
+                            **c.to_dict()} for ix, c in rows]}
     if show:
-        _show_plan(report, units, ctxs[0].work.num_samples, rows)
-    return {"report": report, "budget": _budget.Budget(budget, units, planned, start)}
+        _show_plan(report, units, ctxs[0].work.num_samples, [(r["checkpoint"], c) for r, (_, c) in
+                                                           zip(report["measures"], rows)])
+    fixed_names = {m.name for m in singles + pairs if overrides.get(m.name)}
+    return {"report": report, "budget": _budget.Budget(budget, by_ctx, planned, start, fixed=fixed_names)}
 
 
 def _show_plan(report: dict, units: _budget.Units, n: int, rows: list) -> None:
@@ -729,7 +744,10 @@ def _subsample_errors(measure: Measure, ctx: Context, rec: Record, settings: dic
     in ``details.subsample``. The rerun costs the measure once more on half the data.
     """
     n, total = ctx.work.num_samples, ctx.train.num_samples
-    if n >= total or n < 4:
+    if n >= total:
+        return
+    if n < 4:
+        rec.details["subsample"] = {"n": n, "N": total, "skipped": "fewer than 4 examples: no nested half to compare"}
         return
     if "half" not in ctx.shared:  # one nested half per checkpoint: the curvature measures share its Krylov run
         half = ctx.work.subset(n // 2, ctx.seed + 1)
@@ -783,7 +801,7 @@ class _Run:
         chosen = plan.settings if plan is not None else \
             {**measure.settings_for(self.quick), **self.overrides.get(measure.name, {})}
         sizes = _sizes(ctxs[0])
-        chosen, skip = self.budget.fit((id(ctxs[0]), len(ctxs), measure.name), measure, chosen, sizes)
+        chosen, skip = self.budget.fit((tuple(id(c) for c in ctxs), measure.name), measure, chosen, sizes)
         skip = plan.skipped if plan is not None and plan.skipped else skip
         settings = _plain(chosen)
         loss = entry.get("loss", {}).get("summary", {}).get("train_loss", 0.0)
@@ -824,8 +842,9 @@ class _Run:
                       "error": f"{type(e).__name__}: {reason} ({Path(last.filename).name}:{last.lineno})"}
         entry[measure.name] = {**result, "settings": settings, "seed": self.seed, **tags,
                                "seconds": time.perf_counter() - t0,
-                               "planned_seconds": _budget.planned_seconds(measure, chosen, sizes, self.budget.units)
-                               if self.budget.units is not None and measure.cost is not None else None}
+                               "planned_seconds": _budget.planned_seconds(measure, chosen, sizes, units)
+                               if (units := self.budget.units_of(ctxs[0])) is not None and measure.cost is not None
+                               else None}
         self.save()
 
     def together(self, names: list[str], labels: list[str], loss_label: str) -> dict[str, list[str]]:
@@ -978,6 +997,7 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
         return load_checkpoint(c, model=model, model_args=model_args, data=spec, data_args=data_args)
 
     ckpts = [load(c) for c in items]
+    given_subset = max_samples is not None  # named by the user: a budget keeps it (quick's 1000 it may shrink)
     max_samples = max_samples if max_samples is not None else (1000 if quick else None)
     ctxs = [_context("", c, data=memory, device=device, loss=loss, loss_args=loss_args, batch_size=batch_size,
                      max_samples=max_samples, seed=seed, progress=progress, params=params) for c in ckpts]
@@ -992,9 +1012,12 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
     variant = _variant(quick=quick, max_samples=max_samples, seed=seed, overrides=overrides, loss=loss,
                        loss_args=loss_args, params=params, model=model, model_args=model_args, data=data,
                        data_args=data_args, memory=memory, budget=budget)
-    plan = _plan(ctxs, names, quick, overrides, budget, given_subset=max_samples is not None, start=start,
+    shown = [g or (Path(c.path).stem if c.path is not None else f"model{i}") for i, (g, c) in enumerate(zip(given, ckpts))]
+    plan = _plan(ctxs, names, quick, overrides, budget, given_subset=given_subset, start=start, labels=shown,
                  show=progress is not False or dry_run, figures=figures and out is not None)
     if dry_run:
+        for row in (plan["report"] or {}).get("measures", []):
+            row.pop("index")
         return Report(data={"schema": SCHEMA, "version": SCHEMA_VERSION, "plan": plan["report"],
                             "settings": {"variant": variant}, "checkpoints": {}}, out=None)
     rank, world = rank_and_world()
@@ -1006,6 +1029,8 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
         previous, arrays = _previous(out)
         for ctx, label in zip(ctxs, _labels(ckpts, given, previous.get("checkpoints", {}))):
             ctx.label = label
+        for row in (plan["report"] or {}).get("measures", []):  # the plan's rows under the labels chosen now
+            row["checkpoint"] = "→".join(ctxs[i].label for i in row.pop("index"))
         report = {"schema": SCHEMA, "version": SCHEMA_VERSION, "toolkit": __version__, "torch": str(torch.__version__),
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "settings": {"quick": quick, "device": device, "seed": seed, "batch_size": batch_size,

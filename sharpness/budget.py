@@ -47,14 +47,16 @@ class Sizes:
 
 @dataclass(frozen=True)
 class Work:
-    """A measure's passes: ``[(kind, passes, examples per pass), ...]`` and seconds of other work (figures)."""
+    """A measure's passes: ``[(kind, passes, examples per pass), ...]``, seconds of other work, figure files."""
 
     passes: tuple = ()
     other: float = 0.0
+    figures: int = 0
 
     def seconds(self, units: "Units") -> float:
-        """Planned seconds on a machine of these units."""
-        return sum(units.pass_seconds(kind, n) * count for kind, count, n in self.passes) + self.other
+        """Planned seconds on a machine of these units (the figures only when the run draws them)."""
+        return (sum(units.pass_seconds(kind, n) * count for kind, count, n in self.passes) + self.other
+                + (FIGURE_SECONDS * self.figures if units.draw else 0.0))
 
     def describe(self) -> str:
         """The passes in words, e.g. ``87 × hvp over 8000``."""
@@ -70,6 +72,7 @@ class Units:
     batch: int           # examples per batch of the objective
     device: str
     seconds: float       # what measuring them took
+    draw: bool = True    # the run draws figures (their seconds are planned)
 
     def pass_seconds(self, kind: str, n: int) -> float:
         """Seconds of one pass of ``kind`` over ``n`` examples, in batches as the objective makes them."""
@@ -221,7 +224,8 @@ def fit_budget(measures: list, settings: dict[str, dict], sizes: Sizes, units: U
                     work = nxt
                 continue
             # every measure at its cheapest and the subset at its floor: skip the dearest until it fits
-            live = [m.name for m in measures if m.name not in skipped and cost(m.name, chosen[m.name], work) > 0]
+            # (nearly free ones always run: skipping them would not bring the plan under the budget)
+            live = [m.name for m in measures if m.name not in skipped and cost(m.name, chosen[m.name], work) > 0.1]
             if not live:
                 break
             dear = max(live, key=lambda name: cost(name, chosen[name], work))
@@ -250,8 +254,13 @@ class Budget:
     paid for by the ones after it, and one that ran under leaves its time to them.
     """
 
-    def __init__(self, seconds: float | None, units: Units | None, planned: dict, start: float):
-        self.seconds, self.units, self.planned, self.start = seconds, units, dict(planned), start
+    def __init__(self, seconds: float | None, units: dict, planned: dict, start: float, fixed: set = frozenset()):
+        # units: id(context) → its Units; fixed: the measures whose settings the user gave (run as given)
+        self.seconds, self.units, self.planned, self.start, self.fixed = seconds, units, dict(planned), start, fixed
+
+    def units_of(self, ctx: Any) -> Units | None:
+        """The unit costs measured for this context (None: no plan)."""
+        return self.units.get(id(ctx))
 
     def left(self) -> float:
         """Seconds left (inf without a budget)."""
@@ -262,20 +271,21 @@ class Budget:
         from .distributed import from_main
 
         mine = self.planned.pop(key, 0.0)
-        if self.seconds is None or self.units is None or measure.cost is None:
-            return settings, None
-        return from_main(self._fit(mine, measure, settings, sizes))  # data-parallel: rank 0's clock decides
+        units = self.units.get(key[0][0])
+        if self.seconds is None or units is None or measure.cost is None or measure.name in self.fixed:
+            return settings, None  # (the user's own settings run as given)
+        return from_main(self._fit(mine, measure, settings, sizes, units))  # data-parallel: rank 0's clock decides
 
-    def _fit(self, mine: float, measure: Any, settings: dict, sizes: Sizes) -> tuple[dict, str | None]:
+    def _fit(self, mine: float, measure: Any, settings: dict, sizes: Sizes, units: Units) -> tuple[dict, str | None]:
         later = sum(self.planned.values())
         room = self.left() - later
         if mine <= room:
             return settings, None
         st = settings
-        while planned_seconds(measure, st, sizes, self.units) > max(room, 0.0) + 0.1:  # (≈ free ones: run)
+        while planned_seconds(measure, st, sizes, units) > max(room, 0.0) + 0.1:  # (≈ free ones: run)
             nxt = measure.cheaper(st, sizes) if measure.cheaper is not None else None
             if nxt is None:
-                return st, (f"needs ≈{planned_seconds(measure, st, sizes, self.units):.1f} s at its cheapest "
+                return st, (f"needs ≈{planned_seconds(measure, st, sizes, units):.1f} s at its cheapest "
                             f"settings; {max(0.0, room):.1f} s of the budget were left for it")
             st = nxt
         return st, None

@@ -235,3 +235,46 @@ def test_numpy_blas_runs_one_thread_inside_the_analyzers_and_is_restored_after(r
     analyze(_net(), data=(TRAIN, TEST), out=None, measures=["blas_probe"], progress=False)
     assert seen["threads"] and set(seen["threads"]) == {1}
     assert blas_threads() == before
+
+
+def test_several_checkpoints_share_a_budget_with_labels_pairs_and_their_own_units(tmp_path):
+    # a held-out review found: every measure skipped for two checkpoints (12 figure-seconds taken off a
+    # 6 s budget), the plan's rows named "checkpoint 0", no pair rows, the first model's units for all
+    nets = {"a": _net(0), "b": nn.Sequential(nn.Linear(6, 300), nn.Tanh(), nn.Linear(300, 3))}
+    rep = analyze(nets, data=(TRAIN, TEST), out=tmp_path / "two", budget=12, settings=FAST, progress=False)
+    ms = rep.data["checkpoints"]
+    assert not [f"{lb}/{m}" for lb, e in ms.items() for m, r in e["measures"].items() if r.get("status")]
+    rows = {(r["checkpoint"], r["measure"]): r for r in rep.data["plan"]["measures"]}
+    assert ("a→b", "interpolation") in rows and ("b", "eigenvalues") in rows and "index" not in rows[("b", "trace")]
+    for lb in ("a", "b"):  # the entry's planned seconds are its own checkpoint's plan
+        assert ms[lb]["measures"]["eigenvalues"]["planned_seconds"] == pytest.approx(
+            rows[(lb, "eigenvalues")]["planned_seconds"])
+    lines = rep.table().splitlines()
+    cols = [len(line) for line in lines[1:] if "±" in line or "%" in line]
+    assert len(set(cols)) == 1  # "value ± error" cells stay in their columns
+
+
+def test_the_users_own_settings_run_as_given_under_a_budget(restore_measures):
+    import time
+
+    import sharpness as sh
+
+    @sh.register_measure("slow_probe")
+    def slow(ctx, settings):
+        time.sleep(1.2)
+        return sh.Record(summary={"x": 1.0})
+
+    rep = analyze(_net(), data=(_data(400), TEST), out=None, budget=1.5, progress=False,
+                  measures=["slow_probe", "landscape2d"], settings={"landscape2d": {"steps": 9}})
+    entry = rep.data["checkpoints"]["model"]["measures"]["landscape2d"]
+    assert entry["settings"]["steps"] == 9 and "summary" in entry
+
+
+def test_quick_subset_is_the_budgets_to_shrink_but_a_named_one_is_kept():
+    big = _data(6000)
+    wide = nn.Sequential(nn.Linear(6, 512), nn.Tanh(), nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 3))
+    plan = analyze(wide, data=(big, TEST), out=None, quick=True, budget=1, dry_run=True, progress=False).data["plan"]
+    assert plan["curvature_examples"][0] < 1000
+    plan = analyze(wide, data=(big, TEST), out=None, max_samples=1000, budget=1, dry_run=True,
+                   progress=False).data["plan"]
+    assert plan["curvature_examples"] == [1000]

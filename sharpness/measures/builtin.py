@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..budget import FIGURE_SECONDS, Sizes, Work
+from ..budget import Sizes, Work
 from ..checkpoint import load_checkpoint
 from ..curvature import HessianOperator, hessian_eigenvalues, hessian_trace, spectral_density
 from ..curvature.lanczos import Krylov, start_vector
@@ -172,7 +172,7 @@ def _density(ctx: Context, st: dict) -> Record:
 def _density_cost(st: dict, n: Sizes) -> Work:
     # the first run is the shared one, mostly taken by the eigenvalues already
     steps = min(st["steps"], n.params)
-    return Work((("hvp", (st["n_runs"] - 1) * steps + 0.1 * steps, n.work),), FIGURE_SECONDS)
+    return Work((("hvp", (st["n_runs"] - 1) * steps + 0.1 * steps, n.work),), figures=1)
 
 
 def _density_cheaper(st: dict, n: Sizes) -> dict | None:
@@ -452,7 +452,7 @@ def _landscape(dims: int):
 def _landscape_cost(dims: int):
     def cost(st: dict, n: Sizes) -> Work:
         m = min(st["max_samples"] or n.work, n.work)
-        return Work((("forward", st["steps"] ** dims + 1, m),), FIGURE_SECONDS * dims)
+        return Work((("forward", st["steps"] ** dims + 1, m),), figures=dims)
     return cost
 
 
@@ -530,7 +530,7 @@ def _interpolation(a: Context, b: Context, st: dict) -> Record:
     arrays = {"alphas": r.alphas, **{f"{n}_loss": v for n, v in r.loss.items()},
               **{f"{n}_acc": v for n, v in r.acc.items()}}
     d = r.to_dict()  # losses over the whole training and test sets: exact for them
-    return Record(d, {}, arrays, errors={k: 0.0 for k, v in d.items() if isinstance(v, float)})
+    return Record(d, {}, arrays, errors={k: 0.0 for k, v in d.items() if isinstance(v, float) and k != "seconds"})
 
 
 def _parametric_figures(rec: Record, out: Path, labels: tuple, loss_label: str) -> list[Path]:
@@ -550,5 +550,5 @@ register_measure("interpolation", _interpolation,
                                              and r[0] < r[1] and max(map(abs, r)) <= 1e6, "[lo, hi] with lo < hi, within ±1e6")}},
                  pair=True, figures=_parametric_figures,
                  cost=lambda st, n: Work((("forward", st["n_alphas"], n.train), ("forward", st["n_alphas"], n.test)),
-                                         FIGURE_SECONDS),
+                                         figures=1),
                  description="loss along the line between two checkpoints (Keskar's parametric plot)")
