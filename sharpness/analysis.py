@@ -584,6 +584,11 @@ def _context(label: str, ckpt: Checkpoint, *, data: tuple | None, device: str, l
                    progress, ckpt.path, params)
 
 
+def _settings_of(measure: Measure, quick: bool, overrides: dict) -> dict:
+    """The settings a measure starts from: its defaults (quick ones when ``quick``) and the user's overrides."""
+    return {**measure.settings_for(quick), **overrides.get(measure.name, {})}
+
+
 def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, budget: float | None, *,
           given_subset: bool, start: float, labels: list[str], show: bool, figures: bool) -> dict:
     """Measure the unit costs, plan every measure (fitted to ``budget``), set each context's plan and subset.
@@ -595,7 +600,7 @@ def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, b
     singles = [MEASURES[n] for n in names if not MEASURES[n].pair]
     pairs = [MEASURES[n] for n in names if MEASURES[n].pair] if len(ctxs) > 1 else []
     units_by: dict[tuple, _budget.Units] = {}
-    rows, planned = [], {}
+    rows: list = []
     for i, ctx in enumerate(ctxs):
         key = (ctx.work.num_params, ctx.train.num_samples, ctx.work.num_samples)
         if key not in units_by:
@@ -607,23 +612,20 @@ def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, b
                     raise SharpnessError(f"budget: the unit costs cannot be measured ({e})") from None
                 warnings.warn(f"no plan: the unit costs cannot be measured ({printable(e, 200)})", stacklevel=4)
                 return {"report": None, "budget": _budget.Budget(None, {}, {}, start)}
-    def units_of(ctx: Context) -> _budget.Units:
-        return units_by[(ctx.work.num_params, ctx.train.num_samples, ctx.work.num_samples)]
-
     # before a budget's subset changes ctx.work; a run without figures plans none
-    by_ctx = {id(c): dataclasses.replace(units_of(c), draw=figures) for c in ctxs}
+    by_ctx = {id(c): dataclasses.replace(units_by[(c.work.num_params, c.train.num_samples, c.work.num_samples)],
+                                         draw=figures) for c in ctxs}
     units = by_ctx[id(ctxs[0])]
-    pair_plans = [(i, j, m, _budget.planned_seconds(m, {**m.settings_for(quick), **overrides.get(m.name, {})},
-                                                   _sizes(a), by_ctx[id(a)]))
+    pair_plans = [((i, j), _budget.choice(m, _settings_of(m, quick, overrides), _sizes(a), by_ctx[id(a)]))
                   for (i, a), (j, _) in itertools.combinations(enumerate(ctxs), 2) for m in pairs]
     together = sum(1 for m in singles if m.together is not None)  # the figures of all checkpoints at once
     share = None
     if budget is not None:
-        share = (budget - (time.perf_counter() - start) - sum(p[3] for p in pair_plans)
+        share = (budget - (time.perf_counter() - start) - sum(c.seconds for _, c in pair_plans)
                  - (_budget.FIGURE_SECONDS * together if figures and len(ctxs) > 1 else 0.0)) / len(ctxs)
     for i, ctx in enumerate(ctxs):
         u = by_ctx[id(ctx)]
-        start_settings = {m.name: {**m.settings_for(quick), **overrides.get(m.name, {})} for m in singles}
+        start_settings = {m.name: _settings_of(m, quick, overrides) for m in singles}
         # the user's own settings are kept as given: only the others are stepped down
         fixed = [m for m in singles if overrides.get(m.name)]
         free = [m for m in singles if not overrides.get(m.name)]
@@ -632,41 +634,31 @@ def _plan(ctxs: list[Context], names: list[str], quick: bool, overrides: dict, b
                                            None if share is None else share - spent, work_fixed=given_subset)
         if work < ctx.work.num_samples:
             ctx.work = ctx.train.subset(work, ctx.seed, batch_size=ctx.batch_size)
-        for m in fixed:
-            choices[m.name] = _budget.Choice(m.name, start_settings[m.name],
-                                             _budget.planned_seconds(m, start_settings[m.name], _sizes(ctx), u),
-                                             _budget.Work().describe() if m.cost is None else
-                                             m.cost(start_settings[m.name], _sizes(ctx)).describe())
+        choices.update({m.name: _budget.choice(m, start_settings[m.name], _sizes(ctx), u) for m in fixed})
         ctx.plan = {m.name: choices[m.name] for m in singles}
-        for m in singles:
-            planned[((id(ctx),), m.name)] = choices[m.name].seconds
-            rows.append(((i,), choices[m.name]))
-    for i, j, m, secs in pair_plans:
-        planned[((id(ctxs[i]), id(ctxs[j])), m.name)] = secs
-        st = {**m.settings_for(quick), **overrides.get(m.name, {})}
-        rows.append(((i, j), _budget.Choice(m.name, st, secs, m.cost(st, _sizes(ctxs[i])).describe()
-                                            if m.cost is not None else "not planned")))
+        rows += [((i,), choices[m.name]) for m in singles]
+    rows += pair_plans
+    planned = {(tuple(id(ctxs[k]) for k in ix), c.name): c.seconds for ix, c in rows}
     total = sum(planned.values()) + sum(u.seconds for u in units_by.values())
     report = {"budget": budget, "total_seconds": total, "units": units.to_dict(ctxs[0].work.num_samples),
               "curvature_examples": [c.work.num_samples for c in ctxs],
               "measures": [{"index": list(ix), "checkpoint": "→".join(labels[k] for k in ix), "measure": c.name,
                             **c.to_dict()} for ix, c in rows]}
     if show:
-        _show_plan(report, units, ctxs[0].work.num_samples, [(r["checkpoint"], c) for r, (_, c) in
-                                                           zip(report["measures"], rows)])
+        _show_plan(report, units, ctxs[0].work.num_samples)
     fixed_names = {m.name for m in singles + pairs if overrides.get(m.name)}
     return {"report": report, "budget": _budget.Budget(budget, by_ctx, planned, start, fixed=fixed_names)}
 
 
-def _show_plan(report: dict, units: _budget.Units, n: int, rows: list) -> None:
+def _show_plan(report: dict, units: _budget.Units, n: int) -> None:
     """The plan on stderr: the unit costs, each measure's planned seconds and what it is made of, the total."""
     import sys
 
     lines = [f"plan on {units.device} (units measured in {units.seconds:.1f} s: {units.describe(n)}):"]
-    for label, c in rows:
-        what = c.skipped or c.work
-        lines.append(f"  {printable(label, 40)}: {c.name:<15} {c.seconds:8.1f} s  {printable(what, 160)}"
-                     + (f"  [{c.steps} step(s) cheaper]" if c.steps else ""))
+    for r in report["measures"]:
+        what, steps = r.get("skipped") or r["work"], r["reduced_steps"]
+        lines.append(f"  {printable(r['checkpoint'], 40)}: {r['measure']:<15} {r['planned_seconds']:8.1f} s  "
+                     f"{printable(what, 160)}" + (f"  [{steps} step(s) cheaper]" if steps else ""))
     b = report["budget"]
     lines.append(f"  total ≈ {report['total_seconds']:.0f} s" + (f" (budget {b:g} s)" if b is not None else "")
                  + f"; curvature data: {', '.join(map(str, report['curvature_examples']))} examples")
@@ -750,9 +742,8 @@ def _subsample_errors(measure: Measure, ctx: Context, rec: Record, settings: dic
         rec.details["subsample"] = {"n": n, "N": total, "skipped": "fewer than 4 examples: no nested half to compare"}
         return
     if "half" not in ctx.shared:  # one nested half per checkpoint: the curvature measures share its Krylov run
-        half = ctx.work.subset(n // 2, ctx.seed + 1)
-        ctx.shared["half"] = Context(ctx.label, ctx.model, half, ctx.train, ctx.test, ctx.seed, ctx.batch_size,
-                                     False, ctx.path, ctx.params)
+        ctx.shared["half"] = dataclasses.replace(ctx, work=ctx.work.subset(n // 2, ctx.seed + 1), progress=False,
+                                                 shared={}, plan={})
     other = measure.run(ctx.shared["half"], settings=settings)
     fpc = math.sqrt(1 - n / total)
     errors, halves = {}, {}
@@ -798,8 +789,7 @@ class _Run:
     def measure(self, measure: Measure, ctxs: tuple, key: str, entry: dict, old: dict | None, tags: dict) -> None:
         """Run (or reuse) one measure; record it in ``entry`` once its arrays and figures are written."""
         plan = ctxs[0].plan.get(measure.name) if len(ctxs) == 1 else None
-        chosen = plan.settings if plan is not None else \
-            {**measure.settings_for(self.quick), **self.overrides.get(measure.name, {})}
+        chosen = plan.settings if plan is not None else _settings_of(measure, self.quick, self.overrides)
         sizes = _sizes(ctxs[0])
         chosen, skip = self.budget.fit((tuple(id(c) for c in ctxs), measure.name), measure, chosen, sizes)
         skip = plan.skipped if plan is not None and plan.skipped else skip
@@ -1004,7 +994,7 @@ def _analyze(checkpoints: Any, *, out: Any, measures: Any, quick: Any, device: A
     for name in names:  # settings given that the model cannot take (k > P): said before any measure runs
         measure, given_here = MEASURES[name], overrides.get(name)
         if measure.fits is not None and given_here:  # (defaults too large for a tiny model: that measure fails)
-            chosen = {**measure.settings_for(quick), **given_here}
+            chosen = _settings_of(measure, quick, overrides)
             for c, ctx in zip(ckpts, ctxs):
                 why = measure.fits(chosen, ctx.work.num_params)
                 if why and not measure.fits(measure.settings_for(quick), ctx.work.num_params):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -28,7 +28,7 @@ import torch
 from .errors import SharpnessError
 
 __all__ = ["Units", "Sizes", "Work", "unit_costs", "fit_budget", "Budget", "KINDS", "FIGURE_SECONDS",
-           "MIN_WORK", "planned_seconds", "check_budget"]
+           "MIN_WORK", "planned_seconds", "check_budget", "choice"]
 
 KINDS = ("forward", "gradient", "hvp", "per_example")  # per_example: every example's own gradient (vmap)
 FIGURE_SECONDS = 1.0   # one figure file (PNG, 300 dpi) drawn by matplotlib on a CPU core: measured 0.4-1.2 s
@@ -168,6 +168,13 @@ class Choice:
                 **({"skipped": self.skipped} if self.skipped else {}), "reduced_steps": self.steps}
 
 
+def choice(measure: Any, settings: dict, sizes: Sizes, units: Units, skipped: str | None = None,
+           steps: int = 0) -> Choice:
+    """The plan of ``measure`` at these settings: its seconds (0 when skipped) and what it is made of."""
+    secs = 0.0 if skipped else planned_seconds(measure, settings, sizes, units)
+    return Choice(measure.name, settings, secs, _planned(measure, settings, sizes, units)[1], skipped, steps)
+
+
 def _planned(measure: Any, settings: dict, sizes: Sizes, units: Units) -> tuple[float, str]:
     if measure.cost is None:
         return 0.0, "not planned (the measure declares no cost)"
@@ -184,16 +191,16 @@ def fit_budget(measures: list, settings: dict[str, dict], sizes: Sizes, units: U
     the subset was named by the user (``max_samples``): never halved.
     """
     work = sizes.work
+    by_name = {m.name: m for m in measures}
     chosen = {m.name: dict(settings[m.name]) for m in measures}
     steps = {m.name: 0 for m in measures}
     skipped: dict[str, str] = {}
 
     def at(n: int) -> Sizes:
-        return Sizes(n, sizes.train, sizes.test, sizes.params)
+        return replace(sizes, work=n)
 
     def cost(name: str, st: dict, n: int) -> float:
-        m = next(x for x in measures if x.name == name)
-        return planned_seconds(m, st, at(n), units)
+        return planned_seconds(by_name[name], st, at(n), units)
 
     def total(n: int) -> float:
         return sum(cost(name, st, n) for name, st in chosen.items() if name not in skipped)
@@ -236,13 +243,8 @@ def fit_budget(measures: list, settings: dict[str, dict], sizes: Sizes, units: U
         if total(bigger) > budget:
             break
         work = bigger
-    out = {}
-    for m in measures:
-        desc = _planned(m, chosen[m.name], at(work), units)[1]
-        secs = planned_seconds(m, chosen[m.name], at(work), units)
-        out[m.name] = Choice(m.name, chosen[m.name], 0.0 if m.name in skipped else secs, desc,
-                             skipped.get(m.name), steps[m.name])
-    return out, work
+    return {m.name: choice(m, chosen[m.name], at(work), units, skipped.get(m.name), steps[m.name])
+            for m in measures}, work
 
 
 class Budget:
@@ -295,7 +297,7 @@ def planned_seconds(measure: Any, settings: dict, sizes: Sizes, units: Units) ->
     """A measure's planned seconds, with its rerun on a nested half when the curvature data are a subset."""
     secs = _planned(measure, settings, sizes, units)[0]
     if measure.subsample and sizes.work < sizes.train:
-        secs += _planned(measure, settings, Sizes(sizes.work // 2, sizes.train, sizes.test, sizes.params), units)[0]
+        secs += _planned(measure, settings, replace(sizes, work=sizes.work // 2), units)[0]
     return secs
 
 
