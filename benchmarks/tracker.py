@@ -26,10 +26,12 @@ import time
 
 import numpy as np
 import torch
+from scipy.linalg import eigvalsh_tridiagonal
 from torch import nn
 
 import sharpness as sh
 from sharpness.curvature import HessianOperator, hessian_eigenvalues
+from sharpness.curvature.lanczos import Krylov
 
 
 def run(x, y, epochs, tracker=None):
@@ -50,22 +52,16 @@ def run(x, y, epochs, tracker=None):
 
 
 def krylov_to_truth(op, start, lam, tol, cap=30):
-    """Products until the top Ritz value of span{start, Hstart, …} is within tol·λ of λ (exact Lanczos:
-    Rayleigh–Ritz on the growing space, fully reorthogonalized), and the start's relative residual."""
-    Q = (start / start.norm())[None]
-    HQ = op.matvec(Q[0])[None]
-    theta0 = float(Q[0] @ HQ[0])
-    residual0 = float((HQ[0] - theta0 * Q[0]).norm()) / abs(theta0)
-    while True:
-        T = (Q @ HQ.T).double().numpy()
-        theta, U = np.linalg.eigh((T + T.T) / 2)
-        if lam - theta[-1] <= tol * abs(lam) or len(Q) >= cap:
-            return len(Q), residual0
-        u = torch.from_numpy(U[:, -1]).to(Q.dtype)
-        r = u @ HQ - theta[-1] * (u @ Q)
-        for _ in range(2):
-            r = r - (Q @ r) @ Q
-        Q, HQ = torch.cat([Q, (r / r.norm())[None]]), torch.cat([HQ, op.matvec(r / r.norm())[None]])
+    """Products until the top Ritz value of span{start, Hstart, …} is within tol·λ of λ (the project's
+    :class:`Krylov` run from ``start``), and the start's relative residual ‖Hv − αv‖/|α| = β₁/|α₁|."""
+    K = Krylov(op, start)
+    for steps in range(1, cap + 1):
+        K.extend(steps)
+        alphas = K.alphas()
+        top = eigvalsh_tridiagonal(alphas, K.betas())[-1] if steps > 1 else alphas[0]
+        if lam - top <= tol * abs(lam) or K.stopped[0]:
+            break
+    return steps, float(K.norms[0][0]) / abs(float(K.alphas()[0]))
 
 
 def oracle(x, y, epochs, every, tol=1e-3):
