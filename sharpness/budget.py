@@ -31,6 +31,7 @@ __all__ = ["Units", "Sizes", "Work", "unit_costs", "fit_budget", "Budget", "KIND
            "MIN_WORK", "planned_seconds", "check_budget", "choice"]
 
 KINDS = ("forward", "gradient", "hvp", "per_example")  # per_example: every example's own gradient (vmap)
+FREE_SECONDS = 0.1     # a measure planned under this is never skipped nor cut: skipping it would not make a plan fit
 FIGURE_SECONDS = 1.0   # one figure file (PNG, 300 dpi) drawn by matplotlib on a CPU core: measured 0.4-1.2 s
 MIN_WORK = 256         # the smallest curvature subset a budget chooses (fewer examples: noise, not curvature)
 
@@ -232,7 +233,7 @@ def fit_budget(measures: list, settings: dict[str, dict], sizes: Sizes, units: U
                 continue
             # every measure at its cheapest and the subset at its floor: skip the dearest until it fits
             # (nearly free ones always run: skipping them would not bring the plan under the budget)
-            live = [m.name for m in measures if m.name not in skipped and cost(m.name, chosen[m.name], work) > 0.1]
+            live = [m.name for m in measures if m.name not in skipped and cost(m.name, chosen[m.name], work) > FREE_SECONDS]
             if not live:
                 break
             dear = max(live, key=lambda name: cost(name, chosen[name], work))
@@ -284,7 +285,7 @@ class Budget:
         if mine <= room:
             return settings, None
         st = settings
-        while planned_seconds(measure, st, sizes, units) > max(room, 0.0) + 0.1:  # (≈ free ones: run)
+        while planned_seconds(measure, st, sizes, units) > max(room, 0.0) + FREE_SECONDS:  # (≈ free ones: run)
             nxt = measure.cheaper(st, sizes) if measure.cheaper is not None else None
             if nxt is None:
                 return st, (f"needs ≈{planned_seconds(measure, st, sizes, units):.1f} s at its cheapest "
